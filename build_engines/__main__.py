@@ -1,0 +1,40 @@
+"""Command line of the offline pipeline: ``python -m build_engines {all,eval-real}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from build_engines.primary import PrimaryConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m build_engines", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("all", help="simulate data, train, convert, quantize, report")
+    build.add_argument("--scale", default="default", choices=["tiny", "small", "default"])
+    build.add_argument("--seed", type=int, default=7)
+    build.add_argument("--epochs", type=int, default=PrimaryConfig.epochs)
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    real = sub.add_parser("eval-real", help="evaluate on the ULB credit-card fraud data set")
+    real.add_argument("--epochs", type=int, default=PrimaryConfig.epochs)
+    args = parser.parse_args(argv)
+
+    if args.command == "all":
+        from build_engines.pipeline import build_all
+
+        build_all(
+            args.scale,
+            seed=args.seed,
+            force=args.force,
+            primary_cfg=PrimaryConfig(epochs=args.epochs),
+        )
+    else:
+        from build_engines.real_data import evaluate_real
+
+        evaluate_real(PrimaryConfig(epochs=args.epochs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Point-in-time feature computation for training, from the declaration in
+``python_backend.features``.
+
+* Daily snapshots (``card_daily``, ``terminal_daily``): one row per entity and day, holding
+  the aggregates as of that day's midnight. The same tables are what Feast materializes into
+  the online store, so training joins exactly what serving reads.
+* Recent buffers (``card_recent``): for each scored transaction, the card's last
+  ``RECENT_BUFFER`` transactions strictly before it, as the stream consumer keeps them.
+
+Everything uses one trick: events sorted by ``entity * SPAN + time`` make "events of entity e
+in [a, b)" a pair of ``searchsorted`` lookups, and sums a difference of prefix sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from python_backend.features import (
+    CARD_DAILY,
+    LABEL_DELAY_DAYS,
+    MS_PER_DAY,
+    RECENT_BUFFER,
+    TERMINAL_DAILY,
+    ModelInputs,
+    assemble_model_inputs,
+)
+
+
+@dataclass(frozen=True)
+class _EventIndex:
+    """Events of one entity type, sorted by (entity, time), with prefix sums."""
+
+    keys: np.ndarray  # entity * span + (ts - origin), sorted
+    order: np.ndarray  # positions in the original frame
+    span: int
+    origin: int
+    prefix: dict[str, np.ndarray]  # column -> prefix sums (len n + 1)
+
+    @classmethod
+    def build(
+        cls, entity: np.ndarray, ts_ms: np.ndarray, origin: int, sums: dict[str, np.ndarray]
+    ) -> _EventIndex:
+        span = int(ts_ms.max() - origin) + 400 * MS_PER_DAY if ts_ms.size else MS_PER_DAY
+        keys = entity.astype(np.int64) * span + (ts_ms.astype(np.int64) - origin)
+        order = np.argsort(keys, kind="stable")
+        prefix = {
+            name: np.concatenate([[0.0], np.cumsum(values[order], dtype=np.float64)])
+            for name, values in sums.items()
+        }
+        return cls(keys[order], order, span, origin, prefix)
+
+    def position(self, entity: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+        """Index of the first event of ``entity`` at or after ``ts_ms`` (times clamped to
+        the origin so a window never reaches into the previous entity)."""
+        rel = np.maximum(np.asarray(ts_ms, dtype=np.int64) - self.origin, 0)
+        return np.searchsorted(self.keys, entity.astype(np.int64) * self.span + rel, "left")
+
+    def window(
+        self, entity: np.ndarray, start_ms: np.ndarray, end_ms: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Count and sums of the events of ``entity`` with ``start_ms <= ts < end_ms``."""
+        lo, hi = self.position(entity, start_ms), self.position(entity, end_ms)
+        return (hi - lo).astype(np.float64), {
+            name: prefix[hi] - prefix[lo] for name, prefix in self.prefix.items()
+        }
+
+
+def _origin(tx: pd.DataFrame) -> int:
+    return int(tx["ts_ms"].min() // MS_PER_DAY * MS_PER_DAY) - 60 * MS_PER_DAY
+
+
+def day_starts(tx: pd.DataFrame) -> np.ndarray:
+    """Midnight (UTC, ms) of every day the transactions cover."""
+    first = int(tx["ts_ms"].min() // MS_PER_DAY)
+    last = int(tx["ts_ms"].max() // MS_PER_DAY)
+    return np.arange(first, last + 1, dtype=np.int64) * MS_PER_DAY
+
+
+def card_daily_snapshots(events: pd.DataFrame, days_ms: np.ndarray) -> pd.DataFrame:
+    """``card_daily`` for every card in ``events`` and every midnight in ``days_ms``."""
+    cards = np.unique(events["card_id"].to_numpy())
+    index = _EventIndex.build(
+        events["card_id"].to_numpy(),
+        events["ts_ms"].to_numpy(),
+        _origin(events),
+        {"amount": events["amount"].to_numpy(dtype=np.float64)},
+    )
+    card = np.repeat(cards, days_ms.size)
+    day = np.tile(days_ms, cards.size)
+    out = {"card_id": card, "event_timestamp_ms": day}
+    for feature in CARD_DAILY.features:
+        if feature.aggregate != "count":
+            continue
+        w = feature.window_days
+        count, sums = index.window(card, day - w * MS_PER_DAY, day)
+        out[f"card_tx_count_{w}d"] = count
+        out[f"card_amount_sum_{w}d"] = sums["amount"]
+        out[f"card_amount_mean_{w}d"] = np.divide(
+            sums["amount"], count, out=np.zeros_like(count), where=count > 0
+        )
+    frame = pd.DataFrame(out)
+    for name in CARD_DAILY.names:
+        frame[name] = frame[name].astype(np.float32)
+    return frame
+
+
+def terminal_daily_snapshots(
+    events: pd.DataFrame, days_ms: np.ndarray, terminal_category: pd.Series
+) -> pd.DataFrame:
+    """``terminal_daily`` for every terminal and midnight; windows end at the label-delay
+    cut-off so only labels known by that midnight are used."""
+    terminals = terminal_category.index.to_numpy(dtype=np.int64)
+    index = _EventIndex.build(
+        events["terminal_id"].to_numpy(),
+        events["ts_ms"].to_numpy(),
+        _origin(events),
+        {"fraud": events["is_fraud"].to_numpy(dtype=np.float64)},
+    )
+    terminal = np.repeat(terminals, days_ms.size)
+    day = np.tile(days_ms, terminals.size)
+    cutoff = day - LABEL_DELAY_DAYS * MS_PER_DAY
+    out: dict[str, np.ndarray] = {"terminal_id": terminal, "event_timestamp_ms": day}
+    for feature in TERMINAL_DAILY.features:
+        if feature.aggregate != "count":
+            continue
+        w = feature.window_days
+        count, sums = index.window(terminal, cutoff - w * MS_PER_DAY, cutoff)
+        out[f"terminal_tx_count_{w}d"] = count
+        out[f"terminal_fraud_rate_{w}d"] = np.divide(
+            sums["fraud"], count, out=np.zeros_like(count), where=count > 0
+        )
+    frame = pd.DataFrame(out)
+    for name in TERMINAL_DAILY.names:
+        if name != "terminal_category":
+            frame[name] = frame[name].astype(np.float32)
+    frame["terminal_category"] = terminal_category.loc[terminal].to_numpy(dtype=np.int64)
+    return frame
+
+
+def recent_buffers(
+    events: pd.DataFrame, card_id: np.ndarray, ts_ms: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The last ``RECENT_BUFFER`` transactions of each card strictly before each time,
+    oldest first, left-padded with zeros: the ``card_recent`` values at that moment."""
+    index = _EventIndex.build(
+        events["card_id"].to_numpy(), events["ts_ms"].to_numpy(), _origin(events), {}
+    )
+    card_id = np.asarray(card_id, dtype=np.int64)
+    end = index.position(card_id, ts_ms)
+    first = index.position(card_id, np.full_like(card_id, index.origin))
+    offsets = np.arange(-RECENT_BUFFER, 0)
+    pos = end[:, None] + offsets[None, :]
+    valid = pos >= first[:, None]
+    source = index.order[np.clip(pos, 0, max(len(index.order) - 1, 0))]
+    ts = events["ts_ms"].to_numpy(dtype=np.int64)[source]
+    amounts = events["amount"].to_numpy(dtype=np.float32)[source]
+    terminals = events["terminal_id"].to_numpy(dtype=np.int64)[source]
+    return {
+        "recent_ts_ms": np.where(valid, ts, 0),
+        "recent_amounts": np.where(valid, amounts, 0).astype(np.float32),
+        "recent_terminal_ids": np.where(valid, terminals, 0),
+    }
+
+
+@dataclass
+class FeatureTables:
+    """Daily snapshots of a transaction log, as Feast would serve them."""
+
+    card_daily: pd.DataFrame
+    terminal_daily: pd.DataFrame
+
+    @classmethod
+    def build(cls, events: pd.DataFrame, terminals: pd.DataFrame) -> FeatureTables:
+        days = day_starts(events)
+        categories = terminals.set_index("terminal_id")["terminal_category"]
+        return cls(
+            card_daily_snapshots(events, days),
+            terminal_daily_snapshots(events, days, categories),
+        )
+
+
+def stored_features(
+    tables: FeatureTables, events: pd.DataFrame, queries: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    """The online-store view for each query row (``card_id``, ``terminal_id``, ``ts_ms``):
+    the snapshot of the query's day, and the recent buffer before its time. Unknown
+    entities get the declared defaults."""
+    day = queries["ts_ms"].to_numpy() // MS_PER_DAY * MS_PER_DAY
+    out: dict[str, np.ndarray] = {}
+    for group, table, key in (
+        (CARD_DAILY, tables.card_daily, "card_id"),
+        (TERMINAL_DAILY, tables.terminal_daily, "terminal_id"),
+    ):
+        lookup = pd.DataFrame({key: queries[key].to_numpy(), "event_timestamp_ms": day})
+        joined = lookup.merge(table, on=[key, "event_timestamp_ms"], how="left")
+        for feature in group.features:
+            column = joined[feature.name].fillna(feature.default)
+            out[feature.name] = column.to_numpy(
+                dtype=np.int64 if feature.dtype == "int64" else np.float32
+            )
+    out.update(recent_buffers(events, queries["card_id"].to_numpy(), queries["ts_ms"].to_numpy()))
+    return out
+
+
+def model_inputs(tables: FeatureTables, events: pd.DataFrame, queries: pd.DataFrame) -> ModelInputs:
+    """Model tensors for the query transactions, point-in-time correct."""
+    stored = stored_features(tables, events, queries)
+    return assemble_model_inputs(
+        stored,
+        queries["amount"].to_numpy(),
+        queries["ts_ms"].to_numpy(),
+        queries["terminal_id"].to_numpy(),
+    )

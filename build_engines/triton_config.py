@@ -1,0 +1,85 @@
+"""Triton ``config.pbtxt`` for the generated models, from the contracts in
+``python_backend.contract``.
+
+Two variants of the same model names, chosen by what the machine has:
+
+* ``tensorrt``: ``fraud_primary`` is a ``tensorrt_plan`` on the GPU; ``fraud_fallback`` runs
+  in Triton's ONNX Runtime backend on the CPU (``KIND_CPU``).
+* ``cpu``: no GPU or TensorRT (and the PyPI Triton build ships only the Python backend): both
+  are Python-backend models that run the ONNX files with ONNX Runtime.
+
+The primary sits behind the dynamic batcher with a queue policy that rejects requests that
+waited past their timeout, so stale work is dropped instead of served late.
+"""
+
+from __future__ import annotations
+
+from python_backend.contract import (
+    FALLBACK,
+    MAX_BATCH_SIZE,
+    PREFERRED_BATCH_SIZES,
+    PRIMARY,
+    ModelContract,
+    TensorSpec,
+)
+
+VARIANTS = ("cpu", "tensorrt")
+#: Queue delay the batcher may add to gather a batch: small against the 95 ms budget.
+MAX_QUEUE_DELAY_US = 500
+#: Requests that waited longer than this in the primary's queue are rejected.
+PRIMARY_QUEUE_TIMEOUT_US = 50_000
+
+
+def _tensor(spec: TensorSpec) -> str:
+    dims = ", ".join(str(d) for d in spec.dims)
+    return (
+        f'  {{\n    name: "{spec.name}"\n    data_type: {spec.triton_dtype}\n'
+        f"    dims: [ {dims} ]\n  }}"
+    )
+
+
+def _io(contract: ModelContract) -> str:
+    inputs = ",\n".join(_tensor(s) for s in contract.inputs)
+    outputs = ",\n".join(_tensor(s) for s in contract.outputs)
+    return f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+
+
+def primary_config(variant: str, cpu_instances: int = 2) -> str:
+    """``config.pbtxt`` of ``fraud_primary`` for ``variant``."""
+    _check(variant)
+    if variant == "tensorrt":
+        head = 'platform: "tensorrt_plan"\n'
+        instances = "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
+    else:
+        head = 'backend: "python"\n'
+        instances = f"instance_group [ {{ count: {cpu_instances}, kind: KIND_CPU }} ]\n"
+    preferred = ", ".join(str(b) for b in PREFERRED_BATCH_SIZES)
+    return (
+        f'name: "{PRIMARY.name}"\n{head}max_batch_size: {MAX_BATCH_SIZE}\n{_io(PRIMARY)}'
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {preferred} ]\n"
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {PRIMARY_QUEUE_TIMEOUT_US}\n"
+        "    allow_timeout_override: true\n"
+        "  }\n"
+        "}\n"
+        f"{instances}"
+    )
+
+
+def fallback_config(variant: str, cpu_instances: int = 1) -> str:
+    """``config.pbtxt`` of ``fraud_fallback``: always on the CPU."""
+    _check(variant)
+    head = 'backend: "onnxruntime"\n' if variant == "tensorrt" else 'backend: "python"\n'
+    return (
+        f'name: "{FALLBACK.name}"\n{head}max_batch_size: {MAX_BATCH_SIZE}\n{_io(FALLBACK)}'
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
+        f"instance_group [ {{ count: {cpu_instances}, kind: KIND_CPU }} ]\n"
+    )
+
+
+def _check(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")

@@ -1,0 +1,58 @@
+"""Tensor contracts of the fraud models: names, dtypes and shapes, declared once.
+
+The ONNX export, the Triton configs, the engine builder and the tests read them from here.
+Shapes leave out the batch dimension, as Triton's ``dims`` do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from python_backend.features import (
+    CATEGORICAL_COLUMNS,
+    SEQUENCE_CHANNELS,
+    SEQUENCE_LENGTH,
+    TABULAR_COLUMNS,
+)
+
+#: Largest batch the model servers accept (dynamic batcher and TensorRT profile).
+MAX_BATCH_SIZE = 256
+#: Batch sizes the dynamic batcher prefers and the TensorRT profile is tuned for.
+PREFERRED_BATCH_SIZES = (16, 64)
+
+_TRITON_DTYPES = {np.float32: "TYPE_FP32", np.int64: "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor of a model (batch dimension excluded)."""
+
+    name: str
+    dtype: type
+    dims: tuple[int, ...]
+
+    @property
+    def triton_dtype(self) -> str:
+        return _TRITON_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Inputs and outputs of one served model."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+TABULAR = TensorSpec("TABULAR", np.float32, (len(TABULAR_COLUMNS),))
+SEQUENCE = TensorSpec("SEQUENCE", np.float32, (SEQUENCE_LENGTH, len(SEQUENCE_CHANNELS)))
+CATEGORICAL = TensorSpec("CATEGORICAL", np.int64, (len(CATEGORICAL_COLUMNS),))
+PROBABILITY = TensorSpec("PROBABILITY", np.float32, (1,))
+
+#: The deep model: tabular MLP + categorical embeddings + sequence encoder.
+PRIMARY = ModelContract("fraud_primary", (TABULAR, SEQUENCE, CATEGORICAL), (PROBABILITY,))
+#: The cheap CPU model: tabular features only.
+FALLBACK = ModelContract("fraud_fallback", (TABULAR,), (PROBABILITY,))

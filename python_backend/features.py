@@ -1,0 +1,360 @@
+"""The fraud model's features, declared once.
+
+Training (``build_engines``), the Feast definitions and the stream consumer (``feature_repo``)
+and the serving models all read this module, so a feature means the same thing everywhere.
+
+Three groups of stored features, each one Feast feature view:
+
+* ``card_daily`` (batch, entity ``card``): the card's count / sum / mean of amounts over the
+  1, 7 and 30 days before the start of the transaction's day (a daily snapshot).
+* ``terminal_daily`` (batch, entity ``terminal``): the terminal's transaction count and fraud
+  rate over 7 and 30 days, shifted by the label delay: at day ``D`` only labels of transactions
+  before ``D - LABEL_DELAY_DAYS`` are known. Also the terminal's merchant category.
+* ``card_recent`` (stream, entity ``card``): a buffer of the card's last ``RECENT_BUFFER``
+  transactions (timestamp, amount, terminal). Velocity features and the last-N sequence are
+  derived from it at scoring time by :func:`derive_recent`, offline and online alike.
+
+Point-in-time rule: a feature for a transaction at time ``t`` uses only events strictly before
+``t`` (and, for labels, before the label-delay cut-off).
+
+Everything here is numpy only: the serving interpreter (numpy<2, no pandas) imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+MS_PER_SECOND = 1_000
+MS_PER_MINUTE = 60 * MS_PER_SECOND
+MS_PER_HOUR = 60 * MS_PER_MINUTE
+MS_PER_DAY = 24 * MS_PER_HOUR
+
+#: Labels (chargebacks, investigations) arrive this many days after the transaction.
+LABEL_DELAY_DAYS = 7
+#: Transactions kept per card by the stream; velocity counts saturate at this value.
+RECENT_BUFFER = 16
+#: Transactions the primary model's sequence encoder sees.
+SEQUENCE_LENGTH = 5
+#: Per-step channels of the sequence tensor.
+SEQUENCE_CHANNELS = ("log_amount", "log_seconds_ago", "same_terminal", "valid")
+#: Amounts at or below this look like card testing.
+SMALL_AMOUNT = 2.0
+#: ``seconds_since_last_tx`` for a card never seen before (30 days).
+NO_PREVIOUS_TX_SECONDS = 30 * 24 * 3600.0
+#: Merchant categories of terminals. Index 0 of the embedding is kept for "unknown".
+MERCHANT_CATEGORIES = (
+    "grocery",
+    "restaurant",
+    "fuel",
+    "travel",
+    "electronics",
+    "fashion",
+    "online_retail",
+    "digital_goods",
+    "entertainment",
+    "health",
+    "utilities",
+    "jewelry",
+)
+
+
+@dataclass(frozen=True)
+class StoredFeature:
+    """One value kept in the online store (one Feast field)."""
+
+    name: str
+    dtype: str  # "float32" | "int64" | "float32_list" | "int64_list"
+    default: float
+    description: str
+    window_days: int | None = None
+    aggregate: str | None = None  # "count" | "sum" | "mean" | "fraud_rate" | None
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """A set of features with one entity and one source: one Feast feature view."""
+
+    name: str
+    entity: str  # join key column: "card_id" or "terminal_id"
+    source: str  # "batch" (daily snapshot) or "stream" (real time)
+    features: tuple[StoredFeature, ...]
+    #: How long a stored row stays valid (Feast TTL).
+    ttl_days: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+
+CARD_WINDOWS_DAYS = (1, 7, 30)
+TERMINAL_WINDOWS_DAYS = (7, 30)
+
+CARD_DAILY = FeatureGroup(
+    name="card_daily",
+    entity="card_id",
+    source="batch",
+    ttl_days=2,
+    features=tuple(
+        StoredFeature(
+            name=f"card_amount_{agg}_{w}d" if agg != "count" else f"card_tx_count_{w}d",
+            dtype="float32",
+            default=0.0,
+            description=f"{agg} of the card's amounts over the {w} days before today",
+            window_days=w,
+            aggregate=agg,
+        )
+        for w in CARD_WINDOWS_DAYS
+        for agg in ("count", "sum", "mean")
+    ),
+)
+
+TERMINAL_DAILY = FeatureGroup(
+    name="terminal_daily",
+    entity="terminal_id",
+    source="batch",
+    ttl_days=2,
+    features=(
+        *(
+            StoredFeature(
+                name=f"terminal_{stat}_{w}d",
+                dtype="float32",
+                default=0.0,
+                description=(
+                    f"terminal's {stat.replace('_', ' ')} over {w} days ending "
+                    f"{LABEL_DELAY_DAYS} days before today (label delay)"
+                ),
+                window_days=w,
+                aggregate="fraud_rate" if stat == "fraud_rate" else "count",
+            )
+            for w in TERMINAL_WINDOWS_DAYS
+            for stat in ("tx_count", "fraud_rate")
+        ),
+        StoredFeature(
+            name="terminal_category",
+            dtype="int64",
+            default=0.0,
+            description="merchant category id (1-based, 0 = unknown terminal)",
+        ),
+    ),
+)
+
+CARD_RECENT = FeatureGroup(
+    name="card_recent",
+    entity="card_id",
+    source="stream",
+    ttl_days=30,
+    features=(
+        StoredFeature(
+            "recent_ts_ms", "int64_list", 0.0, "timestamps (ms) of the last transactions"
+        ),
+        StoredFeature("recent_amounts", "float32_list", 0.0, "amounts of the last transactions"),
+        StoredFeature(
+            "recent_terminal_ids", "int64_list", 0.0, "terminals of the last transactions"
+        ),
+    ),
+)
+
+FEATURE_GROUPS = (CARD_DAILY, TERMINAL_DAILY, CARD_RECENT)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived features: computed from the request and the stored features, offline and online.
+# --------------------------------------------------------------------------------------------
+
+#: Velocity features derived from the ``card_recent`` buffer at scoring time.
+RECENT_DERIVED = (
+    "card_tx_count_10m",
+    "card_tx_count_1h",
+    "card_amount_sum_1h",
+    "card_small_amount_count_1h",
+    "seconds_since_last_tx",
+    "terminal_seen_recently",
+)
+
+#: Columns of the primary model's ``TABULAR`` input, in order, with their transform.
+TABULAR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("amount", "log1p"),
+    ("hour_sin", "identity"),
+    ("hour_cos", "identity"),
+    ("is_night", "identity"),
+    ("is_weekend", "identity"),
+    *((name, "identity" if "fraud_rate" in name else "log1p") for name in CARD_DAILY.names),
+    ("amount_to_card_mean_7d", "log1p"),
+    ("amount_to_card_mean_30d", "log1p"),
+    *(
+        (name, "identity" if "fraud_rate" in name else "log1p")
+        for name in TERMINAL_DAILY.names
+        if name != "terminal_category"
+    ),
+    *((name, "log1p") for name in RECENT_DERIVED),
+)
+TABULAR_NAMES = tuple(name for name, _ in TABULAR_COLUMNS)
+#: Columns of the ``CATEGORICAL`` input and their cardinalities (embedding sizes).
+CATEGORICAL_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("terminal_category", len(MERCHANT_CATEGORIES) + 1),
+    ("hour", 24),
+    ("weekday", 7),
+)
+
+
+@dataclass
+class ModelInputs:
+    """The three tensors every fraud model reads, one row per transaction."""
+
+    tabular: np.ndarray  # [B, len(TABULAR_COLUMNS)] float32, transformed
+    sequence: np.ndarray  # [B, SEQUENCE_LENGTH, len(SEQUENCE_CHANNELS)] float32
+    categorical: np.ndarray  # [B, len(CATEGORICAL_COLUMNS)] int64
+    #: Untransformed named columns (request, stored and derived) for rules and explanations.
+    columns: dict[str, np.ndarray]
+
+
+def request_features(amount: np.ndarray, ts_ms: np.ndarray) -> dict[str, np.ndarray]:
+    """Features computed from the transaction itself (time of day in UTC)."""
+    amount = np.asarray(amount, dtype=np.float64)
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    seconds_of_day = (ts_ms % MS_PER_DAY) / MS_PER_SECOND
+    hour = (seconds_of_day // 3600).astype(np.int64)
+    # 1970-01-01 was a Thursday: shift so Monday = 0.
+    weekday = ((ts_ms // MS_PER_DAY + 3) % 7).astype(np.int64)
+    angle = 2 * np.pi * seconds_of_day / 86400.0
+    return {
+        "amount": amount,
+        "hour": hour,
+        "weekday": weekday,
+        "hour_sin": np.sin(angle),
+        "hour_cos": np.cos(angle),
+        "is_night": ((hour < 6) | (hour >= 22)).astype(np.float64),
+        "is_weekend": (weekday >= 5).astype(np.float64),
+    }
+
+
+def derive_recent(
+    recent_ts_ms: np.ndarray,
+    recent_amounts: np.ndarray,
+    recent_terminal_ids: np.ndarray,
+    ts_ms: np.ndarray,
+    terminal_id: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Velocity features and the last-N sequence from a card's recent-transaction buffer.
+
+    The buffer arrays are ``[B, RECENT_BUFFER]``, oldest first, newest in the last column,
+    left-padded with timestamp 0 where the card has fewer transactions. Entries at or after
+    ``ts_ms`` are ignored, so a buffer that already holds the scored transaction (or later
+    ones, on replay) gives the same answer as one that does not.
+
+    Returns the named ``RECENT_DERIVED`` columns and the ``[B, SEQUENCE_LENGTH, 4]`` sequence.
+    """
+    ts = np.asarray(recent_ts_ms, dtype=np.int64)
+    amounts = np.asarray(recent_amounts, dtype=np.float64)
+    terminals = np.asarray(recent_terminal_ids, dtype=np.int64)
+    now = np.asarray(ts_ms, dtype=np.int64)[:, None]
+    valid = (ts > 0) & (ts < now)
+    age_ms = np.where(valid, now - ts, np.iinfo(np.int64).max)
+    in_10m = valid & (age_ms <= 10 * MS_PER_MINUTE)
+    in_1h = valid & (age_ms <= MS_PER_HOUR)
+    same_terminal = valid & (terminals == np.asarray(terminal_id, dtype=np.int64)[:, None])
+    newest_age_ms = age_ms.min(axis=1)
+    columns = {
+        "card_tx_count_10m": in_10m.sum(axis=1).astype(np.float64),
+        "card_tx_count_1h": in_1h.sum(axis=1).astype(np.float64),
+        "card_amount_sum_1h": np.where(in_1h, amounts, 0.0).sum(axis=1),
+        "card_small_amount_count_1h": (in_1h & (amounts <= SMALL_AMOUNT))
+        .sum(axis=1)
+        .astype(np.float64),
+        "seconds_since_last_tx": np.where(
+            valid.any(axis=1),
+            np.minimum(newest_age_ms / MS_PER_SECOND, NO_PREVIOUS_TX_SECONDS),
+            NO_PREVIOUS_TX_SECONDS,
+        ),
+        "terminal_seen_recently": same_terminal.any(axis=1).astype(np.float64),
+    }
+    # The last SEQUENCE_LENGTH valid entries, oldest first, left-padded with zeros: rank each
+    # valid entry by counting valid entries from the newest end of the buffer.
+    rank_from_newest = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1]
+    keep = valid & (rank_from_newest <= SEQUENCE_LENGTH)
+    slot = SEQUENCE_LENGTH - rank_from_newest  # 0 = oldest kept, SEQUENCE_LENGTH-1 = newest
+    batch = ts.shape[0]
+    sequence = np.zeros((batch, SEQUENCE_LENGTH, len(SEQUENCE_CHANNELS)), dtype=np.float32)
+    rows, cols = np.nonzero(keep)
+    dest = slot[rows, cols]
+    sequence[rows, dest, 0] = np.log1p(np.maximum(amounts[rows, cols], 0.0))
+    sequence[rows, dest, 1] = np.log1p(age_ms[rows, cols] / MS_PER_SECOND)
+    sequence[rows, dest, 2] = same_terminal[rows, cols]
+    sequence[rows, dest, 3] = 1.0
+    return columns, sequence
+
+
+def _transform(values: np.ndarray, how: str) -> np.ndarray:
+    if how == "log1p":
+        return np.log1p(np.maximum(values, 0.0))
+    return values
+
+
+def assemble_model_inputs(
+    stored: Mapping[str, np.ndarray],
+    amount: np.ndarray,
+    ts_ms: np.ndarray,
+    terminal_id: np.ndarray,
+) -> ModelInputs:
+    """Build the model tensors from the request and the stored features of a batch.
+
+    ``stored`` maps every name of :data:`FEATURE_GROUPS` to a column (``[B]`` or, for the
+    ``card_recent`` lists, ``[B, RECENT_BUFFER]``), defaults already filled in. Training and
+    serving both call this function, so they cannot disagree on a transform.
+    """
+    columns: dict[str, np.ndarray] = dict(request_features(amount, ts_ms))
+    for group in (CARD_DAILY, TERMINAL_DAILY):
+        for name in group.names:
+            columns[name] = np.asarray(stored[name], dtype=np.float64)
+    recent, sequence = derive_recent(
+        stored["recent_ts_ms"],
+        stored["recent_amounts"],
+        stored["recent_terminal_ids"],
+        ts_ms,
+        terminal_id,
+    )
+    columns.update(recent)
+    for window in (7, 30):
+        columns[f"amount_to_card_mean_{window}d"] = columns["amount"] / (
+            columns[f"card_amount_mean_{window}d"] + 1.0
+        )
+    tabular = np.stack([_transform(columns[n], how) for n, how in TABULAR_COLUMNS], axis=1)
+    category = np.asarray(stored["terminal_category"], dtype=np.int64)
+    category = np.where((category >= 0) & (category <= len(MERCHANT_CATEGORIES)), category, 0)
+    categorical = np.stack([category, columns["hour"], columns["weekday"]], axis=1)
+    return ModelInputs(
+        tabular=tabular.astype(np.float32),
+        sequence=sequence,
+        categorical=categorical.astype(np.int64),
+        columns=columns,
+    )
+
+
+def default_stored(batch: int) -> dict[str, np.ndarray]:
+    """Stored features of ``batch`` unknown entities: every default, every buffer empty."""
+    out: dict[str, np.ndarray] = {}
+    for group in FEATURE_GROUPS:
+        for feature in group.features:
+            if feature.dtype.endswith("_list"):
+                dtype = np.int64 if feature.dtype.startswith("int64") else np.float32
+                out[feature.name] = np.zeros((batch, RECENT_BUFFER), dtype=dtype)
+            else:
+                dtype = np.int64 if feature.dtype == "int64" else np.float32
+                out[feature.name] = np.full(batch, feature.default, dtype=dtype)
+    return out
+
+
+#: Named columns that rules may read (request, stored daily and derived recent features).
+RULE_COLUMNS = (
+    "amount",
+    "hour",
+    "is_night",
+    *CARD_DAILY.names,
+    "amount_to_card_mean_7d",
+    "amount_to_card_mean_30d",
+    *(name for name in TERMINAL_DAILY.names if name != "terminal_category"),
+    *RECENT_DERIVED,
+)

@@ -1,0 +1,42 @@
+"""Shared fixtures: one small end-to-end build of the offline pipeline per test session."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from build_engines.primary import PrimaryConfig
+
+
+@dataclass
+class TinyBuild:
+    result: dict
+    repository: Path
+    build_dir: Path
+    output: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads((self.build_dir / "reports" / "model_quality.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> TinyBuild:
+    """``make engines`` at the tiny scale, into a temporary build folder and repository."""
+    from build_engines.pipeline import build_all
+
+    root = tmp_path_factory.mktemp("engines")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = build_all(
+            "tiny",
+            primary_cfg=PrimaryConfig(epochs=4),
+            repository=root / "model_repository",
+            build_dir=root / "build",
+        )
+    return TinyBuild(result, root / "model_repository", root / "build", out.getvalue())

@@ -1,0 +1,122 @@
+"""The offline pipeline end to end at the tiny scale: artifacts, parity, INT8, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from build_engines.pipeline import MODEL_NAMES, build_all
+from build_engines.primary import PrimaryConfig
+from python_backend.contract import FALLBACK, MAX_BATCH_SIZE, PRIMARY
+from python_backend.features import TABULAR_NAMES
+
+METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "recall_at_1pct_fpr",
+    "card_precision_at_100",
+    "us_per_row_b1",
+    "us_per_row_b64",
+)
+
+
+def test_build_writes_models_configs_and_metadata(tiny_build) -> None:
+    for contract in (PRIMARY, FALLBACK):
+        model_dir = tiny_build.repository / contract.name
+        model = onnx.load(str(model_dir / "1" / "model.onnx"))
+        onnx.checker.check_model(model)
+        assert [i.name for i in model.graph.input] == [s.name for s in contract.inputs]
+        assert [o.name for o in model.graph.output] == [s.name for s in contract.outputs]
+        batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+        assert not batch_dim.HasField("dim_value"), "the batch axis must be dynamic"
+        metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
+        assert len(metadata["data_fingerprint"]) == 64
+        assert {"torch", "onnxruntime", "onnx"} <= set(metadata["frameworks"])
+        assert metadata["tabular_columns"] == list(TABULAR_NAMES)
+        config = (model_dir / "config.pbtxt").read_text()
+        assert f'name: "{contract.name}"' in config
+        assert f"max_batch_size: {MAX_BATCH_SIZE}" in config
+
+
+def test_onnx_matches_pytorch_on_the_test_set(tiny_build) -> None:
+    assert tiny_build.report["onnx_parity_max_abs_diff"] <= 1e-4
+    assert tiny_build.report["fallback_parity_max_abs_diff"] <= 1e-4
+
+
+def test_int8_model_is_quantized_and_close_to_fp32(tiny_build) -> None:
+    primary_dir = tiny_build.repository / PRIMARY.name / "1"
+    int8 = onnx.load(str(primary_dir / "model.int8.onnx"))
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "expected an explicit Q/DQ graph"
+    zero_points = [t for t in int8.graph.initializer if t.name.endswith("zero_point")]
+    assert zero_points and all(not np.any(onnx.numpy_helper.to_array(t)) for t in zero_points), (
+        "TensorRT needs symmetric INT8 (zero points 0)"
+    )
+    models = tiny_build.report["models"]
+    # The tiny test set holds a few dozen frauds: the bound is loose here and 0.005 at scale.
+    assert models["primary_fp32"]["pr_auc"] - models["primary_int8"]["pr_auc"] <= 0.05
+    assert abs(models["primary_fp32"]["roc_auc"] - models["primary_int8"]["roc_auc"]) <= 0.02
+
+
+def test_quality_report_has_every_model_and_metric(tiny_build) -> None:
+    report = tiny_build.report
+    assert set(report["models"]) == set(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        for metric in METRICS:
+            value = report["models"][name][metric]
+            assert np.isfinite(value), (name, metric)
+        assert 0.5 < report["models"][name]["roc_auc"] <= 1.0, name
+    reports = tiny_build.build_dir / "reports"
+    table = (reports / "model_quality.md").read_text()
+    assert all(f"| {name} |" in table for name in MODEL_NAMES)
+    assert (reports / "model_quality_pr.png").stat().st_size > 10_000
+
+
+def _multiply_adds_per_row(model: onnx.ModelProto) -> int:
+    """Multiply-adds one row costs: weights read by each MatMul/Gemm node (each unrolled
+    GRU step counts), plus the coefficients of ONNX-ML linear classifiers."""
+    weights = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            total += sum(weights.get(name, 0) for name in node.input[1:2])
+        elif node.op_type == "LinearClassifier":
+            coefficients = next(a for a in node.attribute if a.name == "coefficients")
+            total += len(coefficients.floats)
+    return total
+
+
+def test_fallback_is_at_least_ten_times_cheaper_per_row_than_primary(tiny_build) -> None:
+    """Counted, not timed (timings on a shared machine are for the report): the fallback
+    does at least ten times fewer multiply-adds per row."""
+    primary_macs = _multiply_adds_per_row(
+        onnx.load(str(tiny_build.repository / PRIMARY.name / "1" / "model.fp32.onnx"))
+    )
+    fallback_macs = _multiply_adds_per_row(
+        onnx.load(str(tiny_build.repository / FALLBACK.name / "1" / "model.onnx"))
+    )
+    assert fallback_macs > 0
+    assert primary_macs >= 10 * fallback_macs, (primary_macs, fallback_macs)
+
+
+def test_build_prints_where_artifacts_went_and_why_tensorrt_was_skipped(tiny_build) -> None:
+    if tiny_build.result["tensorrt"]["built"]:
+        return
+    skip_lines = [ln for ln in tiny_build.output.splitlines() if "TensorRT engines skipped" in ln]
+    assert len(skip_lines) == 1 and tiny_build.result["tensorrt"]["reason"] in skip_lines[0]
+    assert "platform" not in (tiny_build.repository / PRIMARY.name / "config.pbtxt").read_text()
+    for label in ("primary", "fallback", "report", "plot"):
+        assert f"{label}: " in tiny_build.output
+
+
+def test_second_build_with_nothing_changed_is_up_to_date(tiny_build, capsys) -> None:
+    again = build_all(
+        "tiny",
+        primary_cfg=PrimaryConfig(epochs=4),
+        repository=tiny_build.repository,
+        build_dir=tiny_build.build_dir,
+    )
+    assert again["build_key"] == tiny_build.result["build_key"]
+    assert "up to date" in capsys.readouterr().out

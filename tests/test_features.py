@@ -1,0 +1,136 @@
+"""Point-in-time features: no leakage, one definition offline and at scoring time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from build_engines.featurize import FeatureTables, model_inputs, stored_features
+from build_engines.simulate import SimulationConfig, simulate
+from python_backend.features import (
+    FEATURE_GROUPS,
+    LABEL_DELAY_DAYS,
+    MS_PER_DAY,
+    MS_PER_HOUR,
+    MS_PER_MINUTE,
+    RECENT_BUFFER,
+    SEQUENCE_LENGTH,
+    TABULAR_NAMES,
+    default_stored,
+    derive_recent,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulate(SimulationConfig.scale("tiny", seed=11))
+
+
+def _features_for(events: pd.DataFrame, terminals: pd.DataFrame, queries: pd.DataFrame):
+    tables = FeatureTables.build(events, terminals)
+    return stored_features(tables, events, queries)
+
+
+def test_feature_at_t_uses_only_events_before_t(data) -> None:
+    """Computing a transaction's features from the full log or from the log cut at its
+    own timestamp gives the same values: nothing at or after ``t`` is read."""
+    tx = data.transactions
+    rng = np.random.default_rng(0)
+    picked = tx.iloc[np.sort(rng.choice(np.arange(len(tx) // 2, len(tx)), 40, replace=False))]
+    full = _features_for(tx, data.terminals, picked)
+    for i, (_, row) in enumerate(picked.iterrows()):
+        before = tx[tx["ts_ms"] < row["ts_ms"]]
+        cut = _features_for(before, data.terminals, picked.iloc[[i]])
+        for name, values in full.items():
+            np.testing.assert_allclose(cut[name][0], values[i], rtol=1e-6, err_msg=name)
+
+
+def test_terminal_risk_ignores_labels_inside_the_label_delay(data) -> None:
+    """Flipping the labels of every transaction after ``day - LABEL_DELAY_DAYS`` does not
+    change terminal risk on ``day``: those labels are not known yet."""
+    tx = data.transactions
+    day = 45
+    queries = tx[tx["day"] == day]
+    cutoff = tx["ts_ms"].min() // MS_PER_DAY * MS_PER_DAY + (day - LABEL_DELAY_DAYS) * MS_PER_DAY
+    flipped = tx.copy()
+    late = flipped["ts_ms"] >= cutoff
+    flipped.loc[late, "is_fraud"] = 1 - flipped.loc[late, "is_fraud"]
+    a = _features_for(tx, data.terminals, queries)
+    b = _features_for(flipped, data.terminals, queries)
+    for name in ("terminal_fraud_rate_7d", "terminal_fraud_rate_30d"):
+        np.testing.assert_array_equal(a[name], b[name])
+    # ...while flipping labels before the cut-off does change it: the check can fail.
+    early = tx.copy()
+    window = (early["ts_ms"] < cutoff) & (early["ts_ms"] >= cutoff - 7 * MS_PER_DAY)
+    early.loc[window, "is_fraud"] = 1 - early.loc[window, "is_fraud"]
+    c = _features_for(early, data.terminals, queries)
+    assert not np.array_equal(a["terminal_fraud_rate_7d"], c["terminal_fraud_rate_7d"])
+
+
+def test_unknown_card_and_terminal_get_the_declared_defaults(data) -> None:
+    query = pd.DataFrame(
+        {
+            "card_id": [10**9],
+            "terminal_id": [10**9],
+            "ts_ms": [int(data.transactions["ts_ms"].iloc[-1])],
+            "amount": [5.0],
+        }
+    )
+    stored = _features_for(data.transactions, data.terminals, query)
+    defaults = default_stored(1)
+    for group in FEATURE_GROUPS:
+        for name in group.names:
+            np.testing.assert_array_equal(stored[name], defaults[name], err_msg=name)
+
+
+def _brute_force_recent(ts, amounts, terminals, now, terminal):
+    before = [(t, a, k) for t, a, k in zip(ts, amounts, terminals, strict=True) if 0 < t < now]
+    last = before[-SEQUENCE_LENGTH:]
+    return {
+        "card_tx_count_10m": sum(now - t <= 10 * MS_PER_MINUTE for t, _, _ in before),
+        "card_tx_count_1h": sum(now - t <= MS_PER_HOUR for t, _, _ in before),
+        "card_amount_sum_1h": sum(a for t, a, _ in before if now - t <= MS_PER_HOUR),
+        "terminal_seen_recently": float(any(k == terminal for _, _, k in before)),
+        "last_amounts": [np.log1p(a) for _, a, _ in last],
+    }
+
+
+def test_derive_recent_matches_a_row_by_row_definition() -> None:
+    rng = np.random.default_rng(5)
+    now = 10 * MS_PER_DAY
+    batch = 64
+    ts = np.sort(
+        now - rng.integers(-5 * MS_PER_MINUTE, 3 * MS_PER_HOUR, (batch, RECENT_BUFFER)), axis=1
+    )
+    ts[:, : rng.integers(0, RECENT_BUFFER)] = 0  # padding for short histories
+    amounts = rng.uniform(0.5, 300, ts.shape).astype(np.float32)
+    terminals = rng.integers(1, 6, ts.shape)
+    current_terminal = rng.integers(1, 6, batch)
+    columns, sequence = derive_recent(ts, amounts, terminals, np.full(batch, now), current_terminal)
+    for row in range(batch):
+        expected = _brute_force_recent(
+            ts[row], amounts[row], terminals[row], now, current_terminal[row]
+        )
+        for name in ("card_tx_count_10m", "card_tx_count_1h", "terminal_seen_recently"):
+            assert columns[name][row] == expected[name], name
+        assert columns["card_amount_sum_1h"][row] == pytest.approx(
+            expected["card_amount_sum_1h"], rel=1e-5
+        )
+        n = len(expected["last_amounts"])
+        assert sequence[row, :, 3].sum() == n
+        np.testing.assert_allclose(
+            sequence[row, SEQUENCE_LENGTH - n :, 0], expected["last_amounts"], rtol=1e-5
+        )
+
+
+def test_model_inputs_follow_the_declared_layout(data) -> None:
+    tx = data.transactions
+    queries = tx.iloc[-500:]
+    inputs = model_inputs(FeatureTables.build(tx, data.terminals), tx, queries)
+    assert inputs.tabular.shape == (500, len(TABULAR_NAMES))
+    assert inputs.sequence.shape == (500, SEQUENCE_LENGTH, 4)
+    assert np.isfinite(inputs.tabular).all()
+    # log1p(amount) is the first tabular column; category ids stay inside the vocabulary.
+    np.testing.assert_allclose(inputs.tabular[:, 0], np.log1p(queries["amount"]), rtol=1e-6)
+    assert inputs.categorical[:, 0].min() >= 1

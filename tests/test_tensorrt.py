@@ -1,0 +1,101 @@
+"""TensorRT engine path: command construction, config generation, the skip path, and the
+real build where a GPU and TensorRT exist."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from build_engines.tensorrt import POLYGRAPHY, engine_command, tensorrt_availability
+from build_engines.triton_config import fallback_config, primary_config
+from python_backend.contract import MAX_BATCH_SIZE, PRIMARY
+
+
+def _polygraphy_run_flags() -> set[str]:
+    help_text = subprocess.run(
+        [POLYGRAPHY, "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(re.findall(r"(--[a-z0-9-]+)", help_text))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_command_uses_only_flags_polygraphy_knows(precision: str) -> None:
+    cmd = engine_command(Path("m.onnx"), Path("model.plan"), PRIMARY, precision)
+    known = _polygraphy_run_flags()
+    unknown = [arg for arg in cmd if arg.startswith("--") and arg not in known]
+    assert not unknown, f"polygraphy run does not accept {unknown}"
+    assert cmd[:3] == [POLYGRAPHY, "run", "m.onnx"]
+    assert {"--onnxrt", "--trt", "--save-engine"} <= set(cmd)
+    assert ("--int8" in cmd) == (precision == "int8")
+
+
+def test_engine_profile_spans_batch_one_to_max() -> None:
+    cmd = engine_command(Path("m.onnx"), Path("p.plan"), PRIMARY, "fp16")
+
+    def shapes(flag: str) -> list[str]:
+        start = cmd.index(flag) + 1
+        return cmd[start : start + len(PRIMARY.inputs)]
+
+    assert shapes("--trt-min-shapes") == ["TABULAR:[1,26]", "SEQUENCE:[1,5,4]", "CATEGORICAL:[1,3]"]
+    assert shapes("--trt-max-shapes")[0] == f"TABULAR:[{MAX_BATCH_SIZE},26]"
+    assert "CATEGORICAL:[0,6]" in cmd, "embedding indices must stay inside the vocabulary"
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        engine_command(Path("m.onnx"), Path("p.plan"), PRIMARY, "int4")
+
+
+def test_tensorrt_config_serves_the_plan_on_the_gpu() -> None:
+    config = primary_config("tensorrt")
+    assert 'platform: "tensorrt_plan"' in config and "KIND_GPU" in config
+    assert "backend" not in config
+    for needle in (
+        "preferred_batch_size: [ 16, 64 ]",
+        "timeout_action: REJECT",
+        "allow_timeout_override: true",
+        "default_timeout_microseconds",
+    ):
+        assert needle in config
+    fallback = fallback_config("tensorrt")
+    assert 'backend: "onnxruntime"' in fallback and "KIND_CPU" in fallback
+
+
+def test_cpu_config_runs_onnx_runtime_in_the_python_backend() -> None:
+    config = primary_config("cpu")
+    assert 'backend: "python"' in config and "KIND_CPU" in config
+    assert "tensorrt_plan" not in config and "KIND_GPU" not in config
+    assert 'backend: "python"' in fallback_config("cpu")
+    with pytest.raises(ValueError, match="variant"):
+        primary_config("tpu")
+
+
+def test_availability_explains_itself() -> None:
+    availability = tensorrt_availability()
+    assert availability.reason
+    if not availability.ok:
+        assert (
+            "TensorRT" in availability.reason
+            or "GPU" in availability.reason
+            or "driver" in availability.reason
+        )
+
+
+@pytest.mark.gpu
+def test_engines_build_and_match_onnx_runtime(tiny_build) -> None:
+    availability = tensorrt_availability()
+    if not availability.ok:
+        pytest.skip(f"needs an NVIDIA GPU and TensorRT: {availability.reason}")
+    engines = tiny_build.result["tensorrt"]["engines"]
+    # build_engines() raises when polygraphy's ONNX Runtime comparison fails, so built
+    # engines have passed it.
+    assert set(engines) == {"fp16", "int8"}
+    for plan in engines.values():
+        assert Path(plan).stat().st_size > 0
+    assert (tiny_build.repository / PRIMARY.name / "1" / "model.plan").exists()
