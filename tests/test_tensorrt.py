@@ -99,3 +99,28 @@ def test_engines_build_and_match_onnx_runtime(tiny_build) -> None:
     for plan in engines.values():
         assert Path(plan).stat().st_size > 0
     assert (tiny_build.repository / PRIMARY.name / "1" / "model.plan").exists()
+
+
+@pytest.mark.parametrize("variant", ["cpu", "tensorrt"])
+def test_generated_configs_parse_as_triton_model_configs(variant: str) -> None:
+    """Each generated config is a valid ``inference.ModelConfig`` (Triton's own protobuf
+    schema, shipped with tritonclient), with the contract's tensors."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from python_backend.contract import FALLBACK
+
+    for contract, text in (
+        (PRIMARY, primary_config(variant)),
+        (FALLBACK, fallback_config(variant)),
+    ):
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        assert config.name == contract.name
+        assert config.max_batch_size == MAX_BATCH_SIZE
+        assert [i.name for i in config.input] == [s.name for s in contract.inputs]
+        assert [tuple(i.dims) for i in config.input] == [s.dims for s in contract.inputs]
+        assert [o.name for o in config.output] == [s.name for s in contract.outputs]
+    primary = text_format.Parse(primary_config(variant), model_config_pb2.ModelConfig())
+    policy = primary.dynamic_batching.default_queue_policy
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert policy.allow_timeout_override
