@@ -8,7 +8,9 @@ probability.
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +168,10 @@ def train(
 def export_onnx(model: FraudNet, sample: ModelInputs, path: Path) -> None:
     """Export with a dynamic batch axis and the contract's tensor names."""
     model.eval()
+    # The exporter warns about torchvision ops and pytree internals on every run: not ours.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH_SIZE * 16)
     args = tuple(t[:4] for t in _tensors(sample))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,15 +76,12 @@ def test_quality_report_has_every_model_and_metric(tiny_build) -> None:
 
 def _multiply_adds_per_row(model: onnx.ModelProto) -> int:
     """Multiply-adds one row costs: weights read by each MatMul/Gemm node (each unrolled
-    GRU step counts), plus the coefficients of ONNX-ML linear classifiers."""
+    GRU step counts)."""
     weights = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     total = 0
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm"):
             total += sum(weights.get(name, 0) for name in node.input[1:2])
-        elif node.op_type == "LinearClassifier":
-            coefficients = next(a for a in node.attribute if a.name == "coefficients")
-            total += len(coefficients.floats)
     return total
 
 
