@@ -50,24 +50,27 @@ def microseconds_per_row(
     scorers: dict[str, Callable[[int, int], object]],
     n_rows: int,
     batch: int,
-    repeats: int = 300,
+    rounds: int = 15,
+    calls_per_round: int = 20,
 ) -> dict[str, float]:
     """Median wall time per row, in µs, of each ``scorer(start, batch)``, measured side by
-    side: every repeat times each scorer once, in rotating order, on the same rows, so
-    noise from a shared machine falls on all of them alike and their ratios hold.
+    side: each round times every scorer for ``calls_per_round`` consecutive calls (caches
+    warm, as in a dedicated model instance), the order rotating between rounds, so noise
+    from a shared machine falls on all scorers alike and their ratios hold.
 
     A scorer scores rows ``start .. start + batch`` of data prepared beforehand, so the
     figure holds the model's own cost, not the data preparation.
     """
     names = list(scorers)
-    starts = np.random.default_rng(0).integers(0, max(n_rows - batch, 1), repeats + 20)
-    for s in starts[:20]:  # warm-up: allocations, lazy initialisation
-        for name in names:
-            scorers[name](int(s), batch)
+    rng = np.random.default_rng(0)
     times: dict[str, list[int]] = {name: [] for name in names}
-    for i, s in enumerate(starts[20:]):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            t0 = time.perf_counter_ns()
-            scorers[name](int(s), batch)
-            times[name].append(time.perf_counter_ns() - t0)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            starts = rng.integers(0, max(n_rows - batch, 1), calls_per_round + 3)
+            for s in starts[:3]:  # re-warm after the other scorers ran
+                scorers[name](int(s), batch)
+            for s in starts[3:]:
+                t0 = time.perf_counter_ns()
+                scorers[name](int(s), batch)
+                times[name].append(time.perf_counter_ns() - t0)
     return {name: round(float(np.median(t)) / 1_000 / batch, 3) for name, t in times.items()}

@@ -174,8 +174,10 @@ def train_and_evaluate(
     scores["gbdt_baseline"] = baseline.predict(booster, split.test)
     facts["gbdt_trees"] = int(booster.best_iteration)
     gbdt_x = baseline.features(split.test)
+    # One thread like the other models: LightGBM's idle OpenMP workers otherwise spin and
+    # slow whatever is timed after them.
     scorers["gbdt_baseline"] = lambda start, batch: booster.predict(
-        gbdt_x[start : start + batch], num_iteration=booster.best_iteration
+        gbdt_x[start : start + batch], num_iteration=booster.best_iteration, num_threads=1
     )
 
     if rules is not None:
