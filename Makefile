@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the tools need (libgomp1: LightGBM's OpenMP runtime).
-APT_PACKAGES := libgomp1
+# Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests).
+APT_PACKAGES := libgomp1 redis-server
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 

@@ -102,6 +102,7 @@ def card_daily_snapshots(events: pd.DataFrame, days_ms: np.ndarray) -> pd.DataFr
             sums["amount"], count, out=np.zeros_like(count), where=count > 0
         )
     frame = pd.DataFrame(out)
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp_ms"], unit="ms", utc=True)
     for name in CARD_DAILY.names:
         frame[name] = frame[name].astype(np.float32)
     return frame
@@ -133,6 +134,7 @@ def terminal_daily_snapshots(
             sums["fraud"], count, out=np.zeros_like(count), where=count > 0
         )
     frame = pd.DataFrame(out)
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp_ms"], unit="ms", utc=True)
     for name in TERMINAL_DAILY.names:
         if name != "terminal_category":
             frame[name] = frame[name].astype(np.float32)
@@ -141,10 +143,11 @@ def terminal_daily_snapshots(
 
 
 def recent_buffers(
-    events: pd.DataFrame, card_id: np.ndarray, ts_ms: np.ndarray
+    events: pd.DataFrame, card_id: np.ndarray, ts_ms: np.ndarray, with_ids: bool = False
 ) -> dict[str, np.ndarray]:
     """The last ``RECENT_BUFFER`` transactions of each card strictly before each time,
-    oldest first, left-padded with zeros: the ``card_recent`` values at that moment."""
+    oldest first, left-padded with zeros: the ``card_recent`` values at that moment
+    (``with_ids`` adds their transaction ids, empty strings for padding)."""
     index = _EventIndex.build(
         events["card_id"].to_numpy(), events["ts_ms"].to_numpy(), _origin(events), {}
     )
@@ -158,11 +161,15 @@ def recent_buffers(
     ts = events["ts_ms"].to_numpy(dtype=np.int64)[source]
     amounts = events["amount"].to_numpy(dtype=np.float32)[source]
     terminals = events["terminal_id"].to_numpy(dtype=np.int64)[source]
-    return {
+    out = {
         "recent_ts_ms": np.where(valid, ts, 0),
         "recent_amounts": np.where(valid, amounts, 0).astype(np.float32),
         "recent_terminal_ids": np.where(valid, terminals, 0),
     }
+    if with_ids:
+        ids = events["transaction_id"].to_numpy(dtype=object)[source]
+        out["recent_tx_ids"] = np.where(valid, ids, "")
+    return out
 
 
 @dataclass

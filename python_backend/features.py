@@ -154,10 +154,16 @@ CARD_RECENT = FeatureGroup(
         StoredFeature(
             "recent_terminal_ids", "int64_list", 0.0, "terminals of the last transactions"
         ),
+        # Not a model input: lets the stream consumer apply each event exactly once.
+        StoredFeature("recent_tx_ids", "string_list", 0.0, "ids of the last transactions"),
     ),
 )
 
 FEATURE_GROUPS = (CARD_DAILY, TERMINAL_DAILY, CARD_RECENT)
+#: Stored features the models read (everything but bookkeeping such as transaction ids).
+MODEL_STORED = tuple(
+    f for group in FEATURE_GROUPS for f in group.features if f.dtype != "string_list"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,14 +342,13 @@ def assemble_model_inputs(
 def default_stored(batch: int) -> dict[str, np.ndarray]:
     """Stored features of ``batch`` unknown entities: every default, every buffer empty."""
     out: dict[str, np.ndarray] = {}
-    for group in FEATURE_GROUPS:
-        for feature in group.features:
-            if feature.dtype.endswith("_list"):
-                dtype = np.int64 if feature.dtype.startswith("int64") else np.float32
-                out[feature.name] = np.zeros((batch, RECENT_BUFFER), dtype=dtype)
-            else:
-                dtype = np.int64 if feature.dtype == "int64" else np.float32
-                out[feature.name] = np.full(batch, feature.default, dtype=dtype)
+    for feature in MODEL_STORED:
+        if feature.dtype.endswith("_list"):
+            dtype = np.int64 if feature.dtype.startswith("int64") else np.float32
+            out[feature.name] = np.zeros((batch, RECENT_BUFFER), dtype=dtype)
+        else:
+            dtype = np.int64 if feature.dtype == "int64" else np.float32
+            out[feature.name] = np.full(batch, feature.default, dtype=dtype)
     return out
 
 

@@ -9,11 +9,11 @@ import pytest
 from build_engines.featurize import FeatureTables, model_inputs, stored_features
 from build_engines.simulate import SimulationConfig, simulate
 from python_backend.features import (
-    FEATURE_GROUPS,
     LABEL_DELAY_DAYS,
     MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_MINUTE,
+    MODEL_STORED,
     RECENT_BUFFER,
     SEQUENCE_LENGTH,
     TABULAR_NAMES,
@@ -79,9 +79,9 @@ def test_unknown_card_and_terminal_get_the_declared_defaults(data) -> None:
     )
     stored = _features_for(data.transactions, data.terminals, query)
     defaults = default_stored(1)
-    for group in FEATURE_GROUPS:
-        for name in group.names:
-            np.testing.assert_array_equal(stored[name], defaults[name], err_msg=name)
+    for feature in MODEL_STORED:
+        np.testing.assert_array_equal(stored[feature.name], defaults[feature.name],
+                                      err_msg=feature.name)
 
 
 def _brute_force_recent(ts, amounts, terminals, now, terminal):

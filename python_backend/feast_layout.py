@@ -1,0 +1,153 @@
+"""Feast's online-store layout, read without importing Feast.
+
+Feast owns and writes the layout (pinned: feast 0.67.0, entity key serialization version 3);
+the serving side only reads it, because importing Feast costs seconds and hundreds of MB in
+every Python-backend instance. ``tests/test_online_reader.py`` proves, against the real
+``FeatureStore.get_online_features``, that what is decoded here equals what Feast returns.
+
+* Entity keys: ``serialize_entity_key`` v3 of one INT64 join key.
+* Redis: one hash per entity (key = serialized entity key + project); field
+  ``murmur3_32("<view>:<feature>")`` little endian holds a serialized ``feast.types.Value``;
+  field ``_ts:<view>`` holds a serialized ``google.protobuf.Timestamp``.
+* SQLite: table ``<project>_<view>``, one row per (entity key, feature) with the serialized
+  ``Value`` and the event time.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+#: feast.types.ValueType numbers used in entity keys.
+_VALUE_TYPE_STRING = 2
+_VALUE_TYPE_INT64 = 4
+#: Field numbers of feast.types.Value's oneof that the fraud features use.
+_FIELD_INT64 = 4
+_FIELD_DOUBLE = 5
+_FIELD_FLOAT = 6
+_FIELD_STRING_LIST = 12
+_FIELD_INT64_LIST = 14
+_FIELD_FLOAT_LIST = 16
+#: A float_val is always the tag byte 0x35 and 4 little-endian bytes.
+_FLOAT_VAL_TAG = 0x35
+
+
+def entity_key(join_key: str, value: int) -> bytes:
+    """Feast's ``serialize_entity_key`` (v3) of a single INT64 join key."""
+    name = join_key.encode()
+    return b"".join(
+        (
+            struct.pack("<III", 1, _VALUE_TYPE_STRING, len(name)),
+            name,
+            struct.pack("<IIq", _VALUE_TYPE_INT64, 8, value),
+        )
+    )
+
+
+def redis_key(project: str, join_key: str, value: int) -> bytes:
+    """The Redis hash holding every feature view of one entity."""
+    return entity_key(join_key, value) + project.encode()
+
+
+def redis_field(view: str, feature: str) -> bytes:
+    """Feast's ``_mmh3``: murmur3 32-bit of ``view:feature``, 4 bytes little endian."""
+    import mmh3
+
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
+
+
+def redis_ts_field(view: str) -> bytes:
+    return f"_ts:{view}".encode()
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _packed(payload: bytes, field: int) -> list:
+    """Values of a Feast ``*List`` message (``repeated <type> val = 1``)."""
+    out: list = []
+    pos = 0
+    while pos < len(payload):
+        tag, pos = _varint(payload, pos)
+        wire = tag & 7
+        if wire == 2:
+            length, pos = _varint(payload, pos)
+            chunk = payload[pos : pos + length]
+            pos += length
+            if field == _FIELD_FLOAT_LIST:
+                out.extend(np.frombuffer(chunk, dtype="<f4").tolist())
+            elif field == _FIELD_INT64_LIST:
+                p = 0
+                while p < len(chunk):
+                    v, p = _varint(chunk, p)
+                    out.append(_signed64(v))
+            else:  # string list: each element is its own length-delimited field
+                out.append(chunk.decode())
+        elif wire == 0:
+            v, pos = _varint(payload, pos)
+            out.append(_signed64(v))
+        elif wire == 5:
+            out.append(struct.unpack_from("<f", payload, pos)[0])
+            pos += 4
+        else:
+            raise ValueError(f"unexpected wire type {wire} in a Feast list value")
+    return out
+
+
+def decode_value(buf: bytes | None) -> object:
+    """A serialized ``feast.types.Value`` as a Python value (None when unset or empty)."""
+    if not buf:
+        return None
+    tag, pos = _varint(buf, 0)
+    field, wire = tag >> 3, tag & 7
+    if wire == 5 and field == _FIELD_FLOAT:
+        return struct.unpack_from("<f", buf, pos)[0]
+    if wire == 1 and field == _FIELD_DOUBLE:
+        return struct.unpack_from("<d", buf, pos)[0]
+    if wire == 0 and field == _FIELD_INT64:
+        return _signed64(_varint(buf, pos)[0])
+    if wire == 2 and field in (_FIELD_FLOAT_LIST, _FIELD_INT64_LIST, _FIELD_STRING_LIST):
+        length, pos = _varint(buf, pos)
+        return _packed(buf[pos : pos + length], field)
+    raise ValueError(f"unsupported Feast value: field {field}, wire type {wire}")
+
+
+def decode_floats(values: list[bytes | None], default: float) -> np.ndarray:
+    """A column of serialized float values, vectorised when every value is a float_val."""
+    if all(v is not None and len(v) == 5 and v[0] == _FLOAT_VAL_TAG for v in values):
+        return np.frombuffer(b"".join(v[1:] for v in values), dtype="<f4").copy()
+    out = np.full(len(values), default, dtype=np.float32)
+    for i, v in enumerate(values):
+        decoded = decode_value(v)
+        if decoded is not None:
+            out[i] = decoded
+    return out
+
+
+def decode_timestamp_ms(buf: bytes | None) -> int:
+    """A serialized ``google.protobuf.Timestamp`` in ms since the epoch (0 when unset)."""
+    if not buf:
+        return 0
+    seconds = nanos = 0
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        value, pos = _varint(buf, pos)
+        if tag >> 3 == 1:
+            seconds = _signed64(value)
+        elif tag >> 3 == 2:
+            nanos = value
+    return seconds * 1000 + nanos // 1_000_000

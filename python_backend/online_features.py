@@ -1,0 +1,121 @@
+"""The serving side's view of the online feature store: one small interface.
+
+Given a batch of (card, terminal) pairs, a reader returns every stored model feature as a
+column in the declared order (defaults filled in where an entity is missing), per-row flags
+for missing cards and terminals, and each view's event time: one store round trip per batch.
+
+One module per store (``redis_reader``, ``sqlite_reader``), as Feast's online stores are
+organised; :func:`open_reader` picks one from the configuration.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from python_backend.features import FEATURE_GROUPS, RECENT_BUFFER, default_stored
+
+#: Feast project name shared by the feature repository and the readers.
+PROJECT = "fraud"
+
+
+@dataclass
+class OnlineFeatures:
+    """Stored features of a batch, ready for :func:`assemble_model_inputs`."""
+
+    stored: dict[str, np.ndarray]
+    card_found: np.ndarray  # [B] bool
+    terminal_found: np.ndarray  # [B] bool
+    #: Event time (ms) of each feature view's row per transaction, 0 where missing.
+    event_ms: dict[str, np.ndarray]
+    #: Transaction ids in each card's recent buffer (only with ``with_tx_ids``).
+    recent_tx_ids: list[list[str]] | None = None
+
+    @property
+    def missing(self) -> np.ndarray:
+        """Rows decided on defaults for at least one entity."""
+        return ~(self.card_found & self.terminal_found)
+
+
+class OnlineFeatureReader(abc.ABC):
+    """Reads the fraud features of a batch from one online store."""
+
+    #: Whether one read is a single network round trip.
+    single_round_trip: bool = True
+
+    @abc.abstractmethod
+    def read(
+        self, card_ids: np.ndarray, terminal_ids: np.ndarray, with_tx_ids: bool = False
+    ) -> OnlineFeatures:
+        """Features for each (card, terminal) pair, in the same order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def empty_features(batch: int) -> OnlineFeatures:
+    """Every default, no entity found: what a request gets when the store is unreachable."""
+    return OnlineFeatures(
+        stored=default_stored(batch),
+        card_found=np.zeros(batch, dtype=bool),
+        terminal_found=np.zeros(batch, dtype=bool),
+        event_ms={g.name: np.zeros(batch, dtype=np.int64) for g in FEATURE_GROUPS},
+    )
+
+
+def left_padded(rows: list[list | None], dtype: type) -> np.ndarray:
+    """Lists of up to ``RECENT_BUFFER`` items (oldest first) as a ``[B, RECENT_BUFFER]``
+    array, left-padded with zeros: the buffer layout ``derive_recent`` reads."""
+    out = np.zeros((len(rows), RECENT_BUFFER), dtype=dtype)
+    for i, row in enumerate(rows):
+        if row:
+            tail = row[-RECENT_BUFFER:]
+            out[i, RECENT_BUFFER - len(tail) :] = tail
+    return out
+
+
+def open_reader(kind: str | None = None, location: str | None = None) -> OnlineFeatureReader:
+    """The reader for ``FEATURE_STORE`` (``sqlite``, the default, or ``redis``).
+
+    ``location`` is ``REDIS_URL`` for Redis and the SQLite file for SQLite, by default
+    from the environment (``REDIS_URL``, ``FEATURE_SQLITE_PATH``).
+    """
+    kind = (kind or os.environ.get("FEATURE_STORE", "sqlite")).lower()
+    if kind == "redis":
+        from python_backend.redis_reader import RedisFeatureReader
+
+        return RedisFeatureReader(location or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    if kind == "sqlite":
+        from python_backend.sqlite_reader import SqliteFeatureReader
+
+        path = location or os.environ.get("FEATURE_SQLITE_PATH", "build/feature_repo/online.db")
+        return SqliteFeatureReader(path)
+    raise ValueError(f"FEATURE_STORE must be 'sqlite' or 'redis', got {kind!r}")
+
+
+def columns_from_values(
+    values: dict[str, list[bytes | None]], batch: int
+) -> dict[str, np.ndarray]:
+    """Decode serialized Feast values (one list per stored feature, ``None`` where the
+    entity or field is missing) into model columns with the declared defaults."""
+    from python_backend.feast_layout import decode_floats, decode_value
+    from python_backend.features import MODEL_STORED
+
+    stored: dict[str, np.ndarray] = {}
+    for feature in MODEL_STORED:
+        raw = values[feature.name]
+        if feature.dtype == "float32":
+            stored[feature.name] = decode_floats(raw, feature.default)
+        elif feature.dtype == "int64":
+            stored[feature.name] = np.array(
+                [int(feature.default) if v is None else decode_value(v) for v in raw],
+                dtype=np.int64,
+            )
+        else:
+            dtype = np.int64 if feature.dtype.startswith("int64") else np.float32
+            stored[feature.name] = left_padded([decode_value(v) for v in raw], dtype)
+    assert all(len(c) == batch for c in stored.values())
+    return stored
