@@ -19,10 +19,15 @@ _FEAST_TYPES = {
     "string_list": Array(String),
 }
 ENTITIES = {
-    "card_id": Entity(name="card", join_keys=["card_id"], value_type=ValueType.INT64,
-                      description="a payment card"),
-    "terminal_id": Entity(name="terminal", join_keys=["terminal_id"],
-                          value_type=ValueType.INT64, description="a merchant terminal"),
+    "card_id": Entity(
+        name="card", join_keys=["card_id"], value_type=ValueType.INT64, description="a payment card"
+    ),
+    "terminal_id": Entity(
+        name="terminal",
+        join_keys=["terminal_id"],
+        value_type=ValueType.INT64,
+        description="a merchant terminal",
+    ),
 }
 #: Name of the push source the stream consumer writes ``card_recent`` through.
 RECENT_PUSH_SOURCE = f"{CARD_RECENT.name}_push"
@@ -41,15 +46,18 @@ def feature_view(group: FeatureGroup, data_dir: Path) -> FeatureView:
         timestamp_field="event_timestamp",
     )
     source = (
-        PushSource(name=RECENT_PUSH_SOURCE, batch_source=batch) if group.source == "stream"
+        PushSource(name=RECENT_PUSH_SOURCE, batch_source=batch)
+        if group.source == "stream"
         else batch
     )
     return FeatureView(
         name=group.name,
         entities=[ENTITIES[group.entity]],
         ttl=timedelta(days=group.ttl_days),
-        schema=[Field(name=f.name, dtype=_FEAST_TYPES[f.dtype], description=f.description)
-                for f in group.features],
+        schema=[
+            Field(name=f.name, dtype=_FEAST_TYPES[f.dtype], description=f.description)
+            for f in group.features
+        ],
         source=source,
         online=True,
         description=f"{group.source} features of the {group.entity.removesuffix('_id')}",

@@ -83,8 +83,9 @@ def repo_config(settings: StoreSettings) -> RepoConfig:
         project=PROJECT,
         provider="local",
         # A long registry cache: re-reading the file registry inside requests costs 5-8 ms.
-        registry=RegistryConfig(path=str(settings.repo_dir / "registry.db"),
-                                cache_ttl_seconds=3600),
+        registry=RegistryConfig(
+            path=str(settings.repo_dir / "registry.db"), cache_ttl_seconds=3600
+        ),
         online_store=online,
         entity_key_serialization_version=3,
     )
@@ -105,24 +106,33 @@ def _ensure_recent_source(settings: StoreSettings) -> None:
     """Feast needs the push source's batch file to exist, even before any backfill."""
     path = source_path(settings.data_dir, CARD_RECENT)
     if not path.exists():
-        write_recent_snapshot(pd.DataFrame(columns=["transaction_id", "ts_ms", "card_id",
-                                                    "terminal_id", "amount"]),
-                              np.zeros(0, dtype=np.int64), 0, path)
+        write_recent_snapshot(
+            pd.DataFrame(columns=["transaction_id", "ts_ms", "card_id", "terminal_id", "amount"]),
+            np.zeros(0, dtype=np.int64),
+            0,
+            path,
+        )
 
 
-def write_recent_snapshot(events: pd.DataFrame, cards: np.ndarray, as_of_ms: int,
-                          path: Path) -> pd.DataFrame:
+def write_recent_snapshot(
+    events: pd.DataFrame, cards: np.ndarray, as_of_ms: int, path: Path
+) -> pd.DataFrame:
     """``card_recent`` rows for ``cards`` as of ``as_of_ms``: each card's buffer of its last
     transactions before that time, stamped with its newest transaction's time."""
-    buffers = recent_buffers(events, cards, np.full(len(cards), as_of_ms), with_ids=True) \
-        if len(cards) else {f.name: np.zeros((0, 0)) for f in CARD_RECENT.features}
+    buffers = (
+        recent_buffers(events, cards, np.full(len(cards), as_of_ms), with_ids=True)
+        if len(cards)
+        else {f.name: np.zeros((0, 0)) for f in CARD_RECENT.features}
+    )
     ts = buffers["recent_ts_ms"]
     newest = ts.max(axis=1) if len(cards) else np.zeros(0, dtype=np.int64)
     keep = newest > 0
-    frame = pd.DataFrame({
-        "card_id": np.asarray(cards, dtype=np.int64)[keep],
-        "event_timestamp": pd.to_datetime(newest[keep], unit="ms", utc=True),
-    })
+    frame = pd.DataFrame(
+        {
+            "card_id": np.asarray(cards, dtype=np.int64)[keep],
+            "event_timestamp": pd.to_datetime(newest[keep], unit="ms", utc=True),
+        }
+    )
     for feature in CARD_RECENT.features:
         rows = buffers[feature.name][keep]
         valid = ts[keep] > 0
@@ -132,8 +142,9 @@ def write_recent_snapshot(events: pd.DataFrame, cards: np.ndarray, as_of_ms: int
     return frame
 
 
-def materialize(store: FeatureStore, settings: StoreSettings, as_of_ms: int | None = None,
-                log=print) -> dict[str, int]:
+def materialize(
+    store: FeatureStore, settings: StoreSettings, as_of_ms: int | None = None, log=print
+) -> dict[str, int]:
     """Fill the online store with the state as of ``as_of_ms`` (default: the start of the
     last simulated day, the day the demo replays): each entity's daily snapshot of that
     day and each card's recent-transaction buffer at that moment. Returns rows per view."""
@@ -149,14 +160,21 @@ def materialize(store: FeatureStore, settings: StoreSettings, as_of_ms: int | No
     counts = {}
     for group in FEATURE_GROUPS:
         t0 = time.perf_counter()
-        store.materialize(start_date=end - timedelta(days=group.ttl_days), end_date=end,
-                          feature_views=[group.name])
-        table = pd.read_parquet(source_path(settings.data_dir, group),
-                                columns=[group.entity, "event_timestamp"])
+        store.materialize(
+            start_date=end - timedelta(days=group.ttl_days),
+            end_date=end,
+            feature_views=[group.name],
+        )
+        table = pd.read_parquet(
+            source_path(settings.data_dir, group), columns=[group.entity, "event_timestamp"]
+        )
         window = (table["event_timestamp"] > end - timedelta(days=group.ttl_days)) & (
-            table["event_timestamp"] <= end)
+            table["event_timestamp"] <= end
+        )
         counts[group.name] = int(table.loc[window, group.entity].nunique())
-        log(f"  {group.name:<15} {counts[group.name]:>9,} entities -> {settings.kind} "
-            f"in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"  {group.name:<15} {counts[group.name]:>9,} entities -> {settings.kind} "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
     log(f"materialized as of {end.isoformat()} in {time.perf_counter() - started:.1f} s")
     return counts

@@ -48,9 +48,10 @@ class OnlineFeatureReader(abc.ABC):
 
     @abc.abstractmethod
     def read(
-        self, card_ids: np.ndarray, terminal_ids: np.ndarray, with_tx_ids: bool = False
+        self, card_ids: np.ndarray, terminal_ids: np.ndarray | None, with_tx_ids: bool = False
     ) -> OnlineFeatures:
-        """Features for each (card, terminal) pair, in the same order."""
+        """Features for each (card, terminal) pair, in the same order. With
+        ``terminal_ids=None`` only card features are read (terminal ones get defaults)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -87,7 +88,9 @@ def open_reader(kind: str | None = None, location: str | None = None) -> OnlineF
     if kind == "redis":
         from python_backend.redis_reader import RedisFeatureReader
 
-        return RedisFeatureReader(location or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        return RedisFeatureReader(
+            location or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        )
     if kind == "sqlite":
         from python_backend.sqlite_reader import SqliteFeatureReader
 
@@ -96,9 +99,7 @@ def open_reader(kind: str | None = None, location: str | None = None) -> OnlineF
     raise ValueError(f"FEATURE_STORE must be 'sqlite' or 'redis', got {kind!r}")
 
 
-def columns_from_values(
-    values: dict[str, list[bytes | None]], batch: int
-) -> dict[str, np.ndarray]:
+def columns_from_values(values: dict[str, list[bytes | None]], batch: int) -> dict[str, np.ndarray]:
     """Decode serialized Feast values (one list per stored feature, ``None`` where the
     entity or field is missing) into model columns with the declared defaults."""
     from python_backend.feast_layout import decode_floats, decode_value

@@ -44,15 +44,17 @@ class RedisFeatureReader(OnlineFeatureReader):
             self._layout[entity] = fields
 
     def read(
-        self, card_ids: np.ndarray, terminal_ids: np.ndarray, with_tx_ids: bool = False
+        self, card_ids: np.ndarray, terminal_ids: np.ndarray | None, with_tx_ids: bool = False
     ) -> OnlineFeatures:
         batch = len(card_ids)
         pipe = self.client.pipeline(transaction=False)
         for entity, ids in (("card_id", card_ids), ("terminal_id", terminal_ids)):
             fields = [field for _, _, field in self._layout[entity]]
-            for value in ids:
+            for value in ids if ids is not None else ():
                 pipe.hmget(redis_key(self.project, entity, int(value)), fields)
         replies = pipe.execute()
+        if terminal_ids is None:
+            replies += [[None] * len(self._layout["terminal_id"])] * batch
         values: dict[str, list[bytes | None]] = {}
         event_ms: dict[str, np.ndarray] = {}
         found: dict[str, np.ndarray] = {}

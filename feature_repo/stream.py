@@ -1,0 +1,342 @@
+"""Real-time features from the Kafka topic ``transactions``.
+
+The consumer (a consumer group, at-least-once) reads transaction events, folds each into its
+card's recent-transaction buffer (``card_recent``) and writes the buffers to the online store;
+only then does it commit the offsets. A replayed event is recognised by its transaction id,
+kept in the buffer, so replays after a crash or a restart never double-count.
+
+Writes, per store:
+
+* Redis: Feast's layout (Feast's own key and field helpers and value protos), pipelined,
+  each card's hash replaced by a small Lua script only if its ``_ts:card_recent`` is still
+  the one the merge started from (compare-and-set): an older write can never overwrite a
+  newer one, and a concurrent writer makes us re-read instead of losing its events.
+* SQLite (embedded, one process): ``FeatureStore.write_to_online_store``.
+
+The producer replays simulated transactions onto the topic at a chosen rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
+from python_backend.features import CARD_RECENT, RECENT_BUFFER
+from python_backend.online_features import OnlineFeatureReader
+
+#: Buffer entry: (ts_ms, amount, terminal_id, transaction_id), oldest first.
+Entry = tuple[int, float, int, str]
+
+
+def merge(buffer: list[Entry], events: Iterable[TransactionEvent]) -> tuple[list[Entry], int]:
+    """Fold events into a card's buffer: skip ids already there, keep the newest
+    ``RECENT_BUFFER`` by time. Returns the new buffer and how many events were new."""
+    seen = {entry[3] for entry in buffer}
+    merged = list(buffer)
+    added = 0
+    for event in events:
+        if event.transaction_id in seen:
+            continue
+        seen.add(event.transaction_id)
+        merged.append((event.ts_ms, float(event.amount), event.terminal_id, event.transaction_id))
+        added += 1
+    merged.sort(key=lambda e: (e[0], e[3]))
+    return merged[-RECENT_BUFFER:], added
+
+
+def buffers_from_store(reader: OnlineFeatureReader, cards: list[int]) -> dict[int, list[Entry]]:
+    """Current buffers of ``cards`` as the store holds them."""
+    if not cards:
+        return {}
+    ids = np.asarray(cards, dtype=np.int64)
+    features = reader.read(ids, None, with_tx_ids=True)
+    out = {}
+    for row, card in enumerate(cards):
+        tx_ids = features.recent_tx_ids[row]
+        n = len(tx_ids)
+        columns = [
+            features.stored[name][row][RECENT_BUFFER - n :].tolist() if n else []
+            for name in ("recent_ts_ms", "recent_amounts", "recent_terminal_ids")
+        ]
+        out[card] = list(zip(*columns, tx_ids, strict=True))
+    return out
+
+
+class RecentWriter:
+    """Writes ``card_recent`` buffers into one online store."""
+
+    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
+        """Write each card's new buffer; returns the cards whose stored buffer changed since
+        ``base`` was read (to merge again)."""
+        raise NotImplementedError
+
+
+class FeastRecentWriter(RecentWriter):
+    """Through Feast's ``write_to_online_store`` (the embedded SQLite store)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
+        if not buffers:
+            return []
+        rows = [_row(card, entries) for card, entries in buffers.items()]
+        self.store.write_to_online_store(CARD_RECENT.name, pd.DataFrame(rows))
+        return []
+
+
+def _row(card: int, entries: list[Entry]) -> dict:
+    return {
+        "card_id": card,
+        "event_timestamp": datetime.fromtimestamp(entries[-1][0] / 1000, tz=UTC),
+        "recent_ts_ms": [e[0] for e in entries],
+        "recent_amounts": [e[1] for e in entries],
+        "recent_terminal_ids": [e[2] for e in entries],
+        "recent_tx_ids": [e[3] for e in entries],
+    }
+
+
+# KEYS[1]: the card's hash. ARGV[1]: the ts field; ARGV[2]: the ts the merge started from
+# ("" for none); then field/value pairs. Replace only if nobody wrote in between.
+_CAS_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
+
+class RedisRecentWriter(RecentWriter):
+    """Pipelined compare-and-set writes in Feast's Redis layout."""
+
+    def __init__(self, client, project: str) -> None:
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key
+
+        self.client = client
+        self.project = project
+        self._redis_key = _redis_key
+        self._fields = {f.name: _mmh3(f"{CARD_RECENT.name}:{f.name}") for f in CARD_RECENT.features}
+        self._ts_field = f"_ts:{CARD_RECENT.name}"
+        self._cas = client.register_script(_CAS_SCRIPT)
+
+    def _key(self, card: int) -> bytes:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        return self._redis_key(
+            self.project, EntityKey(join_keys=["card_id"], entity_values=[Value(int64_val=card)])
+        )
+
+    def _ts(self, entries: list[Entry]) -> bytes:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        if not entries:
+            return b""
+        ts = Timestamp()
+        ts.FromMilliseconds(entries[-1][0])
+        return ts.SerializeToString()
+
+    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
+        from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
+
+        cards = list(buffers)
+        pipe = self.client.pipeline(transaction=False)
+        for card in cards:
+            entries = buffers[card]
+            values = {
+                "recent_ts_ms": Value(int64_list_val=Int64List(val=[e[0] for e in entries])),
+                "recent_amounts": Value(float_list_val=FloatList(val=[e[1] for e in entries])),
+                "recent_terminal_ids": Value(int64_list_val=Int64List(val=[e[2] for e in entries])),
+                "recent_tx_ids": Value(string_list_val=StringList(val=[e[3] for e in entries])),
+            }
+            args: list[bytes | str] = [
+                self._ts_field,
+                self._ts(base.get(card, [])),
+                self._ts_field,
+                self._ts(entries),
+            ]
+            for name, value in values.items():
+                args += [self._fields[name], value.SerializeToString()]
+            self._cas(keys=[self._key(card)], args=args, client=pipe)
+        results = pipe.execute()
+        return [card for card, ok in zip(cards, results, strict=True) if not ok]
+
+
+@dataclass
+class ConsumerStats:
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.consumed / self.seconds if self.seconds else 0.0
+
+
+def consumer_config(bootstrap: str, group: str) -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,  # commit only after the store write: at-least-once
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "fetch.wait.max.ms": 50,
+    }
+
+
+class TransactionConsumer:
+    """Consumes ``transactions`` into ``card_recent``; one instance per process."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        reader: OnlineFeatureReader,
+        writer: RecentWriter,
+        group: str = "card-recent-features",
+        topic: str = TOPIC_TRANSACTIONS,
+        batch_size: int = 1000,
+        log=print,
+    ) -> None:
+        self.consumer = Consumer(consumer_config(bootstrap, group))
+        self.assigned = False
+        self.consumer.subscribe([topic], on_assign=self._on_assign)
+        self.reader = reader
+        self.writer = writer
+        self.batch_size = batch_size
+        self.stats = ConsumerStats()
+        self.log = log
+
+    def _on_assign(self, _consumer, partitions) -> None:
+        self.assigned = True
+
+    def poll_once(self, timeout_s: float = 0.2) -> int:
+        """Consume one batch, write it, commit it. Returns messages consumed."""
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
+        if not messages:
+            return 0
+        started = time.perf_counter()
+        events: dict[int, list[TransactionEvent]] = {}
+        for message in messages:
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    self.stats.errors.append(str(message.error()))
+                continue
+            self.stats.consumed += 1
+            try:
+                event = decode(message.value())
+            except EventError as err:
+                # A poison message must not stop the stream: count it, log it, skip it.
+                self.stats.rejected += 1
+                self.log(f"rejected message at offset {message.offset()}: {err}")
+                continue
+            events.setdefault(event.card_id, []).append(event)
+        pending = list(events)
+        added: dict[int, int] = {}
+        for _attempt in range(5):
+            base = buffers_from_store(self.reader, pending)
+            merged = {}
+            for card in pending:
+                merged[card], added[card] = merge(base[card], events[card])
+            # Cards another writer changed since the read are merged again from fresh state.
+            pending = self.writer.write(merged, base)
+            if not pending:
+                break
+        else:
+            raise RuntimeError(f"{len(pending)} cards kept changing under the consumer")
+        self.stats.applied += sum(added.values())
+        self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
+        self.consumer.commit(asynchronous=False)
+        self.stats.batches += 1
+        self.stats.seconds += time.perf_counter() - started
+        return len(messages)
+
+    def run(self, until_idle_s: float | None = None, max_seconds: float | None = None) -> None:
+        """Consume until the topic stays empty for ``until_idle_s`` once partitions are
+        assigned (None: forever), or for at most ``max_seconds``."""
+        started = idle_since = time.monotonic()
+        while True:
+            if self.poll_once() or not self.assigned:
+                idle_since = time.monotonic()
+            now = time.monotonic()
+            if until_idle_s is not None and now - idle_since >= until_idle_s:
+                return
+            if max_seconds is not None and now - started >= max_seconds:
+                return
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def ensure_topic(bootstrap: str, topic: str = TOPIC_TRANSACTIONS, partitions: int = 4) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout=10)
+        except Exception as err:  # already created by a concurrent caller
+            if "TOPIC_ALREADY_EXISTS" not in str(err):
+                raise
+
+
+def replay(
+    bootstrap: str,
+    transactions: pd.DataFrame,
+    rate_per_s: float | None = None,
+    topic: str = TOPIC_TRANSACTIONS,
+) -> int:
+    """Publish transactions in time order, at ``rate_per_s`` (None: as fast as possible)."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False}
+    )
+    started = time.perf_counter()
+    for i, row in enumerate(transactions.itertuples(index=False)):
+        event = TransactionEvent(
+            str(row.transaction_id),
+            int(row.card_id),
+            int(row.terminal_id),
+            float(row.amount),
+            int(row.ts_ms),
+        )
+        while True:
+            try:
+                producer.produce(topic, key=event.key, value=event.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if rate_per_s:
+            ahead = (i + 1) / rate_per_s - (time.perf_counter() - started)
+            if ahead > 0:
+                producer.flush(ahead) if ahead > 0.01 else time.sleep(ahead)
+        producer.poll(0)
+    remaining = producer.flush(30)
+    if remaining:
+        raise RuntimeError(f"{remaining} events were not delivered to {topic}")
+    return len(transactions)
+
+
+def writer_for(settings, store) -> RecentWriter:
+    """The ``card_recent`` writer for the configured store."""
+    if settings.kind == "redis":
+        import redis
+
+        from python_backend.online_features import PROJECT
+
+        return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT)
+    return FeastRecentWriter(store)
