@@ -11,7 +11,12 @@ APT_PACKAGES := libgomp1 redis-server
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity test lint fmt clean
+# Online store: sqlite (embedded, default) or redis (with REDIS_URL).
+FEATURE_STORE ?= sqlite
+export FEATURE_STORE
+FEATURE_DATA ?= build/data/$(SCALE)
+export FEATURE_DATA
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +36,18 @@ engines: $(STAMP)  ## Simulate data, train primary/fallback/baseline, ONNX, INT8
 
 eval-real: $(STAMP)  ## Train and evaluate on the real ULB credit-card fraud data set
 	$(PY) -m build_engines eval-real
+
+$(FEATURE_DATA)/transactions.parquet: | $(STAMP)
+	$(PY) -m build_engines all --scale $(SCALE)
+
+features: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Apply the Feast repo and materialize into FEATURE_STORE
+	$(PY) -m feature_repo materialize
+
+feature-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Online read latency, reader vs Feast SDK, sqlite and redis
+	$(PY) -m feature_repo bench
+
+feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day through Kafka; compare online and offline features
+	$(PY) -m feature_repo parity
 
 test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a failure)
 	$(PY) -m ruff check .

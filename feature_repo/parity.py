@@ -43,7 +43,6 @@ def run_parity(
     settings: StoreSettings,
     bootstrap: str,
     limit: int = 10_000,
-    report: Path | None = None,
     log=print,
 ) -> dict:
     """Replay up to ``limit`` transactions of the last simulated day; compare features."""
@@ -108,11 +107,28 @@ def run_parity(
         "duplicates_skipped": consumer.stats.duplicates,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result, indent=2) + "\n")
     log(
         f"parity ({settings.kind}): {checked:,} transactions checked, {mismatches} mismatches, "
         f"max |diff| {max_diff:.2e}"
     )
+    return result
+
+
+def write_parity_report(
+    settings_by_store: dict[str, StoreSettings], bootstrap: str, limit: int, report: Path, log=print
+) -> dict:
+    """Parity on every store; the totals on top, each store's figures under ``stores``."""
+    stores = {
+        kind: run_parity(settings, bootstrap, limit, log=log)
+        for kind, settings in settings_by_store.items()
+    }
+    result = {
+        "checked": sum(s["checked"] for s in stores.values()),
+        "mismatches": sum(s["mismatches"] for s in stores.values()),
+        "max_abs_diff": max(s["max_abs_diff"] for s in stores.values()),
+        "stores": stores,
+    }
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {report}")
     return result

@@ -1,0 +1,134 @@
+"""Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,bench,parity}``.
+
+The store comes from the environment (``FEATURE_STORE``, ``REDIS_URL``, ``FEATURE_DATA``,
+``FEATURE_REPO_DIR``; see ``feature_repo.store``), the broker from ``KAFKA_BOOTSTRAP``.
+``bench`` and ``parity`` start their own Redis and Kafka-protocol broker on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "build" / "reports"
+
+
+def _as_of_ms(text: str | None) -> int | None:
+    return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m feature_repo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("apply", help="register entities and feature views (feast apply)")
+    mat = sub.add_parser("materialize", help="apply, then fill the online store")
+    mat.add_argument("--as-of", help="ISO time (default: start of the last simulated day)")
+    con = sub.add_parser("consume", help="run the stream consumer into the online store")
+    con.add_argument(
+        "--until-idle",
+        type=float,
+        default=None,
+        help="stop after this many idle seconds (default: run forever)",
+    )
+    rep = sub.add_parser("replay", help="publish simulated transactions onto the topic")
+    rep.add_argument("--rate", type=float, default=None, help="events per second")
+    rep.add_argument("--limit", type=int, default=None)
+    sub.add_parser("bench", help="online read latency: reader vs Feast SDK, both stores")
+    par = sub.add_parser("parity", help="online vs offline features, both stores")
+    par.add_argument("--limit", type=int, default=10_000)
+    args = parser.parse_args(argv)
+
+    from feature_repo.store import StoreSettings, apply, feature_store, materialize
+
+    settings = StoreSettings.from_env()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    if not (settings.data_dir / "transactions.parquet").exists():
+        print(
+            f"no simulated data in {settings.data_dir}: run `make engines` first "
+            "(or set FEATURE_DATA)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.command == "apply":
+        apply(feature_store(settings), settings)
+        print(f"applied to {settings.repo_dir} ({settings.kind})")
+    elif args.command == "materialize":
+        started = time.perf_counter()
+        store = feature_store(settings)
+        counts = materialize(store, settings, _as_of_ms(args.as_of))
+        print(
+            f"online store ({settings.kind}, {settings.reader_location}): "
+            + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            + f"; {time.perf_counter() - started:.1f} s"
+        )
+    elif args.command == "consume":
+        from feature_repo.stream import TransactionConsumer, ensure_topic, writer_for
+        from python_backend.online_features import open_reader
+
+        ensure_topic(bootstrap)
+        consumer = TransactionConsumer(
+            bootstrap,
+            open_reader(settings.kind, settings.reader_location),
+            writer_for(settings, feature_store(settings)),
+        )
+        try:
+            consumer.run(until_idle_s=args.until_idle)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            consumer.close()
+            print(
+                f"consumed {consumer.stats.consumed:,} ({consumer.stats.applied:,} applied, "
+                f"{consumer.stats.duplicates:,} duplicates, {consumer.stats.rejected:,} "
+                f"rejected), {consumer.stats.events_per_s:,.0f} events/s"
+            )
+    elif args.command == "replay":
+        import pandas as pd
+
+        from feature_repo.stream import ensure_topic, replay
+
+        tx = pd.read_parquet(settings.data_dir / "transactions.parquet")
+        tx = tx.head(args.limit) if args.limit else tx
+        ensure_topic(bootstrap)
+        started = time.perf_counter()
+        sent = replay(bootstrap, tx, args.rate)
+        print(f"published {sent:,} events in {time.perf_counter() - started:.1f} s")
+    else:
+        from feature_repo.local_services import kafka_broker, redis_server
+
+        with contextlib.ExitStack() as stack:
+            redis = stack.enter_context(redis_server())
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            stores = {
+                kind: StoreSettings.from_env(
+                    kind=kind, redis_url=f"redis://127.0.0.1:{redis.port}/0", repo_dir=tmp / kind
+                )
+                for kind in ("sqlite", "redis")
+            }
+            if args.command == "bench":
+                from feature_repo.bench import run_bench
+
+                run_bench(stores, REPORTS / "feature_latency.json")
+            else:
+                from feature_repo.parity import write_parity_report
+
+                kafka = stack.enter_context(kafka_broker())
+                write_parity_report(
+                    stores, f"127.0.0.1:{kafka.port}", args.limit, REPORTS / "feature_parity.json"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

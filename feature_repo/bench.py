@@ -1,0 +1,103 @@
+"""``make feature-bench``: online read latency, our reader against Feast's SDK, side by side.
+
+For each store (sqlite, redis) and batch (1, 64 (card, terminal) pairs), both clients read
+the same random pairs in alternating rounds, so a noisy machine slows both alike. Writes
+``build/reports/feature_latency.json`` as ``<store>.<batch>.<client>.{p50_us,p99_us}``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.store import StoreSettings, feature_store, materialize
+from python_backend.features import FEATURE_GROUPS, MODEL_STORED
+from python_backend.online_features import open_reader
+
+BATCHES = (1, 64)
+FEATURE_REFS = [
+    f"{g.name}:{f.name}" for g in FEATURE_GROUPS for f in g.features if f in MODEL_STORED
+]
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    us = np.asarray(samples_ns) / 1_000
+    return {
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+    }
+
+
+def bench_store(settings: StoreSettings, rounds: int = 40, per_round: int = 25, log=print) -> dict:
+    """Latency of both clients on one store, materialized beforehand."""
+    store = feature_store(settings)
+    materialize(store, settings, log=lambda _m: None)
+    events = pd.read_parquet(
+        settings.data_dir / "transactions.parquet", columns=["card_id", "terminal_id"]
+    )
+    rng = np.random.default_rng(0)
+    reader = open_reader(settings.kind, settings.reader_location)
+
+    def ours(cards, terminals):
+        reader.read(cards, terminals)
+
+    def feast_sdk(cards, terminals):
+        store.get_online_features(
+            features=FEATURE_REFS,
+            entity_rows=[
+                {"card_id": int(c), "terminal_id": int(t)}
+                for c, t in zip(cards, terminals, strict=True)
+            ],
+        ).to_dict()
+
+    clients = {"reader": ours, "feast_sdk": feast_sdk}
+    result: dict = {}
+    gc.collect()
+    gc.freeze()  # long-lived objects out of the collector's way, as a server would
+    for batch in BATCHES:
+        samples: dict[str, list[int]] = {name: [] for name in clients}
+        for r in range(rounds):
+            order = list(clients) if r % 2 == 0 else list(reversed(clients))
+            for name in order:
+                for _ in range(per_round):
+                    rows = rng.integers(0, len(events), batch)
+                    cards = events["card_id"].to_numpy()[rows]
+                    terminals = events["terminal_id"].to_numpy()[rows]
+                    t0 = time.perf_counter_ns()
+                    clients[name](cards, terminals)
+                    samples[name].append(time.perf_counter_ns() - t0)
+        result[str(batch)] = {name: _percentiles(s) for name, s in samples.items()}
+        log(
+            f"  {settings.kind:<6} batch {batch:>2}: "
+            + ", ".join(
+                f"{name} p50 {v['p50_us']:.0f} µs p99 {v['p99_us']:.0f} µs"
+                for name, v in result[str(batch)].items()
+            )
+        )
+    gc.unfreeze()
+    reader.close()
+    return result
+
+
+def run_bench(settings_by_store: dict[str, StoreSettings], report: Path, log=print) -> dict:
+    result: dict = {
+        kind: bench_store(settings, log=log) for kind, settings in settings_by_store.items()
+    }
+    # Feast SDK time / reader time, per store and batch: how much the direct read buys.
+    result["ratios"] = {
+        f"{kind}.{batch}": {
+            stat: round(clients["feast_sdk"][stat] / clients["reader"][stat], 1)
+            for stat in ("p50_us", "p99_us")
+        }
+        for kind, batches in list(result.items())
+        for batch, clients in batches.items()
+    }
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {report}")
+    return result
