@@ -86,7 +86,7 @@ def run_parity(
             checked += len(rows)
             mismatches += int((diff > TOLERANCE).sum())
             max_diff = max(max_diff, float(diff.max()))
-            published += replay(bootstrap, rows)
+            published += replay(bootstrap, rows, topic=topic)
             deadline = time.monotonic() + 60
             while consumer.stats.consumed < published:
                 consumer.poll_once(0.1)

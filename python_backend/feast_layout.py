@@ -15,6 +15,7 @@ every Python-backend instance. ``tests/test_online_reader.py`` proves, against t
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -132,18 +133,62 @@ def decode_value(buf: bytes | None) -> object:
     raise ValueError(f"unsupported Feast value: field {field}, wire type {wire}")
 
 
-def decode_floats(values: list[bytes | None], default: float) -> np.ndarray:
-    """A column of serialized float values, vectorised when every value is a float_val."""
-    if all(v is not None and len(v) == 5 and v[0] == _FLOAT_VAL_TAG for v in values):
-        return np.frombuffer(b"".join(v[1:] for v in values), dtype="<f4").copy()
-    out = np.full(len(values), default, dtype=np.float32)
-    for i, v in enumerate(values):
-        decoded = decode_value(v)
-        if decoded is not None:
-            out[i] = decoded
+def float_columns(columns: list[list[bytes | None]], defaults: list[float]) -> list[np.ndarray]:
+    """Columns of serialized float values, decoded in one ``frombuffer`` when every cell is
+    a float_val (the usual case), else cell by cell with the defaults for missing ones."""
+    cells = [v for column in columns for v in column]
+    if cells and all(v is not None and len(v) == 5 and v[0] == _FLOAT_VAL_TAG for v in cells):
+        flat = np.frombuffer(b"".join(v[1:] for v in cells), dtype="<f4")
+        return list(flat.reshape(len(columns), -1).copy())
+    out = []
+    for column, default in zip(columns, defaults, strict=True):
+        decoded = np.full(len(column), default, dtype=np.float32)
+        for i, v in enumerate(column):
+            value = decode_value(v)
+            if value is not None:
+                decoded[i] = value
+        out.append(decoded)
     return out
 
 
+def number_list_column(values: list[bytes | None], dtype: type, width: int) -> np.ndarray:
+    """A column of serialized Feast float or int64 lists as a ``[B, width]`` array, each row
+    left-padded with zeros (newest item last), decoded for the whole column at once."""
+    payloads = []
+    for buf in values:
+        if not buf:
+            payloads.append(b"")
+            continue
+        _tag, pos = _varint(buf, 0)
+        length, pos = _varint(buf, pos)
+        inner = buf[pos : pos + length]
+        if not inner:
+            payloads.append(b"")
+            continue
+        _tag, p = _varint(inner, 0)
+        size, p = _varint(inner, p)
+        payloads.append(inner[p : p + size])
+    joined = b"".join(payloads)
+    sizes = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=len(payloads))
+    if dtype == np.float32:
+        flat = np.frombuffer(joined, dtype="<f4")
+        counts = sizes // 4
+    else:
+        raw = np.frombuffer(joined, dtype=np.uint8)
+        flat = _packed_varints(joined) if raw.size else np.zeros(0, dtype=np.int64)
+        ends = np.concatenate(([0], np.cumsum(raw < 0x80)))
+        offsets = np.concatenate(([0], np.cumsum(sizes)))
+        counts = ends[offsets[1:]] - ends[offsets[:-1]]
+    out = np.zeros((len(values), width), dtype=dtype)
+    rows = np.repeat(np.arange(len(values)), counts)
+    rank = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    column = width - counts[rows] + rank  # left padding; keep the newest ``width``
+    keep = column >= 0
+    out[rows[keep], column[keep]] = flat[keep]
+    return out
+
+
+@functools.lru_cache(maxsize=65_536)
 def decode_timestamp_ms(buf: bytes | None) -> int:
     """A serialized ``google.protobuf.Timestamp`` in ms since the epoch (0 when unset)."""
     if not buf:

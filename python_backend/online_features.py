@@ -102,21 +102,30 @@ def open_reader(kind: str | None = None, location: str | None = None) -> OnlineF
 def columns_from_values(values: dict[str, list[bytes | None]], batch: int) -> dict[str, np.ndarray]:
     """Decode serialized Feast values (one list per stored feature, ``None`` where the
     entity or field is missing) into model columns with the declared defaults."""
-    from python_backend.feast_layout import decode_floats, decode_value
+    from python_backend.feast_layout import decode_value, float_columns, number_list_column
     from python_backend.features import MODEL_STORED
 
     stored: dict[str, np.ndarray] = {}
+    floats = [f for f in MODEL_STORED if f.dtype == "float32"]
+    stored.update(
+        zip(
+            [f.name for f in floats],
+            float_columns([values[f.name] for f in floats], [f.default for f in floats]),
+            strict=True,
+        )
+    )
     for feature in MODEL_STORED:
         raw = values[feature.name]
-        if feature.dtype == "float32":
-            stored[feature.name] = decode_floats(raw, feature.default)
-        elif feature.dtype == "int64":
+        if feature.dtype == "int64":
             stored[feature.name] = np.array(
                 [int(feature.default) if v is None else decode_value(v) for v in raw],
                 dtype=np.int64,
             )
-        else:
+        elif feature.dtype.endswith("_list"):
             dtype = np.int64 if feature.dtype.startswith("int64") else np.float32
-            stored[feature.name] = left_padded([decode_value(v) for v in raw], dtype)
+            if batch <= 4:  # numpy's per-call cost outweighs the work on tiny batches
+                stored[feature.name] = left_padded([decode_value(v) for v in raw], dtype)
+            else:
+                stored[feature.name] = number_list_column(raw, dtype, RECENT_BUFFER)
     assert all(len(c) == batch for c in stored.values())
     return stored

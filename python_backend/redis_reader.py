@@ -27,9 +27,35 @@ from python_backend.online_features import (
     columns_from_values,
 )
 
+# All HMGETs of a batch in one server-side call: one command to send and one reply to
+# parse, instead of one per entity. KEYS: card hashes, then terminal hashes. ARGV: the
+# number of cards, of card fields, of terminal fields, then the fields. Lua needs all keys
+# in one hash slot on Redis Cluster: there, use ``single_call=False`` (a pipeline).
+_BATCH_HMGET = """
+local n_cards, n_cf, n_tf = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local card_fields, terminal_fields = {}, {}
+for i = 1, n_cf do card_fields[i] = ARGV[3 + i] end
+for i = 1, n_tf do terminal_fields[i] = ARGV[3 + n_cf + i] end
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, unpack(i <= n_cards and card_fields or terminal_fields))
+end
+return out
+"""
+
 
 class RedisFeatureReader(OnlineFeatureReader):
-    def __init__(self, url: str, project: str = PROJECT, timeout_s: float = 0.05) -> None:
+    #: Batches above this size read through the Lua script, smaller ones through a pipeline
+    #: (measured here: the script is ~15% faster at 64 pairs, no faster for one).
+    LUA_FROM_BATCH = 4
+
+    def __init__(
+        self,
+        url: str,
+        project: str = PROJECT,
+        timeout_s: float = 0.05,
+        single_call: bool | None = None,
+    ) -> None:
         # Short socket timeouts: a slow store must fail fast inside the request budget.
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -42,25 +68,53 @@ class RedisFeatureReader(OnlineFeatureReader):
                 fields += [(group, f.name, redis_field(group.name, f.name)) for f in group.features]
                 fields.append((group, None, redis_ts_field(group.name)))
             self._layout[entity] = fields
+        self._fields = {e: [f for _, _, f in layout] for e, layout in self._layout.items()}
+        # The transaction ids (bookkeeping of the stream consumer) are the largest values:
+        # scoring reads every card field but those.
+        self._scoring_fields = [
+            f for _, name, f in self._layout["card_id"] if name != "recent_tx_ids"
+        ]
+        self.single_call = single_call
+        self._script = self.client.register_script(_BATCH_HMGET)
 
     def read(
         self, card_ids: np.ndarray, terminal_ids: np.ndarray | None, with_tx_ids: bool = False
     ) -> OnlineFeatures:
         batch = len(card_ids)
-        pipe = self.client.pipeline(transaction=False)
-        for entity, ids in (("card_id", card_ids), ("terminal_id", terminal_ids)):
-            fields = [field for _, _, field in self._layout[entity]]
-            for value in ids if ids is not None else ():
-                pipe.hmget(redis_key(self.project, entity, int(value)), fields)
-        replies = pipe.execute()
+        keys = [redis_key(self.project, "card_id", int(v)) for v in card_ids]
+        if terminal_ids is not None:
+            keys += [redis_key(self.project, "terminal_id", int(v)) for v in terminal_ids]
+        card_fields = self._fields["card_id"] if with_tx_ids else self._scoring_fields
+        terminal_fields = self._fields["terminal_id"]
+        use_script = batch > self.LUA_FROM_BATCH if self.single_call is None else self.single_call
+        if use_script:
+            replies = self._script(
+                keys=keys,
+                args=[
+                    batch,
+                    len(card_fields),
+                    len(terminal_fields),
+                    *card_fields,
+                    *terminal_fields,
+                ],
+            )
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for i, key in enumerate(keys):
+                pipe.hmget(key, card_fields if i < batch else terminal_fields)
+            replies = pipe.execute()
         if terminal_ids is None:
-            replies += [[None] * len(self._layout["terminal_id"])] * batch
+            replies += [[None] * len(terminal_fields)] * batch
         values: dict[str, list[bytes | None]] = {}
         event_ms: dict[str, np.ndarray] = {}
         found: dict[str, np.ndarray] = {}
         for offset, entity in ((0, "card_id"), (batch, "terminal_id")):
             rows = replies[offset : offset + batch]
-            for column, (group, name, _) in enumerate(self._layout[entity]):
+            layout = self._layout[entity]
+            if entity == "card_id" and not with_tx_ids:
+                layout = [item for item in layout if item[1] != "recent_tx_ids"]
+                values["recent_tx_ids"] = [None] * batch
+            for column, (group, name, _) in enumerate(layout):
                 cells = [row[column] for row in rows]
                 if name is None:
                     event_ms[group.name] = np.array(

@@ -40,3 +40,31 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> TinyBuild:
             build_dir=root / "build",
         )
     return TinyBuild(result, root / "model_repository", root / "build", out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def redis_service():
+    """A real redis-server on a free loopback port for the whole session."""
+    from feature_repo.local_services import redis_server
+
+    with redis_server() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def kafka_service():
+    """A real Kafka-protocol broker (tansu) on a free loopback port for the whole session."""
+    from feature_repo.local_services import kafka_broker
+
+    with kafka_broker() as service:
+        yield service
+
+
+@pytest.fixture
+def redis_url(redis_service) -> str:
+    """A Redis URL on an empty database."""
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_service.port}/0"
+    redis.Redis.from_url(url).flushdb()
+    return url

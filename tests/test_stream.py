@@ -1,0 +1,169 @@
+"""The transaction stream: a real Kafka-protocol broker, real Redis and SQLite stores."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from confluent_kafka import Producer
+
+from build_engines.featurize import recent_buffers
+from feature_repo.parity import run_parity, waves
+from feature_repo.store import StoreSettings, feature_store, materialize
+from feature_repo.stream import (
+    TransactionConsumer,
+    ensure_topic,
+    merge,
+    replay,
+    writer_for,
+)
+from python_backend.events import EventError, TransactionEvent, decode
+from python_backend.features import MS_PER_DAY, RECENT_BUFFER
+from python_backend.online_features import open_reader
+
+
+def _event(i: int, ts: int, card: int = 1) -> TransactionEvent:
+    return TransactionEvent(f"t{i}", card, 7, 10.0 + i, ts)
+
+
+def test_merge_skips_replayed_ids_and_keeps_the_newest() -> None:
+    buffer, added = merge([], [_event(i, 1_000 + i) for i in range(20)])
+    assert added == 20 and len(buffer) == RECENT_BUFFER
+    assert [e[3] for e in buffer] == [f"t{i}" for i in range(4, 20)]
+    again, added = merge(buffer, [_event(19, 1_019), _event(3, 1_003)])
+    assert added == 1, "t19 is a replay; t3 is new (and then too old to keep)"
+    assert again == buffer
+    late, added = merge(buffer, [_event(99, 1_010)])  # out of order: lands in time order
+    assert added == 1 and late[-10][3] == "t99"
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"v": 2}', "v: schema version"),
+        (
+            b'{"v":1,"transaction_id":"a","card_id":"x","terminal_id":1,"amount":1,"ts_ms":1}',
+            "card_id",
+        ),
+        (
+            b'{"v":1,"transaction_id":"a","card_id":1,"terminal_id":1,"amount":-1,"ts_ms":1}',
+            "amount",
+        ),
+        (
+            b'{"v":1,"transaction_id":"","card_id":1,"terminal_id":1,"amount":1,"ts_ms":1}',
+            "transaction_id",
+        ),
+    ],
+)
+def test_bad_events_name_the_field(message: bytes, field: str) -> None:
+    with pytest.raises(EventError, match=field):
+        decode(message)
+
+
+def test_event_round_trips() -> None:
+    event = TransactionEvent("tx-1", 42, 7, 12.5, 1_700_000_000_000)
+    assert decode(event.encode()) == event
+
+
+def _stream_store(kind, tiny_build, tmp_path, request):
+    overrides = {
+        "kind": kind,
+        "repo_dir": tmp_path / "repo",
+        "data_dir": tiny_build.build_dir / "data" / "tiny",
+    }
+    if kind == "redis":
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    settings = StoreSettings.from_env(**overrides)
+    fs = feature_store(settings)
+    materialize(fs, settings, log=lambda _m: None)
+    tx = pd.read_parquet(settings.data_dir / "transactions.parquet")
+    day_start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
+    return settings, fs, tx, tx[tx["ts_ms"] >= day_start]
+
+
+def _consumer(settings, fs, bootstrap, topic, group, batch_size=1000):
+    return TransactionConsumer(
+        bootstrap,
+        open_reader(settings.kind, settings.reader_location),
+        writer_for(settings, fs),
+        group=group,
+        topic=topic,
+        batch_size=batch_size,
+        log=lambda _m: None,
+    )
+
+
+def _drain(consumer, expected, timeout_s=60, **kwargs):
+    deadline = time.monotonic() + timeout_s
+    while consumer.stats.consumed < expected:
+        consumer.poll_once(0.1, **kwargs)
+        assert time.monotonic() < deadline, f"consumed {consumer.stats.consumed}/{expected}"
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_consumer_restart_neither_loses_nor_double_counts(
+    kind, tiny_build, tmp_path, kafka_service, request
+) -> None:
+    """A consumer writes a batch and dies before committing; its successor re-reads those
+    events. The buffers end exactly as the offline computation over all events says."""
+    settings, fs, tx, day = _stream_store(kind, tiny_build, tmp_path, request)
+    bootstrap = f"127.0.0.1:{kafka_service.port}"
+    topic, group = f"transactions-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    ensure_topic(bootstrap, topic, partitions=1)
+    replay(bootstrap, day, topic=topic)
+
+    first = _consumer(settings, fs, bootstrap, topic, group, batch_size=150)
+    _drain(first, 1, commit=False)  # written, never committed: a crash
+    first.close()
+    second = _consumer(settings, fs, bootstrap, topic, group)
+    _drain(second, len(day))
+    second.close()
+
+    assert first.stats.applied > 0
+    assert second.stats.duplicates == first.stats.applied, "replayed events were skipped"
+    assert first.stats.applied + second.stats.applied == len(day), "nothing lost"
+    cards = np.unique(day["card_id"].to_numpy())
+    expected = recent_buffers(tx, cards, np.full(len(cards), int(tx["ts_ms"].max()) + 1))
+    online = open_reader(settings.kind, settings.reader_location).read(cards, None)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(online.stored[name], values, err_msg=name)
+
+
+def test_poison_message_is_counted_and_skipped(
+    tiny_build, tmp_path, kafka_service, request
+) -> None:
+    settings, fs, _tx, day = _stream_store("redis", tiny_build, tmp_path, request)
+    bootstrap = f"127.0.0.1:{kafka_service.port}"
+    topic = f"transactions-{uuid.uuid4().hex[:8]}"
+    ensure_topic(bootstrap, topic, partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, value=b'{"v": 1, "card_id": "oops"}')
+    producer.flush(10)
+    replay(bootstrap, day.head(20), topic=topic)
+    consumer = _consumer(settings, fs, bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}")
+    _drain(consumer, 21)
+    consumer.close()
+    assert consumer.stats.rejected == 1
+    assert consumer.stats.applied == 20
+
+
+def test_waves_never_hold_a_card_twice() -> None:
+    cards = np.array([1, 2, 3, 1, 4, 2, 2, 5])
+    slices = waves(cards)
+    assert [cards[s].tolist() for s in slices] == [[1, 2, 3], [1, 4, 2], [2, 5]]
+
+
+def test_small_parity_run_has_no_mismatches(tiny_build, tmp_path, kafka_service, redis_url) -> None:
+    settings = StoreSettings.from_env(
+        kind="redis",
+        redis_url=redis_url,
+        repo_dir=tmp_path / "repo",
+        data_dir=tiny_build.build_dir / "data" / "tiny",
+    )
+    result = run_parity(settings, f"127.0.0.1:{kafka_service.port}", limit=500, log=lambda _m: None)
+    assert result["checked"] >= 300
+    assert result["mismatches"] == 0, result
