@@ -55,10 +55,17 @@ def run_parity(
     materialize(store, settings, as_of_ms=day_start, log=lambda _m: None)
     offline = model_inputs(FeatureTables.build(events, terminals), events, queries)
 
-    ensure_topic(bootstrap)
+    # A topic of its own: another run's events on a shared topic would arrive early.
+    topic = f"transactions-parity-{time.time_ns()}"
+    ensure_topic(bootstrap, topic)
     reader = open_reader(settings.kind, settings.reader_location)
     consumer = TransactionConsumer(
-        bootstrap, reader, writer_for(settings, store), group=f"parity-{time.time_ns()}", log=log
+        bootstrap,
+        reader,
+        writer_for(settings, store),
+        group=f"parity-{time.time_ns()}",
+        topic=topic,
+        log=log,
     )
     checked = mismatches = 0
     max_diff = 0.0
