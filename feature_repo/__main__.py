@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for kind in ("sqlite", "redis")
             }
+            kafka = stack.enter_context(kafka_broker())
             if args.command == "bench":
                 from feature_repo.bench import run_bench
 
-                run_bench(stores, REPORTS / "feature_latency.json")
+                run_bench(stores, REPORTS / "feature_latency.json", f"127.0.0.1:{kafka.port}")
             else:
                 from feature_repo.parity import write_parity_report
 
-                kafka = stack.enter_context(kafka_broker())
                 write_parity_report(
                     stores, f"127.0.0.1:{kafka.port}", args.limit, REPORTS / "feature_parity.json"
                 )

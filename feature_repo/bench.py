@@ -1,8 +1,10 @@
-"""``make feature-bench``: online read latency, our reader against Feast's SDK, side by side.
+"""``make feature-bench``: online read latency, our reader against Feast's SDK, side by side,
+and the stream consumer's throughput.
 
 For each store (sqlite, redis) and batch (1, 64 (card, terminal) pairs), both clients read
 the same random pairs in alternating rounds, so a noisy machine slows both alike. Writes
-``build/reports/feature_latency.json`` as ``<store>.<batch>.<client>.{p50_us,p99_us}``.
+``build/reports/feature_latency.json`` as ``<store>.<batch>.<client>.{p50_us,p99_us}``, plus
+``ratios`` (Feast SDK / reader) and ``stream.<store>`` (consumer events per second).
 """
 
 from __future__ import annotations
@@ -84,7 +86,12 @@ def bench_store(settings: StoreSettings, rounds: int = 40, per_round: int = 25, 
     return result
 
 
-def run_bench(settings_by_store: dict[str, StoreSettings], report: Path, log=print) -> dict:
+def run_bench(
+    settings_by_store: dict[str, StoreSettings],
+    report: Path,
+    bootstrap: str | None = None,
+    log=print,
+) -> dict:
     result: dict = {
         kind: bench_store(settings, log=log) for kind, settings in settings_by_store.items()
     }
@@ -97,7 +104,50 @@ def run_bench(settings_by_store: dict[str, StoreSettings], report: Path, log=pri
         for kind, batches in list(result.items())
         for batch, clients in batches.items()
     }
+    if bootstrap:
+        result["stream"] = {
+            kind: bench_stream(settings, bootstrap, log=log)
+            for kind, settings in settings_by_store.items()
+        }
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {report}")
+    return result
+
+
+def bench_stream(settings: StoreSettings, bootstrap: str, events: int = 20_000, log=print) -> dict:
+    """Consumer throughput: ``events`` simulated transactions published first, then
+    consumed into the store; events/s over the consumer's busy time and over wall time."""
+    from feature_repo.stream import TransactionConsumer, ensure_topic, replay, writer_for
+
+    store = feature_store(settings)
+    tx = pd.read_parquet(settings.data_dir / "transactions.parquet").tail(events)
+    topic = f"transactions-bench-{time.time_ns()}"
+    ensure_topic(bootstrap, topic)
+    replay(bootstrap, tx, topic=topic)
+    consumer = TransactionConsumer(
+        bootstrap,
+        open_reader(settings.kind, settings.reader_location),
+        writer_for(settings, store),
+        group=f"bench-{time.time_ns()}",
+        topic=topic,
+        log=log,
+    )
+    while not consumer.assigned or consumer.stats.consumed == 0:
+        consumer.poll_once(0.2)
+    started = time.perf_counter() - consumer.stats.seconds
+    while consumer.stats.consumed < len(tx):
+        consumer.poll_once(0.2)
+    wall = time.perf_counter() - started
+    consumer.close()
+    result = {
+        "events": len(tx),
+        "busy_events_per_s": round(consumer.stats.events_per_s),
+        "wall_events_per_s": round(len(tx) / wall),
+        "batches": consumer.stats.batches,
+    }
+    log(
+        f"  stream {settings.kind}: {result['busy_events_per_s']:,} events/s busy, "
+        f"{result['wall_events_per_s']:,} events/s wall ({len(tx):,} events)"
+    )
     return result

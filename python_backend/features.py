@@ -160,6 +160,8 @@ CARD_RECENT = FeatureGroup(
 )
 
 FEATURE_GROUPS = (CARD_DAILY, TERMINAL_DAILY, CARD_RECENT)
+#: Buffer entries at least this old are ignored (the ``card_recent`` TTL).
+RECENT_MAX_AGE_MS = CARD_RECENT.ttl_days * MS_PER_DAY
 #: Stored features the models read (everything but bookkeeping such as transaction ids).
 MODEL_STORED = tuple(
     f for group in FEATURE_GROUPS for f in group.features if f.dtype != "string_list"
@@ -249,7 +251,8 @@ def derive_recent(
     The buffer arrays are ``[B, RECENT_BUFFER]``, oldest first, newest in the last column,
     left-padded with timestamp 0 where the card has fewer transactions. Entries at or after
     ``ts_ms`` are ignored, so a buffer that already holds the scored transaction (or later
-    ones, on replay) gives the same answer as one that does not.
+    ones, on replay) gives the same answer as one that does not; so are entries older than
+    the view's TTL (``RECENT_MAX_AGE_MS``).
 
     Returns the named ``RECENT_DERIVED`` columns and the ``[B, SEQUENCE_LENGTH, 4]`` sequence.
     """
@@ -257,7 +260,9 @@ def derive_recent(
     amounts = np.asarray(recent_amounts, dtype=np.float64)
     terminals = np.asarray(recent_terminal_ids, dtype=np.int64)
     now = np.asarray(ts_ms, dtype=np.int64)[:, None]
-    valid = (ts > 0) & (ts < now)
+    # Entries older than the view's TTL are not "recent": the online store drops such cards
+    # (Feast materializes rows within the TTL), so training must not see them either.
+    valid = (ts > 0) & (ts < now) & (now - ts < RECENT_MAX_AGE_MS)
     age_ms = np.where(valid, now - ts, np.iinfo(np.int64).max)
     in_10m = valid & (age_ms <= 10 * MS_PER_MINUTE)
     in_1h = valid & (age_ms <= MS_PER_HOUR)

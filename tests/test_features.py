@@ -15,6 +15,7 @@ from python_backend.features import (
     MS_PER_HOUR,
     MS_PER_MINUTE,
     RECENT_BUFFER,
+    RECENT_MAX_AGE_MS,
     SEQUENCE_LENGTH,
     TABULAR_NAMES,
     default_stored,
@@ -86,7 +87,11 @@ def test_unknown_card_and_terminal_get_the_declared_defaults(data) -> None:
 
 
 def _brute_force_recent(ts, amounts, terminals, now, terminal):
-    before = [(t, a, k) for t, a, k in zip(ts, amounts, terminals, strict=True) if 0 < t < now]
+    before = [
+        (t, a, k)
+        for t, a, k in zip(ts, amounts, terminals, strict=True)
+        if 0 < t < now and now - t < RECENT_MAX_AGE_MS
+    ]
     last = before[-SEQUENCE_LENGTH:]
     return {
         "card_tx_count_10m": sum(now - t <= 10 * MS_PER_MINUTE for t, _, _ in before),
@@ -99,11 +104,11 @@ def _brute_force_recent(ts, amounts, terminals, now, terminal):
 
 def test_derive_recent_matches_a_row_by_row_definition() -> None:
     rng = np.random.default_rng(5)
-    now = 10 * MS_PER_DAY
+    now = 100 * MS_PER_DAY
     batch = 64
-    ts = np.sort(
-        now - rng.integers(-5 * MS_PER_MINUTE, 3 * MS_PER_HOUR, (batch, RECENT_BUFFER)), axis=1
-    )
+    ages = rng.integers(-5 * MS_PER_MINUTE, 3 * MS_PER_HOUR, (batch, RECENT_BUFFER))
+    ages[:, :3] += 29 * MS_PER_DAY + rng.integers(0, 2 * MS_PER_DAY, (batch, 3))  # near the TTL
+    ts = np.sort(now - ages, axis=1)
     ts[:, : rng.integers(0, RECENT_BUFFER)] = 0  # padding for short histories
     amounts = rng.uniform(0.5, 300, ts.shape).astype(np.float32)
     terminals = rng.integers(1, 6, ts.shape)
