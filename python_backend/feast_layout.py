@@ -100,8 +100,13 @@ def _packed(payload: bytes, field: int) -> list:
             pos += length
             if field == _FIELD_FLOAT_LIST:
                 out.extend(np.frombuffer(chunk, dtype="<f4").tolist())
-            elif field == _FIELD_INT64_LIST:
+            elif field == _FIELD_INT64_LIST and len(chunk) > 128:
                 out.extend(_packed_varints(chunk).tolist())
+            elif field == _FIELD_INT64_LIST:  # short lists: numpy's call cost outweighs it
+                p = 0
+                while p < len(chunk):
+                    v, p = _varint(chunk, p)
+                    out.append(_signed64(v))
             else:  # string list: each element is its own length-delimited field
                 out.append(chunk.decode())
         elif wire == 0:

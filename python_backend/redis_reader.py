@@ -75,6 +75,7 @@ class RedisFeatureReader(OnlineFeatureReader):
             f for _, name, f in self._layout["card_id"] if name != "recent_tx_ids"
         ]
         self.single_call = single_call
+        self._groups = {e: [g for g in FEATURE_GROUPS if g.entity == e] for e in self._layout}
         self._script = self.client.register_script(_BATCH_HMGET)
 
     def read(
@@ -122,9 +123,9 @@ class RedisFeatureReader(OnlineFeatureReader):
                     )
                 else:
                     values[name] = cells
-            found[entity] = np.any(
-                [event_ms[g.name] > 0 for g in FEATURE_GROUPS if g.entity == entity], axis=0
-            )
+            found[entity] = np.zeros(batch, dtype=bool)
+            for group in self._groups[entity]:
+                found[entity] |= event_ms[group.name] > 0
         tx_ids = None
         if with_tx_ids:
             tx_ids = [decode_value(v) or [] for v in values["recent_tx_ids"]]
