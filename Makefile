@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests).
-APT_PACKAGES := libgomp1 redis-server
+# Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests),
+# libpython3.11 (the Triton Python backend's stub links it).
+APT_PACKAGES := libgomp1 redis-server libpython3.11
+# The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
+SERVING_VENV := .venv-serving
+PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
@@ -21,12 +25,16 @@ export FEATURE_DATA
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-serving.txt
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-serving.txt
+	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps $(PYTRITON)
+	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 setup: $(STAMP)  ## Create .venv and install pinned dependencies (idempotent)

@@ -31,7 +31,7 @@ from build_engines.metrics import microseconds_per_row, quality
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.simulate import SimulatedData, SimulationConfig, describe, simulate
 from build_engines.tensorrt import build_engines, tensorrt_availability
-from build_engines.triton_config import fallback_config, primary_config
+from build_engines.triton_config import fallback_config, primary_config, scoring_config
 from python_backend.contract import FALLBACK, PRIMARY
 from python_backend.features import LABEL_DELAY_DAYS, TABULAR_NAMES, ModelInputs
 from python_backend.onnx_runner import OnnxModel
@@ -204,7 +204,24 @@ def train_and_evaluate(
             **timings[name],
         }
     facts["test_scores"] = scores
+    # Decision thresholds from the validation days, never the test days: REVIEW where 1% of
+    # genuine transactions would be flagged, DECLINE at 0.1%.
+    valid_scores = {"primary": fp32.predict(split.valid), "fallback": fb.predict(split.valid)}
+    if rules is not None:
+        valid_scores["rules"] = rules.evaluate(split.valid.columns).scores
+    facts["thresholds"] = {
+        path: decision_thresholds(values, split.y_valid) for path, values in valid_scores.items()
+    }
     return models, facts
+
+
+def decision_thresholds(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Scores above which 1% (review) and 0.1% (decline) of genuine rows fall."""
+    genuine = np.sort(scores[y == 0])
+    return {
+        "review": round(float(np.quantile(genuine, 0.99)), 6),
+        "decline": round(float(np.quantile(genuine, 0.999)), 6),
+    }
 
 
 def _take(inputs: ModelInputs, rows: np.ndarray) -> ModelInputs:
@@ -286,6 +303,7 @@ def build_all(
     key = build_key(config, primary_cfg)
     report_path = reports / "model_quality.json"
     outputs = [repository / m / "1" / "model.onnx" for m in (PRIMARY.name, FALLBACK.name)]
+    outputs.append(repository / "fraud_scoring" / "1" / "decision_policy.json")
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
         if previous.get("build_key") == key:
@@ -384,6 +402,13 @@ def build_all(
         fallback_config(variant),
     )
 
+    policy_dir = repository / "fraud_scoring" / "1"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config())
+    (policy_dir / "decision_policy.json").write_text(
+        json.dumps({"build_key": key, "thresholds": facts["thresholds"]}, indent=2) + "\n"
+    )
+
     result = {
         "build_key": key,
         "built_at": built_at,
@@ -402,6 +427,7 @@ def build_all(
         "int8_cpu_speedup_b64": round(
             models["primary_fp32"]["us_per_row_b64"] / models["primary_int8"]["us_per_row_b64"], 2
         ),
+        "decision_thresholds": facts["thresholds"],
         "fallback_cost_ratio_b64": round(
             models["primary_fp32"]["us_per_row_b64"] / models["fallback"]["us_per_row_b64"], 1
         ),

@@ -19,9 +19,12 @@ from python_backend.contract import (
     MAX_BATCH_SIZE,
     PREFERRED_BATCH_SIZES,
     PRIMARY,
+    SCORING,
+    SCORING_MAX_BATCH,
     ModelContract,
     TensorSpec,
 )
+from python_backend.scoring import DEFAULT_BUDGET_MS
 
 VARIANTS = ("cpu", "tensorrt")
 #: Queue delay the batcher may add to gather a batch: small against the 95 ms budget.
@@ -83,3 +86,15 @@ def fallback_config(variant: str, cpu_instances: int = 1) -> str:
 def _check(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def scoring_config(instances: int = 4, budget_ms: float = DEFAULT_BUDGET_MS) -> str:
+    """``config.pbtxt`` of ``fraud_scoring``, the BLS model callers use (same on every
+    machine). Several instances: a non-decoupled Python model runs one ``execute`` at a
+    time per instance, so one slow request must not hold up the others."""
+    return (
+        f'name: "{SCORING.name}"\nbackend: "python"\nmax_batch_size: {SCORING_MAX_BATCH}\n'
+        f"{_io(SCORING)}"
+        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
+        f'parameters {{ key: "BUDGET_MS" value: {{ string_value: "{budget_ms:g}" }} }}\n'
+    )

@@ -22,7 +22,9 @@ MAX_BATCH_SIZE = 256
 #: Batch sizes the dynamic batcher prefers and the TensorRT profile is tuned for.
 PREFERRED_BATCH_SIZES = (16, 64)
 
-_TRITON_DTYPES = {np.float32: "TYPE_FP32", np.int64: "TYPE_INT64"}
+_TRITON_DTYPES = {np.float32: "TYPE_FP32", np.int64: "TYPE_INT64", np.object_: "TYPE_STRING"}
+#: Wire datatypes of the KServe/Triton protocol, as tritonclient's ``InferInput`` takes them.
+_WIRE_DTYPES = {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class TensorSpec:
     @property
     def triton_dtype(self) -> str:
         return _TRITON_DTYPES[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        return _WIRE_DTYPES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -56,3 +62,29 @@ PROBABILITY = TensorSpec("PROBABILITY", np.float32, (1,))
 PRIMARY = ModelContract("fraud_primary", (TABULAR, SEQUENCE, CATEGORICAL), (PROBABILITY,))
 #: The cheap CPU model: tabular features only.
 FALLBACK = ModelContract("fraud_fallback", (TABULAR,), (PROBABILITY,))
+
+#: The service's own contract: what callers send to ``fraud_scoring``, one row per
+#: transaction, and what they get back. ``STAGE_US`` holds microseconds spent on
+#: ``STAGES`` in order.
+STAGES = ("features", "model", "total")
+DECISIONS = ("APPROVE", "REVIEW", "DECLINE")
+PATHS = ("primary", "fallback", "rules")
+SCORING = ModelContract(
+    "fraud_scoring",
+    (
+        TensorSpec("TRANSACTION_ID", np.object_, (1,)),
+        TensorSpec("CARD_ID", np.int64, (1,)),
+        TensorSpec("TERMINAL_ID", np.int64, (1,)),
+        TensorSpec("AMOUNT", np.float32, (1,)),
+        TensorSpec("TIMESTAMP_MS", np.int64, (1,)),
+    ),
+    (
+        TensorSpec("SCORE", np.float32, (1,)),
+        TensorSpec("DECISION", np.object_, (1,)),
+        TensorSpec("PATH", np.object_, (1,)),
+        TensorSpec("REASONS", np.object_, (1,)),
+        TensorSpec("STAGE_US", np.int64, (len(STAGES),)),
+    ),
+)
+#: Largest batch one ``fraud_scoring`` request may carry.
+SCORING_MAX_BATCH = 64

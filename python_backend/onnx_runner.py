@@ -14,7 +14,8 @@ import onnxruntime as ort
 from python_backend.contract import ModelContract
 from python_backend.features import ModelInputs
 
-_INPUT_FIELDS = {"TABULAR": "tabular", "SEQUENCE": "sequence", "CATEGORICAL": "categorical"}
+#: Which ModelInputs field feeds each model input tensor.
+INPUT_FIELDS = {"TABULAR": "tabular", "SEQUENCE": "sequence", "CATEGORICAL": "categorical"}
 
 
 class OnnxModel:
@@ -42,7 +43,7 @@ class OnnxModel:
     def feeds(self, inputs: ModelInputs, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """The ONNX feed dict for ``rows`` of ``inputs``."""
         return {
-            spec.name: np.ascontiguousarray(getattr(inputs, _INPUT_FIELDS[spec.name])[rows])
+            spec.name: np.ascontiguousarray(getattr(inputs, INPUT_FIELDS[spec.name])[rows])
             for spec in self.contract.inputs
         }
 

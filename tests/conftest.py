@@ -68,3 +68,40 @@ def redis_url(redis_service) -> str:
     url = f"redis://127.0.0.1:{redis_service.port}/0"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+@dataclass
+class Serving:
+    server: object
+    repository: Path
+    data_dir: Path
+    client: object
+
+
+@pytest.fixture(scope="session")
+def serving(tiny_build, tmp_path_factory):
+    """A real Triton server with the tiny build's models, the committed ``model.py`` files
+    and an online store (SQLite) materialized as of the last simulated day."""
+    import shutil
+
+    from client.scoring import FraudClient
+    from client.triton_server import MODEL_REPOSITORY, Ports, running
+    from feature_repo.store import StoreSettings, feature_store, materialize
+
+    root = tmp_path_factory.mktemp("serving")
+    repository = root / "model_repository"
+    shutil.copytree(tiny_build.repository, repository)
+    for model_py in MODEL_REPOSITORY.glob("*/1/model.py"):
+        target = repository / model_py.parent.parent.name / "1" / "model.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(model_py, target)
+    data_dir = tiny_build.build_dir / "data" / "tiny"
+    settings = StoreSettings.from_env(kind="sqlite", data_dir=data_dir, repo_dir=root / "features")
+    materialize(feature_store(settings), settings, log=lambda _m: None)
+    env = {"FEATURE_STORE": "sqlite", "FEATURE_SQLITE_PATH": str(settings.sqlite_path)}
+    with running(
+        repository=repository, ports=Ports.free(), env=env, log_path=root / "server.log"
+    ) as server:
+        client = FraudClient(server.grpc_url)
+        yield Serving(server, repository, data_dir, client)
+        client.close()

@@ -1,0 +1,92 @@
+"""A Python client of the fraud service over Triton's gRPC API (plain unary ``infer``).
+
+The tensors come from the contract in ``python_backend.contract``: nothing here names a
+tensor or a dtype by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from python_backend.contract import SCORING, STAGES
+
+_FIELDS = {
+    "TRANSACTION_ID": "transaction_id",
+    "CARD_ID": "card_id",
+    "TERMINAL_ID": "terminal_id",
+    "AMOUNT": "amount",
+    "TIMESTAMP_MS": "ts_ms",
+}
+
+
+@dataclass
+class Decision:
+    transaction_id: str
+    score: float
+    decision: str
+    path: str
+    reasons: list[str]
+    stage_us: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def build_inputs(transactions: Iterable[Mapping]) -> list[grpcclient.InferInput]:
+    """One row per transaction (keys: transaction_id, card_id, terminal_id, amount, ts_ms)."""
+    rows = list(transactions)
+    inputs = []
+    for spec in SCORING.inputs:
+        values = [row[_FIELDS[spec.name]] for row in rows]
+        if spec.dtype is np.object_:
+            array = np.array([[str(v).encode()] for v in values], dtype=np.object_)
+        else:
+            array = np.asarray(values, dtype=spec.dtype).reshape(-1, 1)
+        tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.wire_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def parse(result: grpcclient.InferResult, transaction_ids: list[str]) -> list[Decision]:
+    out = {spec.name: result.as_numpy(spec.name) for spec in SCORING.outputs}
+    return [
+        Decision(
+            transaction_id=tx_id,
+            score=float(out["SCORE"][i, 0]),
+            decision=out["DECISION"][i, 0].decode(),
+            path=out["PATH"][i, 0].decode(),
+            reasons=json.loads(out["REASONS"][i, 0]),
+            stage_us=dict(zip(STAGES, out["STAGE_US"][i].tolist(), strict=True)),
+        )
+        for i, tx_id in enumerate(transaction_ids)
+    ]
+
+
+class FraudClient:
+    """``FraudClient("127.0.0.1:8001").score([...])`` -> one :class:`Decision` per row."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+
+    def score(
+        self, transactions: Iterable[Mapping], budget_ms: float | None = None
+    ) -> list[Decision]:
+        rows = list(transactions)
+        result = self.client.infer(
+            SCORING.name,
+            build_inputs(rows),
+            outputs=[grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
+            parameters={"budget_ms": budget_ms} if budget_ms else None,
+            client_timeout=self.timeout_s,
+        )
+        return parse(result, [str(r["transaction_id"]) for r in rows])
+
+    def close(self) -> None:
+        self.client.close()

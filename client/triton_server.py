@@ -1,0 +1,181 @@
+"""Start and stop a real Triton Inference Server on loopback.
+
+On CPU machines the server is the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel,
+installed in the serving environment ``.venv-serving`` (numpy<2, ONNX Runtime, no Feast).
+Its Python backend runs every Python model with the interpreter first on ``PATH``, so the
+server starts with ``.venv-serving/bin`` first. Where the NGC container's ``tritonserver``
+is on ``PATH`` and ``TRITON_SERVER`` points at it, that one is used instead.
+
+Every port binds 127.0.0.1; explicit model control is on, so tests and operators can load
+and unload models through the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVING_VENV = ROOT / ".venv-serving"
+MODEL_REPOSITORY = ROOT / "model_repository"
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int = 8001
+    http: int = 8000
+    metrics: int = 8002
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        return cls(
+            int(os.environ.get("TRITON_GRPC_PORT", 8001)),
+            int(os.environ.get("TRITON_HTTP_PORT", 8000)),
+            int(os.environ.get("TRITON_METRICS_PORT", 8002)),
+        )
+
+    @classmethod
+    def free(cls) -> Ports:
+        from feature_repo.local_services import free_port
+
+        return cls(free_port(), free_port(), free_port())
+
+
+def _pytriton_dir() -> Path:
+    found = sorted(SERVING_VENV.glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    if not found:
+        raise FileNotFoundError(
+            f"no Triton server in {SERVING_VENV}: run `make setup` (it installs the serving "
+            "environment with nvidia-pytriton)"
+        )
+    return found[0]
+
+
+def backend_directory(build_dir: Path = ROOT / "build" / "triton") -> Path:
+    """A backend directory whose ``python/`` holds the backend library, its utilities and
+    the stub for this Python version (the wheel ships one stub per version)."""
+    tritonserver = _pytriton_dir()
+    python_dir = build_dir / "backends" / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    stub = next((tritonserver / "python_backend_stubs").glob("3.11/triton_python_backend_stub"))
+    for source in (
+        tritonserver / "backends" / "python" / "libtriton_python.so",
+        tritonserver / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        target = python_dir / source.name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+    return build_dir / "backends"
+
+
+def server_command(repository: Path, ports: Ports, models: list[str] | None) -> list[str]:
+    binary = os.environ.get("TRITON_SERVER") or str(_pytriton_dir() / "bin" / "tritonserver")
+    cmd = [
+        binary,
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_directory()}",
+        "--model-control-mode=explicit",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={ports.grpc}",
+        "--http-address=127.0.0.1",
+        f"--http-port={ports.http}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={ports.metrics}",
+        "--log-verbose=0",
+        "--exit-timeout-secs=5",
+    ]
+    cmd += [f"--load-model={m}" for m in models] if models else ["--load-model=*"]
+    return cmd
+
+
+def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{SERVING_VENV / 'bin'}:{env.get('PATH', '')}"
+    libs = next(SERVING_VENV.glob("lib/python3*/site-packages/nvidia_pytriton.libs"), None)
+    if libs is not None:  # the Python backend stub links the bundled libcudart
+        env["LD_LIBRARY_PATH"] = f"{libs}:{env.get('LD_LIBRARY_PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env.update(extra or {})
+    return env
+
+
+def wait_ready(http_port: int, process: subprocess.Popen | None, timeout_s: float) -> None:
+    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"tritonserver exited with code {process.returncode} at start; see its log"
+            )
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"Triton was not ready on 127.0.0.1:{http_port} within {timeout_s} s")
+
+
+@dataclass
+class Server:
+    ports: Ports
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start(
+    repository: Path = MODEL_REPOSITORY,
+    ports: Ports | None = None,
+    models: list[str] | None = None,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> Server:
+    """Start the server and wait until it is ready; raise with the log's tail if not."""
+    ports = ports or Ports.from_env()
+    log_path = log_path or ROOT / "build" / "triton" / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        server_command(repository, ports, models),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=server_environment(env),
+        start_new_session=True,
+    )
+    server = Server(ports, process, log_path)
+    try:
+        wait_ready(ports.http, process, timeout_s)
+    except Exception as err:
+        server.stop()
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{err}\n--- {log_path} ---\n{tail}") from None
+    return server
+
+
+@contextlib.contextmanager
+def running(**kwargs) -> Iterator[Server]:
+    server = start(**kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,9 @@
+"""fraud_fallback, CPU variant: logistic regression (ONNX) in ONNX Runtime. The logic lives in
+python_backend.onnx_triton."""
+
+from python_backend.contract import FALLBACK
+from python_backend.onnx_triton import OnnxTritonModel
+
+
+class TritonPythonModel(OnnxTritonModel):
+    contract = FALLBACK

@@ -1,0 +1,71 @@
+"""Circuit breakers: skip a dependency at once while it keeps failing.
+
+Closed: calls go through; outcomes (errors, and calls slower than ``slow_ms``) fill a sliding
+window. When at least ``min_calls`` outcomes are in it and the share of bad ones reaches
+``failure_rate``, the breaker opens: calls are skipped for ``cooldown_s``. Then it is
+half-open: one probe goes through; success closes it, failure opens it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_CODES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        window: int = 20,
+        min_calls: int = 5,
+        failure_rate: float = 0.5,
+        slow_ms: float | None = None,
+        cooldown_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.window: deque[bool] = deque(maxlen=window)
+        self.min_calls = min_calls
+        self.failure_rate = failure_rate
+        self.slow_ms = slow_ms
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.state = CLOSED
+        self.opened_at = 0.0
+        self._probe_out = False
+
+    def allow(self) -> bool:
+        """Whether a call may go through now."""
+        if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown_s:
+            self.state, self._probe_out = HALF_OPEN, False
+        if self.state == HALF_OPEN:
+            if self._probe_out:
+                return False
+            self._probe_out = True
+            return True
+        return self.state == CLOSED
+
+    def record(self, ok: bool, latency_ms: float = 0.0) -> None:
+        """The outcome of a call that ``allow`` let through."""
+        good = ok and (self.slow_ms is None or latency_ms <= self.slow_ms)
+        if self.state == HALF_OPEN:
+            self._probe_out = False
+            if good:
+                self.state = CLOSED
+                self.window.clear()
+            else:
+                self._open()
+            return
+        self.window.append(good)
+        bad = self.window.count(False)
+        if len(self.window) >= self.min_calls and bad / len(self.window) >= self.failure_rate:
+            self._open()
+
+    def _open(self) -> None:
+        self.state = OPEN
+        self.opened_at = self.clock()
+        self.window.clear()

@@ -1,0 +1,82 @@
+"""Triton Python-backend glue for a model that runs an ONNX file with ONNX Runtime.
+
+The CPU variant of ``fraud_primary`` and ``fraud_fallback`` (the PyPI Triton build has no
+ONNX Runtime backend). Triton's dynamic batcher hands ``execute`` several requests; they are
+concatenated, run as one ONNX Runtime call, and split back: one response per request, in
+order, errors included (a malformed request fails alone).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from python_backend.contract import ModelContract
+from python_backend.onnx_runner import OnnxModel
+
+
+def check_inputs(arrays: dict[str, np.ndarray], contract: ModelContract) -> str | None:
+    """Why a request's tensors do not fit the contract, or None."""
+    for spec in contract.inputs:
+        array = arrays.get(spec.name)
+        if array is None:
+            return f"input {spec.name}: missing"
+        if array.dtype != spec.dtype:
+            return f"input {spec.name}: dtype {array.dtype}, expected {np.dtype(spec.dtype)}"
+        if array.shape[1:] != spec.dims:
+            return f"input {spec.name}: shape {array.shape}, expected [-1, {spec.dims}]"
+    return None
+
+
+class OnnxTritonModel:
+    """Subclass in ``model.py`` with ``contract = ...``; Triton calls the lifecycle."""
+
+    contract: ModelContract
+    model_file = "model.onnx"
+
+    def initialize(self, args: dict) -> None:
+        """Load the ONNX file of this version with one intra-op thread per instance."""
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        threads = int(config.get("parameters", {}).get("ORT_THREADS", {}).get("string_value", 1))
+        path = Path(args["model_repository"]) / args["model_version"] / self.model_file
+        self.model = OnnxModel(path, self.contract, threads=threads)
+
+    def execute(self, requests: list) -> list:
+        """Score all requests of the batch in one ONNX Runtime call."""
+        pb = self.pb
+        responses: list = [None] * len(requests)
+        good, feeds = [], []
+        for i, request in enumerate(requests):
+            arrays = {
+                s.name: pb.get_input_tensor_by_name(request, s.name) for s in self.contract.inputs
+            }
+            arrays = {k: v.as_numpy() for k, v in arrays.items() if v is not None}
+            problem = check_inputs(arrays, self.contract)
+            if problem:
+                responses[i] = pb.InferenceResponse(error=pb.TritonError(problem))
+            else:
+                good.append(i)
+                feeds.append(arrays)
+        if good:
+            sizes = [len(f[self.contract.inputs[0].name]) for f in feeds]
+            joined = {
+                s.name: np.concatenate([f[s.name] for f in feeds]) for s in self.contract.inputs
+            }
+            try:
+                probability = self.model.run(joined)[:, None].astype(np.float32)
+            except Exception as err:  # a runtime failure fails this batch, not the server
+                for i in good:
+                    responses[i] = pb.InferenceResponse(error=pb.TritonError(str(err)))
+                return responses
+            output = self.contract.outputs[0].name
+            for i, part in zip(good, np.split(probability, np.cumsum(sizes)[:-1]), strict=True):
+                responses[i] = pb.InferenceResponse([pb.Tensor(output, part)])
+        return responses
+
+    def finalize(self) -> None:
+        """Nothing to release: the session goes with the process."""

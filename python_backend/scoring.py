@@ -1,0 +1,202 @@
+"""The fraud decision, step by step, without Triton: validation, features, the model
+ladder (primary -> fallback -> rules), thresholds and reason codes.
+
+The ``fraud_scoring`` BLS model (``model_repository/fraud_scoring/1/model.py``) does the I/O
+(tensors, calls to the model servers); everything it decides is decided here and unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_backend.contract import PATHS, SCORING
+from python_backend.features import ModelInputs, assemble_model_inputs
+from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, empty_features
+from python_backend.rules import RuleSet
+
+#: Default latency budget of one request, end to end inside the server.
+DEFAULT_BUDGET_MS = 95.0
+#: Kept back from the primary's share of the budget for the fallback and the rules.
+FALLBACK_RESERVE_MS = 20.0
+#: Kept back from the fallback's share for the rules and the response.
+RULES_RESERVE_MS = 5.0
+MAX_AMOUNT = 1_000_000.0
+MAX_ID_BYTES = 128
+#: Timestamps accepted: from 2000-01-01 to one day after the server's clock.
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_FUTURE_MS = 24 * 3600 * 1000
+
+
+class InvalidRequest(ValueError):
+    """A request the service cannot score; the message names the field and the rule."""
+
+
+@dataclass
+class Transactions:
+    """Validated request columns, one row per transaction."""
+
+    transaction_id: list[str]
+    card_id: np.ndarray
+    terminal_id: np.ndarray
+    amount: np.ndarray
+    timestamp_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.card_id)
+
+
+def validate(arrays: dict[str, np.ndarray | None], now_ms: int | None = None) -> Transactions:
+    """Check a request's tensors against the contract and its value rules."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    columns = {}
+    rows = None
+    for spec in SCORING.inputs:
+        array = arrays.get(spec.name)
+        if array is None:
+            raise InvalidRequest(f"{spec.name}: missing input")
+        if spec.dtype is np.object_:
+            if array.dtype != np.object_:
+                raise InvalidRequest(f"{spec.name}: must be BYTES, got {array.dtype}")
+        elif array.dtype != spec.dtype:
+            raise InvalidRequest(
+                f"{spec.name}: must be {np.dtype(spec.dtype).name.upper()}, got {array.dtype}"
+            )
+        if array.ndim != 2 or array.shape[1:] != spec.dims:
+            raise InvalidRequest(f"{spec.name}: shape must be [batch, 1], got {list(array.shape)}")
+        rows = len(array) if rows is None else rows
+        if len(array) != rows:
+            raise InvalidRequest(f"{spec.name}: {len(array)} rows, other inputs have {rows}")
+        columns[spec.name] = array[:, 0]
+    if not rows:
+        raise InvalidRequest("batch: must hold at least one transaction")
+    ids = []
+    for i, raw in enumerate(columns["TRANSACTION_ID"]):
+        value = raw if isinstance(raw, bytes) else str(raw).encode()
+        if not value or len(value) > MAX_ID_BYTES:
+            raise InvalidRequest(f"TRANSACTION_ID[{i}]: must be 1..{MAX_ID_BYTES} bytes")
+        try:
+            ids.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"TRANSACTION_ID[{i}]: must be valid UTF-8") from None
+    for name in ("CARD_ID", "TERMINAL_ID"):
+        bad = np.flatnonzero(columns[name] <= 0)
+        if bad.size:
+            raise InvalidRequest(f"{name}[{bad[0]}]: must be a positive id")
+    amount = columns["AMOUNT"].astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(amount) | (amount < 0) | (amount > MAX_AMOUNT))
+    if bad.size:
+        raise InvalidRequest(
+            f"AMOUNT[{bad[0]}]: must be a finite number in [0, {MAX_AMOUNT:.0f}], "
+            f"got {amount[bad[0]]}"
+        )
+    ts = columns["TIMESTAMP_MS"]
+    bad = np.flatnonzero((ts < MIN_TIMESTAMP_MS) | (ts > now_ms + MAX_FUTURE_MS))
+    if bad.size:
+        raise InvalidRequest(
+            f"TIMESTAMP_MS[{bad[0]}]: must be epoch milliseconds between 2000-01-01 and one "
+            f"day from now, got {ts[bad[0]]}"
+        )
+    return Transactions(
+        ids,
+        columns["CARD_ID"].astype(np.int64),
+        columns["TERMINAL_ID"].astype(np.int64),
+        amount.astype(np.float32),
+        ts.astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """Per path: the score at which a transaction goes to REVIEW, and to DECLINE."""
+
+    thresholds: dict[str, dict[str, float]]
+
+    @classmethod
+    def load(cls, path: Path) -> DecisionPolicy:
+        """``decision_policy.json``, written by ``make engines`` from the validation days."""
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `make engines`")
+        thresholds = json.loads(path.read_text())["thresholds"]
+        for name in PATHS:
+            if name not in thresholds:
+                raise ValueError(f"{path}: no thresholds for path {name!r}")
+        return cls(thresholds)
+
+    def decide(self, scores: np.ndarray, path: str) -> list[str]:
+        t = self.thresholds[path]
+        return [
+            "DECLINE" if s >= t["decline"] else "REVIEW" if s >= t["review"] else "APPROVE"
+            for s in scores
+        ]
+
+
+@dataclass
+class Budget:
+    """The time a request has left, from its arrival."""
+
+    total_ms: float
+    started: float = field(default_factory=time.perf_counter)
+
+    def remaining_ms(self, reserve_ms: float = 0.0) -> float:
+        return self.total_ms - (time.perf_counter() - self.started) * 1000 - reserve_ms
+
+
+def read_features(
+    reader: OnlineFeatureReader | None, tx: Transactions, reasons: list[list[str]]
+) -> OnlineFeatures:
+    """Online features, or every default (reason ``FEATURES_UNAVAILABLE``) when the store
+    cannot answer; unknown entities get defaults and a reason, never an error."""
+    if reader is None:
+        features = None
+    else:
+        try:
+            features = reader.read(tx.card_id, tx.terminal_id)
+        except Exception:
+            features = None
+    if features is None:
+        for r in reasons:
+            r.append("FEATURES_UNAVAILABLE")
+        return empty_features(len(tx))
+    for i in np.flatnonzero(~features.card_found):
+        reasons[i].append("UNKNOWN_CARD")
+    for i in np.flatnonzero(~features.terminal_found):
+        reasons[i].append("UNKNOWN_TERMINAL")
+    return features
+
+
+def model_inputs(tx: Transactions, features: OnlineFeatures) -> ModelInputs:
+    return assemble_model_inputs(features.stored, tx.amount, tx.timestamp_ms, tx.terminal_id)
+
+
+def rules_outcome(rules: RuleSet, inputs: ModelInputs) -> tuple[np.ndarray, list[list[str]]]:
+    decision = rules.evaluate(inputs.columns)
+    return decision.scores, decision.reasons
+
+
+def reasons_json(reasons: list[str]) -> bytes:
+    """Reason codes as the JSON list the contract promises, without duplicates."""
+    return json.dumps(list(dict.fromkeys(reasons))).encode()
+
+
+def budget_from_parameters(raw: str | None, default_ms: float) -> float:
+    """The per-request ``budget_ms`` parameter if it is a sane number, else the default."""
+    if not raw:
+        return default_ms
+    try:
+        value = json.loads(raw).get("budget_ms")
+    except (ValueError, AttributeError):
+        return default_ms
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 1 <= value <= 10_000
+    ):
+        return float(value)
+    return default_ms

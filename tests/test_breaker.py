@@ -1,0 +1,50 @@
+"""Circuit breaker transitions, on a fake clock."""
+
+from __future__ import annotations
+
+from python_backend.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_on_errors_then_probes_and_closes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("primary", min_calls=4, failure_rate=0.5, cooldown_s=5, clock=clock)
+    for ok in (True, False, True):
+        assert breaker.allow()
+        breaker.record(ok)
+    assert breaker.state == CLOSED
+    breaker.record(False)  # 2 bad of 4
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 4.9
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not breaker.allow(), "one probe at a time"
+    breaker.record(True)
+    assert breaker.state == CLOSED and breaker.allow()
+
+
+def test_failed_probe_reopens_for_another_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("fallback", min_calls=1, failure_rate=1.0, cooldown_s=2, clock=clock)
+    breaker.record(False)
+    clock.now = 2
+    assert breaker.allow()
+    breaker.record(False)
+    assert breaker.state == OPEN
+    clock.now = 3
+    assert not breaker.allow()
+
+
+def test_slow_calls_count_as_failures() -> None:
+    breaker = CircuitBreaker("features", min_calls=3, failure_rate=0.6, slow_ms=10, clock=Clock())
+    for latency in (50, 50, 1):
+        breaker.record(True, latency)
+    assert breaker.state == OPEN
