@@ -7,8 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests),
-# libpython3.11 (the Triton Python backend's stub links it).
-APT_PACKAGES := libgomp1 redis-server libpython3.11
+# libpython3.11 and python3.11-venv (the Triton Python backend's stub links Debian's Python,
+# so the serving environment is made from it too: its standard library must match).
+APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv
+SERVING_PYTHON := /usr/bin/python3.11
 # The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
 SERVING_VENV := .venv-serving
 PYTRITON := nvidia-pytriton==0.7.0
@@ -31,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-serving.txt
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	@test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
+	@test -x $(SERVING_VENV)/bin/python || $(SERVING_PYTHON) -m venv $(SERVING_VENV)
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-serving.txt
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps $(PYTRITON)
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .

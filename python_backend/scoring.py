@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +149,10 @@ class Budget:
 
 
 def read_features(
-    reader: OnlineFeatureReader | None, tx: Transactions, reasons: list[list[str]]
+    reader: OnlineFeatureReader | None,
+    tx: Transactions,
+    reasons: list[list[str]],
+    on_error: Callable[[Exception], None] | None = None,
 ) -> OnlineFeatures:
     """Online features, or every default (reason ``FEATURES_UNAVAILABLE``) when the store
     cannot answer; unknown entities get defaults and a reason, never an error."""
@@ -157,8 +161,10 @@ def read_features(
     else:
         try:
             features = reader.read(tx.card_id, tx.terminal_id)
-        except Exception:
+        except Exception as err:  # any store failure: decide on defaults, say so
             features = None
+            if on_error is not None:
+                on_error(err)
     if features is None:
         for r in reasons:
             r.append("FEATURES_UNAVAILABLE")

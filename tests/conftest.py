@@ -70,6 +70,9 @@ def redis_url(redis_service) -> str:
     return url
 
 
+SERVING_TOPIC = "transactions-serving-test"
+
+
 @dataclass
 class Serving:
     server: object
@@ -79,9 +82,10 @@ class Serving:
 
 
 @pytest.fixture(scope="session")
-def serving(tiny_build, tmp_path_factory):
-    """A real Triton server with the tiny build's models, the committed ``model.py`` files
-    and an online store (SQLite) materialized as of the last simulated day."""
+def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
+    """A real Triton server with the tiny build's models, the committed ``model.py`` files,
+    a real Redis online store (database 1) materialized as of the last simulated day, and
+    scored transactions published to a real Kafka-protocol broker."""
     import shutil
 
     from client.scoring import FraudClient
@@ -96,9 +100,17 @@ def serving(tiny_build, tmp_path_factory):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(model_py, target)
     data_dir = tiny_build.build_dir / "data" / "tiny"
-    settings = StoreSettings.from_env(kind="sqlite", data_dir=data_dir, repo_dir=root / "features")
+    redis_url = f"redis://127.0.0.1:{redis_service.port}/1"
+    settings = StoreSettings.from_env(
+        kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=root / "features"
+    )
     materialize(feature_store(settings), settings, log=lambda _m: None)
-    env = {"FEATURE_STORE": "sqlite", "FEATURE_SQLITE_PATH": str(settings.sqlite_path)}
+    env = {
+        "FEATURE_STORE": "redis",
+        "REDIS_URL": redis_url,
+        "KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_service.port}",
+        "SCORED_TOPIC": SERVING_TOPIC,
+    }
     with running(
         repository=repository, ports=Ports.free(), env=env, log_path=root / "server.log"
     ) as server:

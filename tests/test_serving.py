@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,16 +48,18 @@ def _scores(serving, frame: pd.DataFrame) -> list[float]:
     ]
 
 
-def test_fraud_scores_higher_than_normal_traffic(serving) -> None:
-    """The held-out days of the tiny build: frauds of every scenario against a sample of
-    genuine transactions, through the whole service."""
-    tx = pd.read_parquet(serving.data_dir / "transactions.parquet")
-    start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
-    recent = tx[tx["ts_ms"] >= start - 9 * MS_PER_DAY]
-    frauds = recent[recent["is_fraud"] == 1].head(60)
-    normal = recent[recent["is_fraud"] == 0].sample(300, random_state=0)
-    assert len(frauds) >= 10
-    assert np.mean(_scores(serving, frauds)) > np.mean(_scores(serving, normal)) + 0.1
+def test_fraud_scores_higher_than_normal_traffic(serving, last_day) -> None:
+    """The online store holds the state of the last simulated day, so only that day's
+    transactions see point-in-time features: its frauds, plus large-amount frauds made
+    from its genuine purchases as the simulator's first scenario does, against its
+    genuine traffic."""
+    genuine = last_day[last_day["is_fraud"] == 0].head(200)
+    large = genuine.sample(40, random_state=0).assign(
+        amount=lambda f: f["amount"] * 12 + 1_000,
+        transaction_id=lambda f: f["transaction_id"] + "-large",
+    )
+    frauds = pd.concat([last_day[last_day["is_fraud"] == 1], large])
+    assert np.mean(_scores(serving, frauds)) > np.mean(_scores(serving, genuine)) + 0.1
 
 
 def _unload(serving, *models):
@@ -93,8 +99,6 @@ def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
 
 
 def _eventually_path(serving, rows, path, timeout_s=15.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if {d.path for d in serving.client.score(rows)} == {path}:
@@ -129,3 +133,94 @@ def test_missing_input_is_named(serving, last_day) -> None:
     inputs = [i for i in build_inputs(_rows(last_day.head(1))) if i.name() != "AMOUNT"]
     with pytest.raises(InferenceServerException, match="AMOUNT"):
         serving.client.client.infer(SCORING.name, inputs)
+
+
+def test_primary_slower_than_budget_falls_back_within_budget(serving, last_day) -> None:
+    from pathlib import Path
+
+    admin = grpcclient.InferenceServerClient(serving.server.grpc_url)
+    config = admin.get_model_config("fraud_primary", as_json=True)["config"]
+    # A changed config makes Triton reload (with the same one it keeps the loaded model).
+    config["parameters"] = {"STAND_IN": {"string_value": "slow_primary"}}
+    slow = (Path(__file__).parent / "models" / "slow_primary.py").read_bytes()
+    admin.load_model("fraud_primary", config=json.dumps(config), files={"file:1/model.py": slow})
+    try:
+        decisions = serving.client.score(_rows(last_day.head(2)))
+        for d in decisions:
+            assert d.path in ("fallback",)
+            assert "PRIMARY_TIMEOUT" in d.reasons or "PRIMARY_CIRCUIT_OPEN" in d.reasons
+            assert d.stage_us["total"] < 95_000, "the budget holds although the primary hangs"
+    finally:
+        admin.load_model("fraud_primary")
+    assert _eventually_path(serving, _rows(last_day.head(2)), "primary")
+
+
+def test_repeated_primary_failures_open_its_circuit(serving, last_day) -> None:
+    rows = _rows(last_day.head(1))
+    admin = _unload(serving, "fraud_primary")
+    try:
+        seen = set()
+        for _ in range(12):
+            seen.update(serving.client.score(rows)[0].reasons)
+        assert "PRIMARY_ERROR" in seen and "PRIMARY_CIRCUIT_OPEN" in seen
+        metrics = (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{serving.server.ports.metrics}/metrics", timeout=5
+            )
+            .read()
+            .decode()
+        )
+        assert 'fraud_breaker_state{dependency="primary"} 2' in metrics
+        assert "fraud_decisions_total" in metrics
+    finally:
+        admin.load_model("fraud_primary")
+    assert _eventually_path(serving, rows, "primary")
+
+
+def test_feature_store_down_decides_on_defaults_then_recovers(
+    serving, last_day, redis_service
+) -> None:
+    rows = _rows(last_day.head(2))
+    redis_service.pause()
+    try:
+        decisions = serving.client.score(rows)
+        for d in decisions:
+            assert d.decision in DECISIONS
+            assert {"FEATURES_UNAVAILABLE", "FEATURES_CIRCUIT_OPEN"} & set(d.reasons)
+            assert d.stage_us["total"] < 95_000
+    finally:
+        redis_service.resume()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        reasons = {r for d in serving.client.score(rows) for r in d.reasons}
+        if not {"FEATURES_UNAVAILABLE", "FEATURES_CIRCUIT_OPEN"} & reasons:
+            return
+        time.sleep(0.5)
+    pytest.fail("features did not come back after Redis resumed")
+
+
+def test_scored_transactions_are_published_to_the_stream(serving, last_day, kafka_service) -> None:
+    from confluent_kafka import Consumer
+
+    from python_backend.events import decode
+    from tests.conftest import SERVING_TOPIC
+
+    rows = _rows(last_day.tail(3))
+    serving.client.score(rows)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{kafka_service.port}",
+            "group.id": "published-check",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([SERVING_TOPIC])
+    wanted = {r["transaction_id"] for r in rows}
+    seen = set()
+    deadline = time.monotonic() + 30
+    while not wanted <= seen and time.monotonic() < deadline:
+        for message in consumer.consume(100, timeout=0.5):
+            if not message.error():
+                seen.add(decode(message.value()).transaction_id)
+    consumer.close()
+    assert wanted <= seen

@@ -1,8 +1,10 @@
 """fraud_scoring: the BLS model callers use. One decision per transaction, always.
 
 Lifecycle:
-- ``initialize``: load the decision policy, the rules, open the online-feature reader and
-  create one circuit breaker per dependency (features, primary, fallback).
+- ``initialize``: load the decision policy, the rules, open the online-feature reader,
+  create one circuit breaker per dependency (features, primary, fallback), the custom
+  metrics, and (with ``KAFKA_BOOTSTRAP``) a producer that publishes each scored
+  transaction to the ``transactions`` topic, so live features follow live traffic.
 - ``execute``: per request, validate; read features (defaults when the store is down);
   call the primary with what is left of the budget minus a reserve, else the fallback, else
   the rules, which always answer; return score, decision, path, reasons and stage times.
@@ -14,6 +16,7 @@ The decisions themselves live in ``python_backend.scoring`` (unit-tested without
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,8 +24,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import scoring
-from python_backend.breaker import CircuitBreaker
+from python_backend.breaker import STATE_CODES, CircuitBreaker
 from python_backend.contract import FALLBACK, PRIMARY, SCORING
+from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
 from python_backend.onnx_runner import INPUT_FIELDS
 from python_backend.online_features import open_reader
 from python_backend.rules import load_rules
@@ -51,6 +55,30 @@ class TritonPythonModel:
             "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=5),
             "fallback": CircuitBreaker("fallback", slow_ms=30, cooldown_s=5),
         }
+        family = pb_utils.MetricFamily
+        self.metric_families = {
+            "decisions": family("fraud_decisions_total", "Decisions by path and decision",
+                                family.COUNTER),
+            "reasons": family("fraud_degradations_total",
+                              "Transactions that met a degradation, by reason", family.COUNTER),
+            "breakers": family("fraud_breaker_state",
+                               "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+                               family.GAUGE),
+            "published": family("fraud_published_total",
+                                "Scored transactions handed to Kafka, by outcome",
+                                family.COUNTER),
+        }
+        self._metrics = {}
+        self.publisher = None
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        if bootstrap:
+            from confluent_kafka import Producer
+
+            # Asynchronous: produce() only queues; a broker that is away never slows a
+            # decision, and a full queue drops the event (counted) rather than block.
+            self.publisher = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                       "queue.buffering.max.messages": 100_000})
+            self.topic = os.environ.get("SCORED_TOPIC", TOPIC_TRANSACTIONS)
 
     async def execute(self, requests):
         return [await self._score(request) for request in requests]
@@ -74,40 +102,16 @@ class TritonPythonModel:
         if self.reader is not None and reader is None:
             for r in reasons:
                 r.append("FEATURES_CIRCUIT_OPEN")
-        features = scoring.read_features(reader, tx, reasons)
+        features = scoring.read_features(
+            reader, tx, reasons,
+            on_error=lambda err: self.logger.log_warn(f"fraud_scoring: features: {err!r}"))
         if reader is not None:
             ok = "FEATURES_UNAVAILABLE" not in reasons[0]
             feature_breaker.record(ok, (time.perf_counter() - started) * 1000)
         inputs = scoring.model_inputs(tx, features)
         features_done = time.perf_counter()
 
-        scores, path = None, "rules"
-        for name, contract, reserve in (("primary", PRIMARY, scoring.FALLBACK_RESERVE_MS),
-                                        ("fallback", FALLBACK, scoring.RULES_RESERVE_MS)):
-            code = name.upper()
-            breaker = self.breakers[name]
-            remaining = budget.remaining_ms(reserve)
-            if remaining < 1:
-                reasons_add(reasons, f"{code}_NO_BUDGET")
-                continue
-            if not breaker.allow():
-                reasons_add(reasons, f"{code}_CIRCUIT_OPEN")
-                continue
-            call_started = time.perf_counter()
-            try:
-                scores = await self._call(contract, inputs, remaining)
-            except asyncio.TimeoutError:
-                breaker.record(False)
-                reasons_add(reasons, f"{code}_TIMEOUT")
-                continue
-            except ModelCallError as err:
-                breaker.record(False)
-                reasons_add(reasons, f"{code}_ERROR")
-                self.logger.log_verbose(f"fraud_scoring: {name} failed: {err}")
-                continue
-            breaker.record(True, (time.perf_counter() - call_started) * 1000)
-            path = name
-            break
+        scores, path = await self._models(inputs, budget, reasons)
         rule_scores, rule_reasons = scoring.rules_outcome(self.rules, inputs)
         if scores is None:
             scores = rule_scores
@@ -125,8 +129,96 @@ class TritonPythonModel:
                                  for r, rr in zip(reasons, rule_reasons)], dtype=np.object_),
             "STAGE_US": stage_us,
         }
+        self._observe(path, decisions, reasons)
+        self._publish(tx)
         return pb_utils.InferenceResponse(
             [pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in SCORING.outputs])
+
+    def _metric(self, family, **labels):
+        key = (family, tuple(sorted(labels.items())))
+        if key not in self._metrics:
+            self._metrics[key] = self.metric_families[family].Metric(labels=labels)
+        return self._metrics[key]
+
+    def _observe(self, path, decisions, reasons):
+        for decision in set(decisions):
+            self._metric("decisions", path=path, decision=decision).increment(
+                decisions.count(decision))
+        for code in {c for r in reasons for c in r}:
+            if code.endswith(("_ERROR", "_TIMEOUT", "_CIRCUIT_OPEN", "_UNAVAILABLE",
+                              "_NO_BUDGET")):
+                self._metric("reasons", reason=code).increment(
+                    sum(code in r for r in reasons))
+        for name, breaker in self.breakers.items():
+            self._metric("breakers", dependency=name).set(STATE_CODES[breaker.state])
+
+    def _publish(self, tx):
+        if self.publisher is None:
+            return
+        sent = 0
+        for i in range(len(tx)):
+            event = TransactionEvent(tx.transaction_id[i], int(tx.card_id[i]),
+                                     int(tx.terminal_id[i]), float(tx.amount[i]),
+                                     int(tx.timestamp_ms[i]))
+            try:
+                self.publisher.produce(self.topic, key=event.key, value=event.encode())
+                sent += 1
+            except BufferError:
+                pass
+        self.publisher.poll(0)
+        if sent:
+            self._metric("published", outcome="queued").increment(sent)
+        if sent < len(tx):
+            self._metric("published", outcome="dropped").increment(len(tx) - sent)
+
+    async def _models(self, inputs, budget, reasons):
+        """Primary, else fallback; (None, "rules") when neither answers in time.
+
+        The fallback is sent first, before the primary, and only used when the primary does
+        not answer: measured here, a BLS call issued while another is pending is not
+        answered before it, so a fallback sent after a hung primary came too late.
+        """
+        fallback = None
+        if self.breakers["fallback"].allow():
+            fallback = asyncio.ensure_future(
+                self._timed("fallback", FALLBACK, inputs,
+                            budget.remaining_ms(scoring.RULES_RESERVE_MS)))
+        else:
+            reasons_add(reasons, "FALLBACK_CIRCUIT_OPEN")
+        if not self.breakers["primary"].allow():
+            reasons_add(reasons, "PRIMARY_CIRCUIT_OPEN")
+        else:
+            scores, problem = await self._timed(
+                "primary", PRIMARY, inputs, budget.remaining_ms(scoring.FALLBACK_RESERVE_MS))
+            if problem is None:
+                return scores, "primary"
+            reasons_add(reasons, problem)
+        if fallback is None:
+            return None, "rules"
+        scores, problem = await fallback
+        if problem is None:
+            return scores, "fallback"
+        reasons_add(reasons, problem)
+        return None, "rules"
+
+    async def _timed(self, name, contract, inputs, timeout_ms):
+        """(scores, None) or (None, reason code); feeds the model's breaker."""
+        code = name.upper()
+        if timeout_ms < 1:
+            return None, f"{code}_NO_BUDGET"
+        breaker = self.breakers[name]
+        started = time.perf_counter()
+        try:
+            scores = await self._call(contract, inputs, timeout_ms)
+        except asyncio.TimeoutError:
+            breaker.record(False)
+            return None, f"{code}_TIMEOUT"
+        except ModelCallError as err:
+            breaker.record(False)
+            self.logger.log_verbose(f"fraud_scoring: {name} failed: {err}")
+            return None, f"{code}_ERROR"
+        breaker.record(True, (time.perf_counter() - started) * 1000)
+        return scores, None
 
     async def _call(self, contract, inputs, timeout_ms):
         tensors = [pb_utils.Tensor(s.name, np.ascontiguousarray(getattr(inputs,
@@ -149,6 +241,8 @@ class TritonPythonModel:
     def finalize(self):
         if self.reader is not None:
             self.reader.close()
+        if self.publisher is not None:
+            self.publisher.flush(5)
 
 
 def reasons_add(reasons, code):
