@@ -17,7 +17,9 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo test lint fmt clean
+# Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
+DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
 FEATURE_STORE ?= sqlite
 export FEATURE_STORE
@@ -58,6 +60,15 @@ feature-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Online read lat
 
 feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day through Kafka; compare online and offline features
 	$(PY) -m feature_repo parity
+
+serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002)
+	$(PY) -m client serve --scale $(DEMO_SCALE)
+
+stop:  ## Stop the background Triton server
+	@if [ -x $(PY) ]; then $(PY) -m client stop; fi
+
+demo: $(STAMP)  ## The main job: build, serve, replay a day over gRPC, fail the primary on purpose, stop
+	$(PY) -m client demo --scale $(DEMO_SCALE)
 
 test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a failure)
 	$(PY) -m ruff check .

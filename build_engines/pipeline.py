@@ -367,6 +367,7 @@ def build_all(
     data_fingerprint = _sha256(data_dir / "transactions.parquet")
     common = {
         "build_key": key,
+        "scale": scale,
         "built_at": built_at,
         "data_fingerprint": data_fingerprint,
         "data": summary,

@@ -1,0 +1,165 @@
+"""``python -m client {score,replay,serve,stop,demo}``: call and operate the fraud service.
+
+- ``score``: one transaction, the decision as JSON.
+- ``replay``: simulated transactions of the last day at a concurrency or a rate, summary.
+- ``serve`` / ``stop``: the server in the background (``make serve`` / ``make stop``).
+- ``demo``: ``make demo`` (build, serve, replay, fail the primary on purpose, stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+
+import pandas as pd
+
+from client.triton_server import ROOT, Ports
+
+
+def _url(args) -> str:
+    return args.url or f"127.0.0.1:{Ports.from_env().grpc}"
+
+
+def _last_day(scale: str, limit: int | None) -> pd.DataFrame:
+    from python_backend.features import MS_PER_DAY
+
+    tx = pd.read_parquet(ROOT / "build" / "data" / scale / "transactions.parquet")
+    start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
+    day = tx[tx["ts_ms"] >= start]
+    return day.head(limit) if limit else day
+
+
+def cmd_score(args) -> int:
+    from client.scoring import FraudClient
+
+    row = {
+        "transaction_id": args.transaction_id or f"cli-{uuid.uuid4().hex[:12]}",
+        "card_id": args.card_id,
+        "terminal_id": args.terminal_id,
+        "amount": args.amount,
+        "ts_ms": args.timestamp_ms or int(time.time() * 1000),
+    }
+    client = FraudClient(_url(args))
+    (decision,) = client.score([row], budget_ms=args.budget_ms)
+    print(json.dumps(decision.as_dict(), indent=2))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from client.launcher import built_scale
+    from client.replay import replay
+
+    scale = args.scale or built_scale() or "small"
+    summary = replay(_url(args), _last_day(scale, args.limit), args.concurrency, args.rate)
+    print(summary.table())
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    return 0 if summary.decided == summary.sent else 1
+
+
+def cmd_serve(args) -> int:
+    from client.launcher import serve
+
+    serve(args.scale)
+    return 0
+
+
+def cmd_stop(_args) -> int:
+    from client.launcher import stop
+
+    stop()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import tritonclient.grpc as grpcclient
+
+    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.replay import replay
+    from client.triton_server import running
+
+    print("== 1. build what is missing (embedded defaults: SQLite online store)")
+    scale = ensure_models(args.scale)
+    env = ensure_features(scale)
+    ports = Ports.free()
+    print(f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly)")
+    with running(ports=ports, env=env) as server:
+        warm_up(server)
+        day = _last_day(scale, args.limit)
+        print(
+            f"== 3. replay {len(day):,} transactions of the last simulated day over gRPC, "
+            f"concurrency {args.concurrency}"
+        )
+        normal = replay(server.grpc_url, day, args.concurrency)
+        print(normal.table())
+        outage = day.sample(min(len(day), args.outage), random_state=1)
+        print(f"== 4. unload fraud_primary on purpose, replay {len(outage):,} more")
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        admin.unload_model("fraud_primary")
+        failed = replay(server.grpc_url, outage, args.concurrency)
+        admin.load_model("fraud_primary")
+        print(failed.table())
+        ok = failed.decided == failed.sent and normal.decided == normal.sent
+        print(
+            f"== 5. every request got a decision: {'yes' if ok else 'NO'} "
+            f"({normal.decided + failed.decided:,} of {normal.sent + failed.sent:,}); "
+            f"paths during the outage: {dict(failed.paths)}"
+        )
+        report = ROOT / "build" / "reports" / "demo.json"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(
+            json.dumps({"normal": normal.as_dict(), "primary_unloaded": failed.as_dict()}, indent=2)
+            + "\n"
+        )
+        print(f"== 6. stopping the server; summary in {report.relative_to(ROOT)}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", help="Triton gRPC address (default 127.0.0.1:TRITON_GRPC_PORT)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score one transaction")
+    score.add_argument("--card-id", type=int, required=True)
+    score.add_argument("--terminal-id", type=int, required=True)
+    score.add_argument("--amount", type=float, required=True)
+    score.add_argument("--timestamp-ms", type=int, help="default: now")
+    score.add_argument("--transaction-id")
+    score.add_argument("--budget-ms", type=float, help="override the 95 ms budget")
+    rep = sub.add_parser("replay", help="replay the last simulated day")
+    rep.add_argument("--scale", help="data to replay (default: the built one)")
+    rep.add_argument("--limit", type=int)
+    rep.add_argument("--concurrency", type=int, default=4)
+    rep.add_argument(
+        "--rate",
+        type=float,
+        help="requests per second (default: as fast as the concurrency allows)",
+    )
+    rep.add_argument("--json", action="store_true")
+    serve = sub.add_parser("serve", help="start the server in the background")
+    serve.add_argument("--scale", default="small", help="scale to build if nothing is built")
+    sub.add_parser("stop", help="stop the background server")
+    demo = sub.add_parser("demo", help="the whole job, start to finish")
+    demo.add_argument("--scale", default="small", help="scale to build if nothing is built")
+    demo.add_argument("--limit", type=int, default=3_000)
+    demo.add_argument("--outage", type=int, default=500)
+    demo.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    return {
+        "score": cmd_score,
+        "replay": cmd_replay,
+        "serve": cmd_serve,
+        "stop": cmd_stop,
+        "demo": cmd_demo,
+    }[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What ``make serve``, ``make stop`` and ``make demo`` do: build what is missing on the
+embedded defaults, fill the online store, start Triton in the background, stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from client.triton_server import MODEL_REPOSITORY, ROOT, Ports, Server, start
+
+PID_FILE = ROOT / "build" / "triton" / "server.pid"
+FEATURE_DIR = ROOT / "build" / "feature_repo"
+
+
+def built_scale() -> str | None:
+    """The scale of the models in the repository, or None when nothing is built."""
+    metadata = MODEL_REPOSITORY / "fraud_primary" / "1" / "metadata.json"
+    needed = [
+        metadata,
+        MODEL_REPOSITORY / "fraud_scoring" / "1" / "decision_policy.json",
+        MODEL_REPOSITORY / "fraud_scoring" / "config.pbtxt",
+    ]
+    if not all(p.exists() for p in needed):
+        return None
+    return json.loads(metadata.read_text()).get("scale")
+
+
+def ensure_models(scale: str, log=print) -> str:
+    """Build the models at ``scale`` unless some scale is already built; return the scale."""
+    existing = built_scale()
+    if existing:
+        log(f"models: built ({existing} scale), skipping `make engines`")
+        return existing
+    log(f"models: none built yet, building the {scale} scale (`make engines SCALE={scale}`)")
+    subprocess.run([sys.executable, "-m", "build_engines", "all", "--scale", scale], check=True)
+    return scale
+
+
+def feature_settings(scale: str):
+    from feature_repo.store import StoreSettings
+
+    return StoreSettings.from_env(data_dir=ROOT / "build" / "data" / scale, repo_dir=FEATURE_DIR)
+
+
+def ensure_features(scale: str, log=print) -> dict[str, str]:
+    """Materialize the online store for ``scale`` unless it already holds that data; return
+    the environment the server needs to read it."""
+    from feature_repo.store import feature_store, materialize
+
+    settings = feature_settings(scale)
+    marker = FEATURE_DIR / f"materialized-{settings.kind}.json"
+    data = settings.data_dir / "transactions.parquet"
+    stamp = {"data": str(data), "mtime": data.stat().st_mtime, "store": settings.reader_location}
+    if (
+        settings.kind == "sqlite"
+        and marker.exists()
+        and settings.sqlite_path.exists()
+        and json.loads(marker.read_text()) == stamp
+    ):
+        log(f"features: online store up to date ({settings.sqlite_path})")
+    else:
+        log(f"features: materializing into {settings.kind} ({settings.reader_location})")
+        materialize(feature_store(settings), settings, log=log)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(stamp))
+    env = {"FEATURE_STORE": settings.kind}
+    if settings.kind == "sqlite":
+        env["FEATURE_SQLITE_PATH"] = str(settings.sqlite_path)
+    else:
+        env["REDIS_URL"] = settings.redis_url
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        env["KAFKA_BOOTSTRAP"] = os.environ["KAFKA_BOOTSTRAP"]
+    return env
+
+
+def warm_up(server: Server, requests: int = 30) -> None:
+    """The first requests after a load take 30 ms or more (measured here): send some
+    before anyone measures or relies on the budget."""
+    from client.scoring import FraudClient
+
+    client = FraudClient(server.grpc_url)
+    now = int(time.time() * 1000)
+    for i in range(requests):
+        client.score(
+            [
+                {
+                    "transaction_id": f"warm-up-{i}",
+                    "card_id": 1 + i % 7,
+                    "terminal_id": 1 + i % 5,
+                    "amount": 10.0 + i,
+                    "ts_ms": now,
+                }
+            ]
+        )
+    client.close()
+
+
+def serve(scale: str, ports: Ports | None = None, log=print) -> Server:
+    """Build what is missing, then start Triton in the background and record its pid."""
+    if PID_FILE.exists():
+        pid = int(PID_FILE.read_text())
+        try:
+            os.kill(pid, 0)
+            raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
+        except ProcessLookupError:
+            PID_FILE.unlink()
+    scale = ensure_models(scale, log)
+    env = ensure_features(scale, log)
+    ports = ports or Ports.from_env()
+    started = time.perf_counter()
+    server = start(ports=ports, env=env)
+    PID_FILE.write_text(str(server.process.pid))
+    warm_up(server)
+    log(
+        f"Triton ready in {time.perf_counter() - started:.1f} s: gRPC 127.0.0.1:{ports.grpc}, "
+        f"HTTP 127.0.0.1:{ports.http}, metrics 127.0.0.1:{ports.metrics}/metrics "
+        f"(log: {server.log_path.relative_to(ROOT)})"
+    )
+    return server
+
+
+def stop(log=print) -> bool:
+    """Stop the background server started by :func:`serve`."""
+    if not PID_FILE.exists():
+        log("no server running (no pid file)")
+        return False
+    pid = int(PID_FILE.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            time.sleep(0.2)
+            os.kill(pid, 0)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    PID_FILE.unlink(missing_ok=True)
+    log(f"stopped Triton (pid {pid})")
+    return True
