@@ -224,3 +224,14 @@ def test_scored_transactions_are_published_to_the_stream(serving, last_day, kafk
                 seen.add(decode(message.value()).transaction_id)
     consumer.close()
     assert wanted <= seen
+
+
+def test_replay_accounts_for_every_request(serving, last_day) -> None:
+    from client.replay import replay
+
+    summary = replay(serving.server.grpc_url, last_day.head(60), concurrency=3, progress=False)
+    assert summary.sent == summary.decided == 60
+    assert not summary.errors
+    assert sum(summary.paths.values()) == 60
+    assert summary.frauds_caught + summary.frauds_missed == int(last_day.head(60)["is_fraud"].sum())
+    assert "latency (client, ms)" in summary.table()
