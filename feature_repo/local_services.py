@@ -67,14 +67,28 @@ def tansu_binary() -> Path:
 
 
 @contextlib.contextmanager
+def _service(name: str, cmd: list[str], port: int, start_timeout_s: float) -> Iterator[Service]:
+    """Run ``cmd`` as a child process until the context ends, once it listens on ``port``."""
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = Service(name, port, process)
+    try:
+        _wait_for_port(port, process, name, start_timeout_s)
+        yield service
+    finally:
+        service.stop()
+
+
+@contextlib.contextmanager
 def redis_server(port: int | None = None) -> Iterator[Service]:
     """``redis-server`` on 127.0.0.1, no persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server not found: `make setup` installs it (apt-get)")
     port = port or free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        _service(
+            "redis",
             [
                 binary,
                 "--port",
@@ -90,15 +104,11 @@ def redis_server(port: int | None = None) -> Iterator[Service]:
                 "--protected-mode",
                 "yes",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        service = Service("redis", port, process)
-        try:
-            _wait_for_port(port, process, "redis-server", 10)
-            yield service
-        finally:
-            service.stop()
+            port,
+            10,
+        ) as service,
+    ):
+        yield service
 
 
 @contextlib.contextmanager
@@ -106,7 +116,8 @@ def kafka_broker(port: int | None = None) -> Iterator[Service]:
     """A Kafka-protocol broker (tansu, in-memory storage) on 127.0.0.1."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
+    with _service(
+        "kafka",
         [
             str(tansu_binary()),
             "broker",
@@ -117,12 +128,7 @@ def kafka_broker(port: int | None = None) -> Iterator[Service]:
             "--storage-engine",
             "memory://tansu/",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    service = Service("kafka", port, process)
-    try:
-        _wait_for_port(port, process, "tansu broker", 15)
+        port,
+        15,
+    ) as service:
         yield service
-    finally:
-        service.stop()

@@ -129,3 +129,26 @@ def columns_from_values(values: dict[str, list[bytes | None]], batch: int) -> di
                 stored[feature.name] = number_list_column(raw, dtype, RECENT_BUFFER)
     assert all(len(c) == batch for c in stored.values())
     return stored
+
+
+def features_from_values(
+    values: dict[str, list[bytes | None]],
+    event_ms: dict[str, np.ndarray],
+    found: dict[str, np.ndarray],
+    batch: int,
+    with_tx_ids: bool,
+) -> OnlineFeatures:
+    """The reader's answer from what a store returned: serialized values per feature,
+    event times per view, found flags per entity column."""
+    from python_backend.feast_layout import decode_value
+
+    tx_ids = None
+    if with_tx_ids:
+        tx_ids = [decode_value(v) or [] for v in values["recent_tx_ids"]]
+    return OnlineFeatures(
+        stored=columns_from_values(values, batch),
+        card_found=found["card_id"],
+        terminal_found=found["terminal_id"],
+        event_ms=event_ms,
+        recent_tx_ids=tx_ids,
+    )

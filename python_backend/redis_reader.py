@@ -14,7 +14,6 @@ import redis
 
 from python_backend.feast_layout import (
     decode_timestamp_ms,
-    decode_value,
     redis_field,
     redis_key,
     redis_ts_field,
@@ -24,7 +23,7 @@ from python_backend.online_features import (
     PROJECT,
     OnlineFeatureReader,
     OnlineFeatures,
-    columns_from_values,
+    features_from_values,
 )
 
 # All HMGETs of a batch in one server-side call: one command to send and one reply to
@@ -126,16 +125,7 @@ class RedisFeatureReader(OnlineFeatureReader):
             found[entity] = np.zeros(batch, dtype=bool)
             for group in self._groups[entity]:
                 found[entity] |= event_ms[group.name] > 0
-        tx_ids = None
-        if with_tx_ids:
-            tx_ids = [decode_value(v) or [] for v in values["recent_tx_ids"]]
-        return OnlineFeatures(
-            stored=columns_from_values(values, batch),
-            card_found=found["card_id"],
-            terminal_found=found["terminal_id"],
-            event_ms=event_ms,
-            recent_tx_ids=tx_ids,
-        )
+        return features_from_values(values, event_ms, found, batch, with_tx_ids)
 
     def close(self) -> None:
         self.client.close()

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backend.feast_layout import decode_value, entity_key
+from python_backend.feast_layout import entity_key
 from python_backend.features import FEATURE_GROUPS
 from python_backend.online_features import (
     PROJECT,
     OnlineFeatureReader,
     OnlineFeatures,
-    columns_from_values,
+    features_from_values,
 )
 
 
@@ -79,16 +79,7 @@ class SqliteFeatureReader(OnlineFeatureReader):
                 values[feature.name] = [by_key.get(k, {}).get(feature.name) for k in keys]
             event_ms[group.name] = np.array([ts_by_key.get(k, 0) for k in keys], dtype=np.int64)
             found[group.entity] |= event_ms[group.name] > 0
-        tx_ids = None
-        if with_tx_ids:
-            tx_ids = [decode_value(v) or [] for v in values["recent_tx_ids"]]
-        return OnlineFeatures(
-            stored=columns_from_values(values, batch),
-            card_found=found["card_id"],
-            terminal_found=found["terminal_id"],
-            event_ms=event_ms,
-            recent_tx_ids=tx_ids,
-        )
+        return features_from_values(values, event_ms, found, batch, with_tx_ids)
 
     def close(self) -> None:
         self.conn.close()
