@@ -90,3 +90,30 @@ class FraudClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+class AsyncFraudClient:
+    """The asyncio twin of :class:`FraudClient` (``tritonclient.grpc.aio``), for callers
+    that keep many requests in flight from one thread."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0) -> None:
+        import tritonclient.grpc.aio as grpcaio
+
+        self.client = grpcaio.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+
+    async def score(
+        self, transactions: Iterable[Mapping], budget_ms: float | None = None
+    ) -> list[Decision]:
+        rows = list(transactions)
+        result = await self.client.infer(
+            SCORING.name,
+            build_inputs(rows),
+            outputs=[grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
+            parameters={"budget_ms": budget_ms} if budget_ms else None,
+            client_timeout=self.timeout_s,
+        )
+        return parse(result, [str(r["transaction_id"]) for r in rows])
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -235,3 +235,22 @@ def test_replay_accounts_for_every_request(serving, last_day) -> None:
     assert sum(summary.paths.values()) == 60
     assert summary.frauds_caught + summary.frauds_missed == int(last_day.head(60)["is_fraud"].sum())
     assert "latency (client, ms)" in summary.table()
+
+
+def test_async_client_keeps_many_requests_in_flight(serving, last_day) -> None:
+    import asyncio
+
+    from client.scoring import AsyncFraudClient
+
+    rows = _rows(last_day.head(20))
+
+    async def run():
+        client = AsyncFraudClient(serving.server.grpc_url)
+        try:
+            return await asyncio.gather(*(client.score([row]) for row in rows))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    assert [r[0].transaction_id for r in results] == [row["transaction_id"] for row in rows]
+    assert all(r[0].decision in DECISIONS for r in results)
