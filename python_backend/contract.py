@@ -69,6 +69,11 @@ FALLBACK = ModelContract("fraud_fallback", (TABULAR,), (PROBABILITY,))
 STAGES = ("features", "model", "total")
 DECISIONS = ("APPROVE", "REVIEW", "DECLINE")
 PATHS = ("primary", "fallback", "rules")
+#: A row that breaks a value rule (NaN amount, unknown epoch...) is not scored: it gets this
+#: decision and path, a NaN score and the reasons ``INVALID_INPUT`` and the rule it broke,
+#: while the other rows of its request are decided as usual.
+INVALID = "INVALID"
+INVALID_PATH = "invalid"
 SCORING = ModelContract(
     "fraud_scoring",
     (

@@ -51,9 +51,26 @@ class Transactions:
     def __len__(self) -> int:
         return len(self.card_id)
 
+    def take(self, rows: list[int]) -> Transactions:
+        return Transactions(
+            [self.transaction_id[i] for i in rows],
+            self.card_id[rows],
+            self.terminal_id[rows],
+            self.amount[rows],
+            self.timestamp_ms[rows],
+        )
 
-def validate(arrays: dict[str, np.ndarray | None], now_ms: int | None = None) -> Transactions:
-    """Check a request's tensors against the contract and its value rules."""
+
+def validate(
+    arrays: dict[str, np.ndarray | None], now_ms: int | None = None
+) -> tuple[Transactions, list[str | None]]:
+    """Check a request against the contract.
+
+    A request whose tensors do not fit (missing input, wrong dtype or shape, no rows) raises
+    :class:`InvalidRequest`. Rows that break a value rule do not stop the others: each gets
+    its message (naming the field, the row and the rule) in the returned list, None for
+    valid rows.
+    """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     columns = {}
     rows = None
@@ -76,40 +93,44 @@ def validate(arrays: dict[str, np.ndarray | None], now_ms: int | None = None) ->
         columns[spec.name] = array[:, 0]
     if not rows:
         raise InvalidRequest("batch: must hold at least one transaction")
+    errors: list[str | None] = [None] * rows
+
+    def flag(mask: np.ndarray, message: str) -> None:
+        for i in np.flatnonzero(mask):
+            errors[i] = errors[i] or message.format(i=i)
+
     ids = []
     for i, raw in enumerate(columns["TRANSACTION_ID"]):
         value = raw if isinstance(raw, bytes) else str(raw).encode()
         if not value or len(value) > MAX_ID_BYTES:
-            raise InvalidRequest(f"TRANSACTION_ID[{i}]: must be 1..{MAX_ID_BYTES} bytes")
+            errors[i] = f"TRANSACTION_ID[{i}]: must be 1..{MAX_ID_BYTES} bytes"
+            ids.append("")
+            continue
         try:
             ids.append(value.decode("utf-8"))
         except UnicodeDecodeError:
-            raise InvalidRequest(f"TRANSACTION_ID[{i}]: must be valid UTF-8") from None
+            errors[i] = f"TRANSACTION_ID[{i}]: must be valid UTF-8"
+            ids.append(value.decode("utf-8", errors="replace"))
     for name in ("CARD_ID", "TERMINAL_ID"):
-        bad = np.flatnonzero(columns[name] <= 0)
-        if bad.size:
-            raise InvalidRequest(f"{name}[{bad[0]}]: must be a positive id")
+        flag(columns[name] <= 0, f"{name}[{{i}}]: must be a positive id")
     amount = columns["AMOUNT"].astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(amount) | (amount < 0) | (amount > MAX_AMOUNT))
-    if bad.size:
-        raise InvalidRequest(
-            f"AMOUNT[{bad[0]}]: must be a finite number in [0, {MAX_AMOUNT:.0f}], "
-            f"got {amount[bad[0]]}"
-        )
+    flag(
+        ~np.isfinite(amount) | (amount < 0) | (amount > MAX_AMOUNT),
+        f"AMOUNT[{{i}}]: must be a finite number in [0, {MAX_AMOUNT:.0f}]",
+    )
     ts = columns["TIMESTAMP_MS"]
-    bad = np.flatnonzero((ts < MIN_TIMESTAMP_MS) | (ts > now_ms + MAX_FUTURE_MS))
-    if bad.size:
-        raise InvalidRequest(
-            f"TIMESTAMP_MS[{bad[0]}]: must be epoch milliseconds between 2000-01-01 and one "
-            f"day from now, got {ts[bad[0]]}"
-        )
-    return Transactions(
+    flag(
+        (ts < MIN_TIMESTAMP_MS) | (ts > now_ms + MAX_FUTURE_MS),
+        "TIMESTAMP_MS[{i}]: must be epoch milliseconds between 2000-01-01 and one day from now",
+    )
+    transactions = Transactions(
         ids,
         columns["CARD_ID"].astype(np.int64),
         columns["TERMINAL_ID"].astype(np.int64),
-        amount.astype(np.float32),
+        np.nan_to_num(amount, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32),
         ts.astype(np.int64),
     )
+    return transactions, errors
 
 
 @dataclass(frozen=True)

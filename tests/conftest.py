@@ -88,6 +88,7 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     scored transactions published to a real Kafka-protocol broker."""
     import shutil
 
+    from client.launcher import warm_up
     from client.scoring import FraudClient
     from client.triton_server import MODEL_REPOSITORY, Ports, running
     from feature_repo.store import StoreSettings, feature_store, materialize
@@ -114,6 +115,7 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     with running(
         repository=repository, ports=Ports.free(), env=env, log_path=root / "server.log"
     ) as server:
+        warm_up(server)  # as `make serve` does: the first requests after a load are slow
         client = FraudClient(server.grpc_url)
         yield Serving(server, repository, data_dir, client)
         client.close()

@@ -25,7 +25,7 @@ import triton_python_backend_utils as pb_utils
 
 from python_backend import scoring
 from python_backend.breaker import STATE_CODES, CircuitBreaker
-from python_backend.contract import FALLBACK, PRIMARY, SCORING
+from python_backend.contract import FALLBACK, INVALID, INVALID_PATH, PRIMARY, SCORING
 from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
 from python_backend.onnx_runner import INPUT_FIELDS
 from python_backend.online_features import open_reader
@@ -91,11 +91,41 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             arrays[spec.name] = None if tensor is None else tensor.as_numpy()
         try:
-            tx = scoring.validate(arrays)
+            every_row, row_errors = scoring.validate(arrays)
         except scoring.InvalidRequest as err:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err)))
-        reasons = [[] for _ in range(len(tx))]
+        n = len(every_row)
+        # Rows that broke a value rule are answered as such; the others are decided.
+        score = np.full(n, np.nan, dtype=np.float32)
+        decision = [INVALID] * n
+        paths = [INVALID_PATH] * n
+        reasons_out = [["INVALID_INPUT", e] if e else [] for e in row_errors]
+        stages = np.zeros((n, 3), dtype=np.int64)
+        valid = [i for i, e in enumerate(row_errors) if e is None]
+        if valid:
+            tx = every_row.take(valid)
+            scores, path, decisions, reasons, stage = await self._decide(tx, budget)
+            for j, i in enumerate(valid):
+                score[i], decision[i], paths[i] = scores[j], decisions[j], path
+                reasons_out[i] = reasons[j]
+                stages[i] = stage
+            self._observe(path, decisions, reasons)
+            self._publish(tx)
+        stages[:, 2] = int((time.perf_counter() - budget.started) * 1e6)
+        outputs = {
+            "SCORE": score.reshape(-1, 1),
+            "DECISION": np.array([[d.encode()] for d in decision], dtype=np.object_),
+            "PATH": np.array([[p.encode()] for p in paths], dtype=np.object_),
+            "REASONS": np.array([[scoring.reasons_json(r)] for r in reasons_out],
+                                dtype=np.object_),
+            "STAGE_US": stages,
+        }
+        return pb_utils.InferenceResponse(
+            [pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in SCORING.outputs])
 
+    async def _decide(self, tx, budget):
+        """Features, models, rules and decisions for valid rows."""
+        reasons = [[] for _ in range(len(tx))]
         started = time.perf_counter()
         feature_breaker = self.breakers["features"]
         reader = self.reader if feature_breaker.allow() else None
@@ -118,21 +148,9 @@ class TritonPythonModel:
         decisions = self.policy.decide(scores, path)
         done = time.perf_counter()
 
-        stage_us = np.array([[int((features_done - started) * 1e6),
-                              int((done - features_done) * 1e6),
-                              int((done - budget.started) * 1e6)]] * len(tx), dtype=np.int64)
-        outputs = {
-            "SCORE": np.asarray(scores, dtype=np.float32).reshape(-1, 1),
-            "DECISION": np.array([[d.encode()] for d in decisions], dtype=np.object_),
-            "PATH": np.array([[path.encode()]] * len(tx), dtype=np.object_),
-            "REASONS": np.array([[scoring.reasons_json(r + rr)]
-                                 for r, rr in zip(reasons, rule_reasons)], dtype=np.object_),
-            "STAGE_US": stage_us,
-        }
-        self._observe(path, decisions, reasons)
-        self._publish(tx)
-        return pb_utils.InferenceResponse(
-            [pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in SCORING.outputs])
+        stage = [int((features_done - started) * 1e6), int((done - features_done) * 1e6), 0]
+        all_reasons = [r + rr for r, rr in zip(reasons, rule_reasons)]
+        return np.asarray(scores, dtype=np.float32), path, decisions, all_reasons, stage
 
     def _metric(self, family, **labels):
         key = (family, tuple(sorted(labels.items())))
