@@ -68,6 +68,17 @@ def parse(result: grpcclient.InferResult, transaction_ids: list[str]) -> list[De
     ]
 
 
+def infer_arguments(rows: list[Mapping], budget_ms: float | None, timeout_s: float) -> dict:
+    """Keyword arguments of ``infer`` for both clients (the grpc and grpc.aio ones)."""
+    return {
+        "model_name": SCORING.name,
+        "inputs": build_inputs(rows),
+        "outputs": [grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
+        "parameters": {"budget_ms": budget_ms} if budget_ms else None,
+        "client_timeout": timeout_s,
+    }
+
+
 class FraudClient:
     """``FraudClient("127.0.0.1:8001").score([...])`` -> one :class:`Decision` per row."""
 
@@ -79,13 +90,7 @@ class FraudClient:
         self, transactions: Iterable[Mapping], budget_ms: float | None = None
     ) -> list[Decision]:
         rows = list(transactions)
-        result = self.client.infer(
-            SCORING.name,
-            build_inputs(rows),
-            outputs=[grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
-            parameters={"budget_ms": budget_ms} if budget_ms else None,
-            client_timeout=self.timeout_s,
-        )
+        result = self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s))
         return parse(result, [str(r["transaction_id"]) for r in rows])
 
     def close(self) -> None:
@@ -106,13 +111,7 @@ class AsyncFraudClient:
         self, transactions: Iterable[Mapping], budget_ms: float | None = None
     ) -> list[Decision]:
         rows = list(transactions)
-        result = await self.client.infer(
-            SCORING.name,
-            build_inputs(rows),
-            outputs=[grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
-            parameters={"budget_ms": budget_ms} if budget_ms else None,
-            client_timeout=self.timeout_s,
-        )
+        result = await self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s))
         return parse(result, [str(r["transaction_id"]) for r in rows])
 
     async def close(self) -> None:
