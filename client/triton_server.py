@@ -133,13 +133,9 @@ class Server:
         return f"127.0.0.1:{self.ports.grpc}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        from feature_repo.local_services import stop_process
+
+        stop_process(self.process, grace_s=20)
 
 
 def start(

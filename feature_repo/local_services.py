@@ -36,6 +36,17 @@ def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout_s: f
     raise TimeoutError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s} s")
 
 
+def stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after ``grace_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 @dataclass
 class Service:
     name: str
@@ -43,13 +54,7 @@ class Service:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, grace_s=5)
 
     def pause(self) -> None:
         """Stop the process in place (SIGSTOP): connections hang, like a stuck server."""

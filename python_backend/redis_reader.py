@@ -70,9 +70,10 @@ class RedisFeatureReader(OnlineFeatureReader):
         self._fields = {e: [f for _, _, f in layout] for e, layout in self._layout.items()}
         # The transaction ids (bookkeeping of the stream consumer) are the largest values:
         # scoring reads every card field but those.
-        self._scoring_fields = [
-            f for _, name, f in self._layout["card_id"] if name != "recent_tx_ids"
+        self._scoring_card_layout = [
+            item for item in self._layout["card_id"] if item[1] != "recent_tx_ids"
         ]
+        self._scoring_fields = [f for _, _, f in self._scoring_card_layout]
         self.single_call = single_call
         self._groups = {e: [g for g in FEATURE_GROUPS if g.entity == e] for e in self._layout}
         self._script = self.client.register_script(_BATCH_HMGET)
@@ -112,7 +113,7 @@ class RedisFeatureReader(OnlineFeatureReader):
             rows = replies[offset : offset + batch]
             layout = self._layout[entity]
             if entity == "card_id" and not with_tx_ids:
-                layout = [item for item in layout if item[1] != "recent_tx_ids"]
+                layout = self._scoring_card_layout
                 values["recent_tx_ids"] = [None] * batch
             for column, (group, name, _) in enumerate(layout):
                 cells = [row[column] for row in rows]
