@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests),
 # libpython3.11 and python3.11-venv (the Triton Python backend's stub links Debian's Python,
-# so the serving environment is made from it too: its standard library must match).
-APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv
+# so the serving environment is made from it too: its standard library must match),
+# libb64-0d (perf_analyzer links it).
+APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv libb64-0d
 SERVING_PYTHON := /usr/bin/python3.11
 # The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
 SERVING_VENV := .venv-serving
@@ -17,7 +18,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -69,6 +70,9 @@ stop:  ## Stop the background Triton server
 
 demo: $(STAMP)  ## The main job: build, serve, replay a day over gRPC, fail the primary on purpose, stop
 	$(PY) -m client demo --scale $(DEMO_SCALE)
+
+perf: $(STAMP)  ## Benchmark: perf_analyzer sweeps and peers side by side -> perf/results (PERF_QUICK=1: <5 min)
+	$(PY) -m perf --scale $(DEMO_SCALE)
 
 test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a failure)
 	$(PY) -m ruff check .

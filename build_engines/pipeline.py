@@ -307,6 +307,9 @@ def build_all(
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
         if previous.get("build_key") == key:
+            from client.launcher import refresh_configs
+
+            refresh_configs(repository)
             log(f"up to date (build {key}): {_shown(report_path)}; `make engines FORCE=1` rebuilds")
             return previous
 

@@ -29,6 +29,12 @@ from python_backend.scoring import DEFAULT_BUDGET_MS
 VARIANTS = ("cpu", "tensorrt")
 #: Queue delay the batcher may add to gather a batch: small against the 95 ms budget.
 MAX_QUEUE_DELAY_US = 500
+#: The primary's batcher adds no delay: the BLS already sends whole batches, and a wait
+#: only added latency at low load (``python -m perf tune``: p50 at concurrency 1, 7.46 ->
+#: 6.53 ms); requests that queued while an instance was busy are still batched.
+PRIMARY_QUEUE_DELAY_US = 0
+#: BLS instances of ``fraud_scoring`` (chosen by ``python -m perf tune``, see the README).
+SCORING_INSTANCES = 2
 #: Requests that waited longer than this in the primary's queue are rejected.
 PRIMARY_QUEUE_TIMEOUT_US = 50_000
 
@@ -47,7 +53,9 @@ def _io(contract: ModelContract) -> str:
     return f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
 
 
-def primary_config(variant: str, cpu_instances: int = 2) -> str:
+def primary_config(
+    variant: str, cpu_instances: int = 2, queue_delay_us: int = PRIMARY_QUEUE_DELAY_US
+) -> str:
     """``config.pbtxt`` of ``fraud_primary`` for ``variant``."""
     _check(variant)
     if variant == "tensorrt":
@@ -61,7 +69,7 @@ def primary_config(variant: str, cpu_instances: int = 2) -> str:
         f'name: "{PRIMARY.name}"\n{head}max_batch_size: {MAX_BATCH_SIZE}\n{_io(PRIMARY)}'
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {preferred} ]\n"
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n"
         "  default_queue_policy {\n"
         "    timeout_action: REJECT\n"
         f"    default_timeout_microseconds: {PRIMARY_QUEUE_TIMEOUT_US}\n"
@@ -88,13 +96,28 @@ def _check(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def scoring_config(instances: int = 4, budget_ms: float = DEFAULT_BUDGET_MS) -> str:
+def scoring_config(
+    instances: int = SCORING_INSTANCES,
+    budget_ms: float = DEFAULT_BUDGET_MS,
+    name: str = SCORING.name,
+    parameters: dict[str, str] | None = None,
+    batching: bool = True,
+) -> str:
     """``config.pbtxt`` of ``fraud_scoring``, the BLS model callers use (same on every
     machine). Several instances: a non-decoupled Python model runs one ``execute`` at a
-    time per instance, so one slow request must not hold up the others."""
+    time per instance, so one slow request must not hold up the others. With ``batching``
+    the dynamic batcher hands an instance what queued while it was busy (no added delay), and
+    the BLS decides those requests together: one feature read and one primary call for all.
+    ``name`` and ``parameters`` serve models that speak the same contract (the benchmark's
+    peers and variants)."""
+    params = {"BUDGET_MS": f"{budget_ms:g}", **(parameters or {})}
+    lines = "".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+    )
+    batcher = "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n" if batching else ""
     return (
-        f'name: "{SCORING.name}"\nbackend: "python"\nmax_batch_size: {SCORING_MAX_BATCH}\n'
-        f"{_io(SCORING)}"
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {SCORING_MAX_BATCH}\n'
+        f"{_io(SCORING)}{batcher}"
         f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
-        f'parameters {{ key: "BUDGET_MS" value: {{ string_value: "{budget_ms:g}" }} }}\n'
+        f"{lines}"
     )

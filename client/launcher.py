@@ -29,10 +29,24 @@ def built_scale() -> str | None:
     return json.loads(metadata.read_text()).get("scale")
 
 
+def refresh_configs(repository=MODEL_REPOSITORY) -> None:
+    """Rewrite the generated ``config.pbtxt`` files from the contract and the current
+    settings, so a build made before a contract or tuning change serves with the
+    committed ``model.py`` files (the weights and the decision policy stay)."""
+    from build_engines.triton_config import fallback_config, primary_config, scoring_config
+
+    metadata = json.loads((repository / "fraud_primary" / "1" / "metadata.json").read_text())
+    variant = metadata.get("variant", "cpu")
+    (repository / "fraud_primary" / "config.pbtxt").write_text(primary_config(variant))
+    (repository / "fraud_fallback" / "config.pbtxt").write_text(fallback_config(variant))
+    (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config())
+
+
 def ensure_models(scale: str, log=print) -> str:
     """Build the models at ``scale`` unless some scale is already built; return the scale."""
     existing = built_scale()
     if existing:
+        refresh_configs()
         log(f"models: built ({existing} scale), skipping `make engines`")
         return existing
     log(f"models: none built yet, building the {scale} scale (`make engines SCALE={scale}`)")

@@ -76,11 +76,14 @@ def backend_directory(build_dir: Path = ROOT / "build" / "triton") -> Path:
     return build_dir / "backends"
 
 
-def server_command(repository: Path, ports: Ports, models: list[str] | None) -> list[str]:
+def server_command(
+    repository: Path, ports: Ports, models: list[str] | None, extra_repositories=()
+) -> list[str]:
     binary = os.environ.get("TRITON_SERVER") or str(_pytriton_dir() / "bin" / "tritonserver")
     cmd = [
         binary,
         f"--model-repository={repository}",
+        *(f"--model-repository={r}" for r in extra_repositories),
         f"--backend-directory={backend_directory()}",
         "--model-control-mode=explicit",
         "--grpc-address=127.0.0.1",
@@ -145,6 +148,7 @@ def start(
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 120,
+    extra_repositories: tuple[Path, ...] = (),
 ) -> Server:
     """Start the server and wait until it is ready; raise with the log's tail if not."""
     ports = ports or Ports.from_env()
@@ -152,7 +156,7 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     process = subprocess.Popen(
-        server_command(repository, ports, models),
+        server_command(repository, ports, models, extra_repositories),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=server_environment(env),

@@ -36,7 +36,13 @@ class CircuitBreaker:
         self.clock = clock
         self.state = CLOSED
         self.opened_at = 0.0
+        self.last_bad_at = float("-inf")
         self._probe_out = False
+
+    def troubled(self, within_s: float) -> bool:
+        """Open, half-open, or a bad outcome within the last ``within_s`` seconds: the
+        dependency may not answer, so a caller should have its alternative under way."""
+        return self.state != CLOSED or self.clock() - self.last_bad_at < within_s
 
     def allow(self) -> bool:
         """Whether a call may go through now."""
@@ -52,6 +58,8 @@ class CircuitBreaker:
     def record(self, ok: bool, latency_ms: float = 0.0) -> None:
         """The outcome of a call that ``allow`` let through."""
         good = ok and (self.slow_ms is None or latency_ms <= self.slow_ms)
+        if not good:
+            self.last_bad_at = self.clock()
         if self.state == HALF_OPEN:
             self._probe_out = False
             if good:

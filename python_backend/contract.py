@@ -65,8 +65,11 @@ FALLBACK = ModelContract("fraud_fallback", (TABULAR,), (PROBABILITY,))
 
 #: The service's own contract: what callers send to ``fraud_scoring``, one row per
 #: transaction, and what they get back. ``STAGE_US`` holds microseconds spent on
-#: ``STAGES`` in order.
-STAGES = ("features", "model", "total")
+#: ``STAGES`` in order, measured inside the server: the feature read, the wait for the
+#: primary (its queue, compute and the hops), the extra wait for the fallback when the primary
+#: did not answer, the rules and the decision policy, and the request's total in the BLS
+#: (from its arrival in ``execute`` to its response, so total minus the others is overhead).
+STAGES = ("features", "primary", "fallback", "rules", "total")
 DECISIONS = ("APPROVE", "REVIEW", "DECLINE")
 PATHS = ("primary", "fallback", "rules")
 #: A row that breaks a value rule (NaN amount, unknown epoch...) is not scored: it gets this

@@ -51,6 +51,17 @@ class Transactions:
     def __len__(self) -> int:
         return len(self.card_id)
 
+    @classmethod
+    def concat(cls, parts: list[Transactions]) -> Transactions:
+        """The rows of several requests as one batch, in order."""
+        return cls(
+            [t for p in parts for t in p.transaction_id],
+            np.concatenate([p.card_id for p in parts]),
+            np.concatenate([p.terminal_id for p in parts]),
+            np.concatenate([p.amount for p in parts]),
+            np.concatenate([p.timestamp_ms for p in parts]),
+        )
+
     def take(self, rows: list[int]) -> Transactions:
         return Transactions(
             [self.transaction_id[i] for i in rows],

@@ -48,3 +48,17 @@ def test_slow_calls_count_as_failures() -> None:
     for latency in (50, 50, 1):
         breaker.record(True, latency)
     assert breaker.state == OPEN
+
+
+def test_troubled_after_a_bad_outcome_until_it_ages_out() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("primary", slow_ms=60, min_calls=10, clock=clock)
+    breaker.record(True, 5)
+    assert not breaker.troubled(within_s=10), "healthy: no hedge needed"
+    clock.now = 1.0
+    breaker.record(True, 200)  # slow counts as bad, though the breaker stays closed
+    assert breaker.state == CLOSED and breaker.troubled(within_s=10)
+    clock.now = 10.9
+    assert breaker.troubled(within_s=10)
+    clock.now = 11.1
+    assert not breaker.troubled(within_s=10)

@@ -156,8 +156,9 @@ def test_primary_slower_than_budget_falls_back_within_budget(serving, last_day) 
     try:
         decisions = serving.client.score(_rows(last_day.head(2)))
         for d in decisions:
-            assert d.path in ("fallback",)
-            assert "PRIMARY_TIMEOUT" in d.reasons or "PRIMARY_CIRCUIT_OPEN" in d.reasons
+            assert d.path == "fallback", d
+            # Timed out here, rejected by its queue policy, or its circuit open.
+            assert {"PRIMARY_TIMEOUT", "PRIMARY_ERROR", "PRIMARY_CIRCUIT_OPEN"} & set(d.reasons)
             assert d.stage_us["total"] < 95_000, "the budget holds although the primary hangs"
     finally:
         admin.load_model("fraud_primary")
@@ -176,13 +177,14 @@ def test_repeated_primary_failures_open_its_circuit(serving, last_day) -> None:
             if "PRIMARY_CIRCUIT_OPEN" in seen:
                 break
         assert "PRIMARY_ERROR" in seen and "PRIMARY_CIRCUIT_OPEN" in seen
-        metrics = (
-            urllib.request.urlopen(
-                f"http://127.0.0.1:{serving.server.ports.metrics}/metrics", timeout=5
-            )
-            .read()
-            .decode()
-        )
+        # The BLS hands its metrics to Triton at most once a second.
+        url = f"http://127.0.0.1:{serving.server.ports.metrics}/metrics"
+        for _ in range(20):
+            metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+            if 'fraud_breaker_state{dependency="primary"} 2' in metrics:
+                break
+            time.sleep(0.3)
+            serving.client.score(rows)
         assert 'fraud_breaker_state{dependency="primary"} 2' in metrics
         assert "fraud_decisions_total" in metrics
     finally:

@@ -1,0 +1,209 @@
+"""``python -m perf tune``: what each serving change bought, measured side by side in one run.
+
+Each variant is the committed ``fraud_scoring`` code loaded under its own name with its own
+configuration, cumulative from ``v0`` (the design before tuning: the fallback hedged beside
+every primary call, metrics handed to Triton on every execute, no dynamic batching, the
+primary's batcher waiting up to 500 µs). The primary's queue delay is a property of the
+shared ``fraud_primary``, so it is reloaded with the variant's value before each measurement.
+Every variant gets the same perf_analyzer runs (concurrency 1, concurrency 8, Poisson 500/s);
+the variants take turns, twice, in alternating order, and the better run of each is kept
+(once with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from build_engines.triton_config import PRIMARY_QUEUE_DELAY_US
+from perf.run import RESULTS, ROOT, pa_point, perf_analyzer
+from perf.tools import ensure_perf_analyzer
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    change: str
+    parameters: dict = field(default_factory=dict)
+    batching: bool = True
+    instances: int = 4
+    primary_delay_us: int = 500
+
+
+VARIANTS = (
+    Variant(
+        "v0_before",
+        "before tuning",
+        {"HEDGE_FALLBACK": "always", "METRICS_FLUSH_S": "0"},
+        batching=False,
+    ),
+    Variant(
+        "v1_metrics",
+        "metrics counted in process, flushed each second",
+        {"HEDGE_FALLBACK": "always"},
+        batching=False,
+    ),
+    Variant(
+        "v2_lazy_fallback",
+        "fallback only after a failure or while the primary is troubled (not adopted)",
+        {"HEDGE_FALLBACK": "auto"},
+        batching=False,
+    ),
+    Variant(
+        "v3_batching",
+        "v1 + dynamic batching of the BLS: one feature read, one primary call per batch",
+    ),
+    Variant("v4_primary_delay_0", "primary's batcher adds no delay", primary_delay_us=0),
+    Variant(
+        "v5_two_instances", "two BLS instances instead of four", instances=2, primary_delay_us=0
+    ),
+)
+LOADS = (("concurrency", 1), ("concurrency", 8), ("request_rate", 500))
+
+
+def variant_repository(root: Path, repository: Path) -> Path:
+    from build_engines.triton_config import scoring_config
+
+    shutil.rmtree(root, ignore_errors=True)
+    source = repository / "fraud_scoring" / "1"
+    for v in VARIANTS:
+        version = root / v.name / "1"
+        version.mkdir(parents=True)
+        shutil.copy(ROOT / "model_repository" / "fraud_scoring" / "1" / "model.py", version)
+        shutil.copy(source / "decision_policy.json", version)
+        (root / v.name / "config.pbtxt").write_text(
+            scoring_config(
+                instances=v.instances, name=v.name, parameters=v.parameters, batching=v.batching
+            )
+        )
+    return root
+
+
+def set_primary_delay(client, delay_us: int) -> None:
+    config = client.get_model_config("fraud_primary", as_json=True)["config"]
+    current = int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0))
+    if current == delay_us:
+        return
+    config["dynamic_batching"]["max_queue_delay_microseconds"] = str(delay_us)
+    client.load_model("fraud_primary", config=json.dumps(config))
+
+
+def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = False) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    from client.launcher import ensure_models, warm_up
+    from client.triton_server import MODEL_REPOSITORY, Ports
+    from client.triton_server import start as start_triton
+    from feature_repo.local_services import redis_server
+    from feature_repo.store import StoreSettings, feature_store, materialize
+    from perf import workload
+
+    binary, env = ensure_perf_analyzer(log=log)
+    scale = ensure_models(scale, log)
+    data_dir = ROOT / "build" / "data" / scale
+    work = ROOT / "build" / "perf"
+    out.mkdir(parents=True, exist_ok=True)
+    frame = workload.sample_transactions(data_dir, 2000)
+    data = workload.perf_analyzer_data(frame, work / "input_data.json")
+    results: dict = {v.name: {} for v in VARIANTS}
+    with redis_server() as redis:
+        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        settings = StoreSettings.from_env(
+            kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=work / "features"
+        )
+        materialize(feature_store(settings), settings, log=lambda _m: None)
+        variants = variant_repository(work / "tuning_repository", MODEL_REPOSITORY)
+        server = start_triton(
+            ports=Ports.free(),
+            env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
+            log_path=work / "tuning_server.log",
+            extra_repositories=(variants,),
+        )
+        try:
+            warm_up(server, requests=50)
+            admin = grpcclient.InferenceServerClient(server.grpc_url)
+            rounds = [list(VARIANTS)] if quick else [list(VARIANTS), list(reversed(VARIANTS))]
+            total = sum(len(r) for r in rounds) * len(LOADS)
+            with tqdm(total=total, unit="run", desc="tune", file=sys.stderr) as progress:
+                for order in rounds:
+                    for v in order:
+                        set_primary_delay(admin, v.primary_delay_us)
+                        for kind, level in LOADS:
+                            progress.set_description(f"tune {v.name} {kind} {level}")
+                            path = out / f"{v.name}_{kind}_{level}.csv"
+                            row = perf_analyzer(
+                                binary, env, server.grpc_url, v.name, data, path, 1000,
+                                concurrency=level if kind == "concurrency" else None,
+                                rate=level if kind == "request_rate" else None,
+                            )  # fmt: skip
+                            point = pa_point(
+                                row,
+                                float(level) if kind == "request_rate" else None,
+                                level if kind == "concurrency" else None,
+                            )
+                            key = f"{kind}_{level}"
+                            best = results[v.name].get(key)
+                            if "error" not in point and (
+                                best is None or point["p99_ms"] < best["p99_ms"]
+                            ):
+                                results[v.name][key] = point
+                            progress.update(1)
+            set_primary_delay(admin, PRIMARY_QUEUE_DELAY_US)
+            admin.close()
+        finally:
+            server.stop()
+    summary = {
+        "scale": scale,
+        "variants": [{"name": v.name, "change": v.change, **results[v.name]} for v in VARIANTS],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    base = summary["variants"][0]
+    for entry in summary["variants"]:
+        entry["ratios_to_v0"] = _ratios(entry, base)
+    (out / "tuning.json").write_text(json.dumps(summary, indent=2))
+    (out / "tuning.md").write_text(markdown(summary))
+    log(markdown(summary))
+    return summary
+
+
+def _ratios(entry: dict, base: dict) -> dict:
+    def get(e, key, field_):
+        return (e.get(key) or {}).get(field_)
+
+    pairs = {
+        "p50_c1": ("concurrency_1", "p50_ms"),
+        "rps_c8": ("concurrency_8", "achieved_rps"),
+        "p99_500": ("request_rate_500", "p99_ms"),
+        "rps_500": ("request_rate_500", "achieved_rps"),
+    }
+    out = {}
+    for name, (key, field_) in pairs.items():
+        a, b = get(entry, key, field_), get(base, key, field_)
+        out[name] = round(a / b, 2) if a and b else None
+    return out
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "| variant | change | p50 c=1 ms | rps c=8 | p99 ms at 500/s | rps at 500/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for v in summary["variants"]:
+
+        def cell(key, field_, digits, v=v):
+            value = (v.get(key) or {}).get(field_)
+            return "n/a" if value is None else f"{value:,.{digits}f}"
+
+        lines.append(
+            f"| {v['name']} | {v['change']} | {cell('concurrency_1', 'p50_ms', 2)} | "
+            f"{cell('concurrency_8', 'achieved_rps', 0)} | "
+            f"{cell('request_rate_500', 'p99_ms', 2)} | "
+            f"{cell('request_rate_500', 'achieved_rps', 0)} |"
+        )
+    return "\n".join(lines) + "\n"
