@@ -18,7 +18,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -65,11 +65,22 @@ feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day t
 serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002)
 	$(PY) -m client serve --scale $(DEMO_SCALE)
 
-stop:  ## Stop the background Triton server
+stop:  ## Stop the background Triton server and the image API
 	@if [ -x $(PY) ]; then $(PY) -m client stop; fi
 
 demo: $(STAMP)  ## The main job: build, serve, replay a day over gRPC, fail the primary on purpose, stop
 	$(PY) -m client demo --scale $(DEMO_SCALE)
+
+image-model: $(STAMP)  ## EfficientNet-Lite0: ONNX (checked), INT8, engines where possible, repository
+	$(PY) -m build_engines image $(if $(FORCE),--force)
+
+IMAGE_API_PORT ?= 8080
+export IMAGE_API_PORT
+image-api: $(STAMP)  ## Image web API on IMAGE_API_PORT (8080) and its Triton, in the background
+	$(PY) -m client image-api --port $(IMAGE_API_PORT)
+
+perf-image: $(STAMP)  ## Image API latency per stage and end to end -> perf/results/image (PERF_QUICK=1)
+	$(PY) -m perf image $(if $(filter 1,$(PERF_QUICK)),--quick)
 
 perf: $(STAMP)  ## Benchmark: perf_analyzer sweeps and peers side by side -> perf/results (PERF_QUICK=1: <5 min)
 	$(PY) -m perf --scale $(DEMO_SCALE)

@@ -1,4 +1,4 @@
-"""Command line of the offline pipeline: ``python -m build_engines {all,eval-real}``."""
+"""Command line of the offline pipeline: ``python -m build_engines {all,eval-real,image}``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     real = sub.add_parser("eval-real", help="evaluate on the ULB credit-card fraud data set")
     real.add_argument("--epochs", type=int, default=PrimaryConfig.epochs)
+    image = sub.add_parser("image", help="EfficientNet-Lite0: ONNX, INT8, engines, repository")
+    image.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
 
     if args.command == "all":
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             primary_cfg=PrimaryConfig(epochs=args.epochs),
         )
+    elif args.command == "image":
+        from build_engines.image import build_image
+
+        build_image(force=args.force)
     else:
         from build_engines.real_data import evaluate_real
 

@@ -79,6 +79,19 @@ def quantize_primary(fp32_path: Path, int8_path: Path, calibration: ModelInputs)
         runner.feeds(calibration, slice(s, s + CALIBRATION_BATCH))
         for s in range(0, n, CALIBRATION_BATCH)
     ]
+    quantize_qdq(fp32_path, int8_path, feeds, ["MatMul", "Gemm"], sensitive_layers)
+
+
+def quantize_qdq(
+    fp32_path: Path,
+    int8_path: Path,
+    feeds: list[dict[str, np.ndarray]],
+    op_types: list[str],
+    exclude=lambda model: [],
+) -> None:
+    """Static INT8 quantization in explicit Q/DQ form, as TensorRT builds it: symmetric
+    scales, per-channel weights, MinMax calibration over ``feeds``; ``exclude(model)`` names
+    the nodes kept in float."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -90,8 +103,8 @@ def quantize_primary(fp32_path: Path, int8_path: Path, calibration: ModelInputs)
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=sensitive_layers(onnx.load(str(prepared))),
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=exclude(onnx.load(str(prepared))),
             calibrate_method=CalibrationMethod.MinMax,
             # TensorRT accepts only symmetric INT8 scales (zero point 0).
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},

@@ -62,7 +62,7 @@ def engine_command(
     """The ``polygraphy run`` command that builds, saves and checks one engine."""
     if precision not in TOLERANCE:
         raise ValueError(f"precision must be one of {sorted(TOLERANCE)}, got {precision!r}")
-    opt = max(b for b in PREFERRED_BATCH_SIZES if b <= max_batch)
+    opt = max((b for b in PREFERRED_BATCH_SIZES if b <= max_batch), default=max_batch)
     cmd = [POLYGRAPHY, "run", str(onnx_path), "--onnxrt", "--trt"]
     cmd += ["--fp16"] if precision == "fp16" else ["--int8", "--fp16"]
     for flag, batch in (
@@ -89,7 +89,12 @@ def engine_command(
 
 
 def build_engines(
-    fp32_onnx: Path, int8_onnx: Path, out_dir: Path, contract: ModelContract, log=print
+    fp32_onnx: Path,
+    int8_onnx: Path,
+    out_dir: Path,
+    contract: ModelContract,
+    log=print,
+    max_batch: int = MAX_BATCH_SIZE,
 ) -> dict[str, str]:
     """Build FP16 and INT8 engines into ``out_dir``; returns precision -> plan path.
 
@@ -98,7 +103,7 @@ def build_engines(
     plans = {}
     for precision, source in (("fp16", fp32_onnx), ("int8", int8_onnx)):
         plan = out_dir / f"model.{precision}.plan"
-        cmd = engine_command(source, plan, contract, precision)
+        cmd = engine_command(source, plan, contract, precision, max_batch)
         log(f"building {precision} engine: {' '.join(cmd)}")
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:

@@ -1,15 +1,19 @@
-"""``python -m client {score,replay,serve,stop,demo}``: call and operate the fraud service.
+"""``python -m client {score,replay,serve,stop,demo,image-api,classify}``: call and operate
+the services.
 
 - ``score``: one transaction, the decision as JSON.
 - ``replay``: simulated transactions of the last day at a concurrency or a rate, summary.
 - ``serve`` / ``stop``: the server in the background (``make serve`` / ``make stop``).
 - ``demo``: ``make demo`` (build, serve, replay, fail the primary on purpose, stop).
+- ``image-api``: ``make image-api`` (the image classification web API and its server).
+- ``classify``: send an image file to the web API and print its answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -118,6 +122,36 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_image_api(args) -> int:
+    from client.launcher import serve_image_api
+
+    serve_image_api(args.port)
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import mimetypes
+    import urllib.request
+    from pathlib import Path
+
+    from perf.image import multipart
+
+    path = Path(args.image)
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    body, content_type = multipart(path.name, path.read_bytes(), kind)
+    request = urllib.request.Request(
+        f"{args.api}/classify", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(json.dumps(json.loads(response.read()), indent=2))
+            print(f"Server-Timing: {response.headers.get('Server-Timing')}")
+    except urllib.error.HTTPError as err:
+        print(f"HTTP {err.code}: {err.read().decode()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client",
@@ -151,8 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--limit", type=int, default=3_000)
     demo.add_argument("--outage", type=int, default=500)
     demo.add_argument("--concurrency", type=int, default=4)
+    image_api = sub.add_parser("image-api", help="start the image web API in the background")
+    image_api.add_argument("--port", type=int, default=int(os.environ.get("IMAGE_API_PORT", 8080)))
+    classify = sub.add_parser("classify", help="classify an image file through the web API")
+    classify.add_argument("image")
+    classify.add_argument(
+        "--api", default=f"http://127.0.0.1:{os.environ.get('IMAGE_API_PORT', 8080)}"
+    )
     args = parser.parse_args(argv)
     return {
+        "image-api": cmd_image_api,
+        "classify": cmd_classify,
         "score": cmd_score,
         "replay": cmd_replay,
         "serve": cmd_serve,

@@ -3,6 +3,7 @@ embedded defaults, fill the online store, start Triton in the background, stop i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,7 +139,8 @@ def serve(scale: str, ports: Ports | None = None, log=print) -> Server:
 
 
 def stop(log=print) -> bool:
-    """Stop the background server started by :func:`serve`."""
+    """Stop the background server started by :func:`serve` (and the image API)."""
+    stop_image_api(log)
     if not PID_FILE.exists():
         log("no server running (no pid file)")
         return False
@@ -153,4 +155,92 @@ def stop(log=print) -> bool:
         pass
     PID_FILE.unlink(missing_ok=True)
     log(f"stopped Triton (pid {pid})")
+    return True
+
+
+IMAGE_API_PID = ROOT / "build" / "triton" / "image_api.pid"
+IMAGE_MODELS = ["image_preprocess", "image_classifier", "image_postprocess", "image_pipeline"]
+
+
+def _alive(pid_file) -> int | None:
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+        return pid
+    except ProcessLookupError:
+        pid_file.unlink()
+        return None
+
+
+def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60):
+    """The FastAPI gateway under uvicorn, in its own session; returns once it is ready."""
+    import urllib.request
+
+    env = {**os.environ, "IMAGE_API_TRITON": triton_url}
+    cmd = [sys.executable, "-m", "uvicorn", "client.image_api:app", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the image API exited at start; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise TimeoutError(f"the image API was not ready in {timeout_s:.0f} s; see {log_path}")
+
+
+def serve_image_api(port: int, log=print) -> None:
+    """``make image-api``: build the image model if missing, make sure Triton serves the
+    image pipeline (the running ``make serve`` server, or one started for it), and start the
+    web API in the background."""
+    import tritonclient.grpc as grpcclient
+
+    from build_engines.image import build_image
+
+    if _alive(IMAGE_API_PID):
+        raise RuntimeError("the image API is already running: `make stop` first")
+    build_image(log=log)
+    ports = Ports.from_env()
+    if _alive(PID_FILE):
+        log(f"Triton already running: loading the image models into it (gRPC {ports.grpc})")
+        admin = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
+        for model in IMAGE_MODELS:
+            admin.load_model(model)
+        admin.close()
+    else:
+        models = list(IMAGE_MODELS)
+        env = {}
+        scale = built_scale()
+        if scale:  # the fraud service shares the server when it is built
+            env = ensure_features(scale, log)
+            models += ["fraud_primary", "fraud_fallback", "fraud_scoring"]
+        server = start(ports=ports, models=models, env=env)
+        PID_FILE.write_text(str(server.process.pid))
+        log(f"Triton ready: gRPC 127.0.0.1:{ports.grpc}, models {', '.join(models)}")
+    api = start_image_api(
+        f"127.0.0.1:{ports.grpc}", port, ROOT / "build" / "triton" / "image_api.log"
+    )
+    IMAGE_API_PID.write_text(str(api.pid))
+    log(f"image API ready: http://127.0.0.1:{port}/ (POST /classify, GET /metrics)")
+
+
+def stop_image_api(log=print) -> bool:
+    pid = _alive(IMAGE_API_PID)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    IMAGE_API_PID.unlink(missing_ok=True)
+    log(f"stopped the image API (pid {pid})")
     return True

@@ -2,6 +2,7 @@
 
     python -m perf [--quick] [--scale small] [--out perf/results]
     python -m perf tune       what each serving change bought, side by side (perf.tune)
+    python -m perf image      the image API's latency per stage (perf.image, make perf-image)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -17,13 +18,17 @@ from perf.run import RESULTS, run
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "tune"))
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "tune", "image"))
     parser.add_argument("--quick", action="store_true", default=os.environ.get("PERF_QUICK") == "1")
     parser.add_argument("--scale", default=os.environ.get("DEMO_SCALE", "small"),
                         help="scale to build when no model is built yet")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if args.command == "tune":
+    if args.command == "image":
+        from perf.image import run as run_image
+
+        run_image(args.quick)
+    elif args.command == "tune":
         from perf.tune import tune
 
         tune(args.scale, quick=args.quick)

@@ -73,4 +73,5 @@ class Floor:
             self.one(k % len(self.rows))
             latencies[k] = (time.perf_counter() - due[k]) * 1000
         seconds = time.perf_counter() - start
-        return RateResult(rate, requests, requests, {}, seconds, latencies)
+        offered = requests / (due[-1] - start)
+        return RateResult(offered, requests, requests, {}, seconds, latencies)

@@ -22,6 +22,7 @@ REQUEST_TIMEOUT_S = 2.0
 
 @dataclass
 class RateResult:
+    #: The rate the drawn Poisson arrivals offered (requests / span), close to the target.
     offered_rps: float
     sent: int
     ok: int
@@ -34,9 +35,10 @@ class RateResult:
     def achieved_rps(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
-    def row(self) -> dict:
+    def row(self, target_rps: float | None = None) -> dict:
         lat = self.latencies_ms
         return {
+            "target_rps": target_rps,
             "offered_rps": round(self.offered_rps, 1),
             "achieved_rps": round(self.achieved_rps, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
@@ -71,11 +73,14 @@ async def poisson_run(
             kind = "timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__
             errors[kind] = errors.get(kind, 0) + 1
             return
-        latencies.append((time.perf_counter() - due) * 1000)
+        now = time.perf_counter()
+        latencies.append((now - due) * 1000)
+        done_at[0] = max(done_at[0], now)
         for name, us in stage.items():
             stages.setdefault(name, []).append(us)
 
     start = time.perf_counter() + 0.05
+    done_at = [start]
     tasks = []
     for i, offset in enumerate(arrivals):
         due = start + offset
@@ -84,9 +89,9 @@ async def poisson_run(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    seconds = time.perf_counter() - start
+    seconds = done_at[0] - start
     return RateResult(
-        rate,
+        requests / arrivals[-1],  # the rate these arrivals really offered
         requests,
         len(latencies),
         errors,

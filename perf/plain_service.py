@@ -81,21 +81,15 @@ class Scorer:
             np.array([r.terminal_id for r in rows], dtype=np.int64),
         )
         t1 = time.perf_counter()
-        path = "primary"
-        try:
-            scores = self.primary.run(self.primary.feeds(inputs))
-        except Exception:
-            path, scores = "fallback", self.fallback.run(self.fallback.feeds(inputs))
-        t2 = time.perf_counter()
-        _, reasons = scoring.rules_outcome(self.rules, inputs)
-        decisions = self.policy.decide(scores, path)
-        t3 = time.perf_counter()
+        scores, path, decisions, reasons, (models_s, rules_s) = scoring.decide_in_process(
+            self.primary, self.fallback, self.rules, self.policy, inputs
+        )
         stage = {
             "features": int((t1 - t0) * 1e6),
-            "primary": int((t2 - t1) * 1e6),
+            "primary": int(models_s * 1e6),
             "fallback": 0,
-            "rules": int((t3 - t2) * 1e6),
-            "total": int((t3 - t0) * 1e6),
+            "rules": int(rules_s * 1e6),
+            "total": int((time.perf_counter() - t0) * 1e6),
         }
         return [
             {

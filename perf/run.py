@@ -197,7 +197,11 @@ def perf_analyzer(
         # and perf_analyzer then fails ("failed to find the requested model version").
         cmd += ["--bls-composing-models", COMPOSING[0]]
     if rate is not None:
-        cmd += ["--request-rate-range", f"{rate}:{rate}:1", "--request-distribution", "poisson"]
+        # Asynchronous sends: in its default synchronous mode perf_analyzer keeps at most
+        # --max-threads (4) requests in flight, which capped the offered rate at
+        # 4 / latency (about 230/s at 17 ms) whatever rate was asked for.
+        cmd += ["--request-rate-range", f"{rate}:{rate}:1", "--request-distribution", "poisson",
+                "--async"]  # fmt: skip
     else:
         cmd += ["--concurrency-range", f"{concurrency}:{concurrency}:1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -208,6 +212,14 @@ def perf_analyzer(
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     row = {k: float(v) for k, v in rows[0].items() if k and v not in (None, "")}
     return row
+
+
+def measure(binary, env, url, model, data, path, window, kind: str, level: int) -> dict:
+    """One load level (``kind`` ``concurrency`` or ``request_rate``) as a result point."""
+    concurrency = level if kind == "concurrency" else None
+    rate = level if kind == "request_rate" else None
+    row = perf_analyzer(binary, env, url, model, data, path, window, concurrency, rate)
+    return pa_point(row, float(rate) if rate else None, concurrency)
 
 
 def pa_point(row: dict, offered: float | None, concurrency: int | None) -> dict:
@@ -256,17 +268,12 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
             path = csv_dir / f"{model}_{kind}_{level}.csv"
             if model_data is None:
                 row = perf_analyzer_empty(binary, env, server.grpc_url, path, plan.pa_window)
+                point = pa_point(row, None, level)
             else:
-                row = perf_analyzer(
+                point = measure(
                     binary, env, server.grpc_url, model, model_data, path, plan.pa_window,
-                    concurrency=level if kind == "concurrency" else None,
-                    rate=level if kind == "request_rate" else None,
+                    kind, level,
                 )  # fmt: skip
-            point = pa_point(
-                row,
-                float(level) if kind == "request_rate" else None,
-                level if kind == "concurrency" else None,
-            )
             point["triton"] = statistics_delta(before, model_statistics(client, watched))
             results[model][kind].append(point)
             progress.update(1)
@@ -316,7 +323,7 @@ def sweep_python(plan, loop, calls: dict, floor, n_rows: int, stats, progress) -
                 result = loop.run_until_complete(
                     loadgen.poisson_run(calls[name], rate, requests, n_rows, seed=k)
                 )
-            row = result.row()
+            row = result.row(target_rps=rate)
             results[name]["rates"].append(row)
             results[name]["stages"].append(
                 {s: round(float(np.mean(v)), 1) for s, v in result.stage_us.items()}

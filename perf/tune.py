@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from build_engines.triton_config import PRIMARY_QUEUE_DELAY_US
-from perf.run import RESULTS, ROOT, pa_point, perf_analyzer
+from perf.run import RESULTS, ROOT, measure
 from perf.tools import ensure_perf_analyzer
 
 
@@ -137,16 +137,10 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
                         for kind, level in LOADS:
                             progress.set_description(f"tune {v.name} {kind} {level}")
                             path = out / f"{v.name}_{kind}_{level}.csv"
-                            row = perf_analyzer(
+                            point = measure(
                                 binary, env, server.grpc_url, v.name, data, path, 1000,
-                                concurrency=level if kind == "concurrency" else None,
-                                rate=level if kind == "request_rate" else None,
+                                kind, level,
                             )  # fmt: skip
-                            point = pa_point(
-                                row,
-                                float(level) if kind == "request_rate" else None,
-                                level if kind == "concurrency" else None,
-                            )
                             key = f"{kind}_{level}"
                             best = results[v.name].get(key)
                             if "error" not in point and (

@@ -44,7 +44,15 @@ class OnnxTritonModel:
         config = json.loads(args["model_config"])
         threads = int(config.get("parameters", {}).get("ORT_THREADS", {}).get("string_value", 1))
         path = Path(args["model_repository"]) / args["model_version"] / self.model_file
+        self.load(path, threads)
+
+    def load(self, path: Path, threads: int) -> None:
         self.model = OnnxModel(path, self.contract, threads=threads)
+
+    def infer(self, joined: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the contract, ``[N, ...]``, for the joined batch."""
+        probability = self.model.run(joined)[:, None].astype(np.float32)
+        return {self.contract.outputs[0].name: probability}
 
     def execute(self, requests: list) -> list:
         """Score all requests of the batch in one ONNX Runtime call."""
@@ -68,14 +76,17 @@ class OnnxTritonModel:
                 s.name: np.concatenate([f[s.name] for f in feeds]) for s in self.contract.inputs
             }
             try:
-                probability = self.model.run(joined)[:, None].astype(np.float32)
+                outputs = self.infer(joined)
             except Exception as err:  # a runtime failure fails this batch, not the server
                 for i in good:
                     responses[i] = pb.InferenceResponse(error=pb.TritonError(str(err)))
                 return responses
-            output = self.contract.outputs[0].name
-            for i, part in zip(good, np.split(probability, np.cumsum(sizes)[:-1]), strict=True):
-                responses[i] = pb.InferenceResponse([pb.Tensor(output, part)])
+            cuts = np.cumsum(sizes)[:-1]
+            parts = {name: np.split(array, cuts) for name, array in outputs.items()}
+            for k, i in enumerate(good):
+                responses[i] = pb.InferenceResponse(
+                    [pb.Tensor(name, split[k]) for name, split in parts.items()]
+                )
         return responses
 
     def finalize(self) -> None:

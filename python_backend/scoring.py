@@ -217,6 +217,25 @@ def rules_outcome(rules: RuleSet, inputs: ModelInputs) -> tuple[np.ndarray, list
     return decision.scores, decision.reasons
 
 
+def decide_in_process(
+    primary, fallback, rules: RuleSet, policy: DecisionPolicy, inputs: ModelInputs
+) -> tuple[np.ndarray, str, list[str], list[list[str]], tuple[float, float]]:
+    """The model ladder with both models in this process (``OnnxModel`` sessions), as the
+    benchmark's peers run it: the primary, the fallback if it raises, then the rules and
+    the policy. Returns scores, path, decisions, rule reasons and the seconds spent on the
+    models and on the rules."""
+    t0 = time.perf_counter()
+    path = "primary"
+    try:
+        scores = primary.run(primary.feeds(inputs))
+    except Exception:
+        path, scores = "fallback", fallback.run(fallback.feeds(inputs))
+    t1 = time.perf_counter()
+    _, rule_reasons = rules_outcome(rules, inputs)
+    decisions = policy.decide(scores, path)
+    return scores, path, decisions, rule_reasons, (t1 - t0, time.perf_counter() - t1)
+
+
 def reasons_json(reasons: list[str]) -> bytes:
     """Reason codes as the JSON list the contract promises, without duplicates."""
     return json.dumps(list(dict.fromkeys(reasons))).encode()

@@ -57,19 +57,13 @@ class TritonPythonModel:
             features = scoring.read_features(self.reader, tx, reasons)
             inputs = scoring.model_inputs(tx, features)
             t1 = time.perf_counter()
-            path = "primary"
-            try:
-                scores = self.primary.run(self.primary.feeds(inputs))
-            except Exception:
-                path, scores = "fallback", self.fallback.run(self.fallback.feeds(inputs))
-            t2 = time.perf_counter()
-            _, rule_reasons = scoring.rules_outcome(self.rules, inputs)
-            decisions = self.policy.decide(scores, path)
-            t3 = time.perf_counter()
+            scores, path, decisions, rule_reasons, (models_s, rules_s) = scoring.decide_in_process(
+                self.primary, self.fallback, self.rules, self.policy, inputs
+            )
             for j, i in enumerate(valid):
                 score[i], decision[i], paths[i] = scores[j], decisions[j], path
                 reasons_out[i] = reasons[j] + rule_reasons[j]
-                stages[i, :4] = [(t1 - t0) * 1e6, (t2 - t1) * 1e6, 0, (t3 - t2) * 1e6]
+                stages[i, :4] = [(t1 - t0) * 1e6, models_s * 1e6, 0, rules_s * 1e6]
         stages[:, -1] = int((time.perf_counter() - started) * 1e6)
         outputs = {
             "SCORE": score.reshape(-1, 1),
