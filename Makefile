@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 # Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests),
 # libpython3.11 and python3.11-venv (the Triton Python backend's stub links Debian's Python,
 # so the serving environment is made from it too: its standard library must match),
-# libb64-0d (perf_analyzer links it).
-APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv libb64-0d
+# libb64-0d (perf_analyzer links it), chromium and chromium-driver (the image page's test).
+APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv libb64-0d chromium chromium-driver
 SERVING_PYTHON := /usr/bin/python3.11
 # The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
 SERVING_VENV := .venv-serving

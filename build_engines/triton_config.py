@@ -35,6 +35,8 @@ MAX_QUEUE_DELAY_US = 500
 PRIMARY_QUEUE_DELAY_US = 0
 #: BLS instances of ``fraud_scoring`` (chosen by ``python -m perf tune``, see the README).
 SCORING_INSTANCES = 2
+#: Requests ``fraud_scoring`` lets wait in its queue (about 1.5 s of work at its capacity).
+SCORING_MAX_QUEUE = 1024
 #: Requests that waited longer than this in the primary's queue are rejected.
 PRIMARY_QUEUE_TIMEOUT_US = 50_000
 
@@ -114,7 +116,14 @@ def scoring_config(
     lines = "".join(
         f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
     )
-    batcher = "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n" if batching else ""
+    # A bounded queue: past SCORING_MAX_QUEUE waiting requests Triton refuses at once
+    # ("Exceeds maximum queue size") instead of queueing without limit under overload.
+    batcher = (
+        "dynamic_batching {\n  max_queue_delay_microseconds: 0\n"
+        f"  default_queue_policy {{ max_queue_size: {SCORING_MAX_QUEUE} }}\n}}\n"
+        if batching
+        else ""
+    )
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {SCORING_MAX_BATCH}\n'
         f"{_io(SCORING)}{batcher}"
