@@ -11,7 +11,15 @@ import subprocess
 import sys
 import time
 
-from client.triton_server import MODEL_REPOSITORY, ROOT, Ports, Server, start
+from client.triton_server import (
+    FRAUD_MODELS,
+    IMAGE_MODELS,
+    MODEL_REPOSITORY,
+    ROOT,
+    Ports,
+    Server,
+    start,
+)
 
 PID_FILE = ROOT / "build" / "triton" / "server.pid"
 FEATURE_DIR = ROOT / "build" / "feature_repo"
@@ -159,7 +167,6 @@ def stop(log=print) -> bool:
 
 
 IMAGE_API_PID = ROOT / "build" / "triton" / "image_api.pid"
-IMAGE_MODELS = ["image_preprocess", "image_classifier", "image_postprocess", "image_pipeline"]
 
 
 def _alive(pid_file) -> int | None:
@@ -224,7 +231,7 @@ def serve_image_api(port: int, log=print) -> None:
         scale = built_scale()
         if scale:  # the fraud service shares the server when it is built
             env = ensure_features(scale, log)
-            models += ["fraud_primary", "fraud_fallback", "fraud_scoring"]
+            models += FRAUD_MODELS
         server = start(ports=ports, models=models, env=env)
         PID_FILE.write_text(str(server.process.pid))
         log(f"Triton ready: gRPC 127.0.0.1:{ports.grpc}, models {', '.join(models)}")

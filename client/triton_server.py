@@ -76,6 +76,20 @@ def backend_directory(build_dir: Path = ROOT / "build" / "triton") -> Path:
     return build_dir / "backends"
 
 
+FRAUD_MODELS = ("fraud_primary", "fraud_fallback", "fraud_scoring")
+IMAGE_MODELS = ("image_preprocess", "image_classifier", "image_postprocess", "image_pipeline")
+
+
+def served_models(repository: Path) -> list[str]:
+    """What a server on ``repository`` loads: every pipeline that is built there (its models
+    have a ``config.pbtxt``). Others are left out rather than failing the start."""
+    models = []
+    for pipeline in (FRAUD_MODELS, IMAGE_MODELS):
+        if all((repository / m / "config.pbtxt").exists() for m in pipeline):
+            models += pipeline
+    return models
+
+
 def server_command(
     repository: Path, ports: Ports, models: list[str] | None, extra_repositories=()
 ) -> list[str]:
@@ -95,7 +109,9 @@ def server_command(
         "--log-verbose=0",
         "--exit-timeout-secs=5",
     ]
-    cmd += [f"--load-model={m}" for m in models] if models else ["--load-model=*"]
+    if models is None:
+        models = served_models(repository)
+    cmd += [f"--load-model={m}" for m in models]
     return cmd
 
 

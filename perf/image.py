@@ -136,7 +136,9 @@ def run(quick: bool = False, out: Path = OUT, log=print) -> dict:
     binary, env = ensure_perf_analyzer(log=log)
     build_image(log=log)
     files = photos()
-    server = start(ports=Ports.free(), models=IMAGE_MODELS, log_path=work / "image_server.log")
+    server = start(
+        ports=Ports.free(), models=list(IMAGE_MODELS), log_path=work / "image_server.log"
+    )
     port = free_port()
     api = start_image_api(server.grpc_url, port, work / "image_api.log")
     url = f"http://127.0.0.1:{port}/classify"

@@ -363,7 +363,7 @@ def run(
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
-    from client.triton_server import MODEL_REPOSITORY, Ports
+    from client.triton_server import FRAUD_MODELS, MODEL_REPOSITORY, Ports
     from client.triton_server import start as start_triton
     from feature_repo.local_services import redis_server
     from feature_repo.store import StoreSettings, feature_store, materialize
@@ -408,6 +408,7 @@ def run(
             env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
             log_path=work / "server.log",
             extra_repositories=(extra,),
+            models=[*FRAUD_MODELS, "fraud_fused", "perf_empty"],
         )
         try:
             warm_up(server, requests=100)

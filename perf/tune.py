@@ -101,7 +101,7 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
-    from client.triton_server import MODEL_REPOSITORY, Ports
+    from client.triton_server import FRAUD_MODELS, MODEL_REPOSITORY, Ports
     from client.triton_server import start as start_triton
     from feature_repo.local_services import redis_server
     from feature_repo.store import StoreSettings, feature_store, materialize
@@ -127,6 +127,7 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
             env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
             log_path=work / "tuning_server.log",
             extra_repositories=(variants,),
+            models=[*FRAUD_MODELS, *(v.name for v in VARIANTS)],
         )
         try:
             warm_up(server, requests=50)

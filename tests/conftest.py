@@ -96,7 +96,7 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     root = tmp_path_factory.mktemp("serving")
     repository = root / "model_repository"
     shutil.copytree(tiny_build.repository, repository)
-    for model_py in MODEL_REPOSITORY.glob("*/1/model.py"):
+    for model_py in MODEL_REPOSITORY.glob("fraud_*/1/model.py"):
         target = repository / model_py.parent.parent.name / "1" / "model.py"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(model_py, target)

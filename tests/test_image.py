@@ -46,7 +46,10 @@ def image_service(image_build, tmp_path_factory):
     repository, _ = image_build
     logs = tmp_path_factory.mktemp("image-logs")
     with running(
-        repository=repository, ports=Ports.free(), models=IMAGE_MODELS, log_path=logs / "t.log"
+        repository=repository,
+        ports=Ports.free(),
+        models=list(IMAGE_MODELS),
+        log_path=logs / "t.log",
     ) as server:
         port = free_port()
         api = start_image_api(server.grpc_url, port, logs / "api.log")
