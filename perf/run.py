@@ -186,11 +186,12 @@ def perf_analyzer(
     window: int,
     concurrency: int | None = None,
     rate: int | None = None,
+    trials: int = 6,
 ) -> dict:
     """One perf_analyzer measurement; its CSV row as numbers (µs, inferences/s)."""
     cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
            "--percentile=99", "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(window), "-s", "50", "-r", "6",
+           "--measurement-request-count", str(window), "-s", "50", "-r", str(trials),
            "-f", str(csv_path)]  # fmt: skip
     if model.startswith("fraud_scoring"):
         # Not the fallback: a model that has not run yet has no statistics per version,
@@ -214,11 +215,13 @@ def perf_analyzer(
     return row
 
 
-def measure(binary, env, url, model, data, path, window, kind: str, level: int) -> dict:
+def measure(
+    binary, env, url, model, data, path, window, kind: str, level: int, trials: int = 6
+) -> dict:
     """One load level (``kind`` ``concurrency`` or ``request_rate``) as a result point."""
     concurrency = level if kind == "concurrency" else None
     rate = level if kind == "request_rate" else None
-    row = perf_analyzer(binary, env, url, model, data, path, window, concurrency, rate)
+    row = perf_analyzer(binary, env, url, model, data, path, window, concurrency, rate, trials)
     return pa_point(row, float(rate) if rate else None, concurrency)
 
 

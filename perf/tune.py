@@ -142,8 +142,8 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
                             progress.set_description(f"tune {v.name} {kind} {level}")
                             path = out / f"{v.name}_{kind}_{level}.csv"
                             point = measure(
-                                binary, env, server.grpc_url, v.name, data, path, 1000,
-                                kind, level,
+                                binary, env, server.grpc_url, v.name, data, path, 500,
+                                kind, level, trials=4,
                             )  # fmt: skip
                             key = f"{kind}_{level}"
                             best = results[v.name].get(key)
