@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Photos shipped inside scikit-image (no download): name -> expected ImageNet class ids where
 #: the photo has an obvious one (used as a check, not for training).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "horse", "clock", "moon")
+#: Cats (tabby, tiger cat, Persian, Egyptian Mau, lynx); espresso, cup, coffee mug.
 EXPECTED_TOP1 = {"chelsea": {281, 282, 283, 285, 287}, "coffee": {967, 968, 504}}
 PARITY_TOLERANCE = 1e-3
 
@@ -295,7 +296,8 @@ def build_image(
     labels = repository / "image_postprocess" / "1" / "labels.txt"
     labels.parent.mkdir(parents=True, exist_ok=True)
     labels.write_text("\n".join(names) + "\n")
-    (repository / "image_pipeline" / "1").mkdir(parents=True, exist_ok=True)
+    for name in ("image_preprocess", "image_pipeline"):  # code-only and ensemble versions
+        (repository / name / "1").mkdir(parents=True, exist_ok=True)
     _write_configs(repository, variant)
 
     report = {

@@ -20,8 +20,20 @@ from python_backend.image import IMAGE, IMAGE_PIPELINE, MAX_IMAGE_BYTES
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-CAT_CLASSES = {"tabby cat", "tiger cat", "Egyptian Mau", "Persian cat", "lynx"}
-COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
+
+
+def _names(ids: set[int]) -> set[str]:
+    from build_engines.image import class_names
+
+    names = class_names()
+    return {names[i] for i in ids}
+
+
+#: ImageNet classes the photos may be given (the build checks the same): cats, coffee cups.
+CAT_IDS = {281, 282, 283, 285, 287}
+COFFEE_IDS = {967, 968, 504}
+CAT_CLASSES = _names(CAT_IDS)
+COFFEE_CLASSES = _names(COFFEE_IDS)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +44,7 @@ def image_build(tmp_path_factory):
     repository = root / "model_repository"
     report = build_image(repository=repository, build_dir=root / "build", log=lambda _m: None)
     for model in ("image_preprocess", "image_classifier", "image_postprocess"):
+        (repository / model / "1").mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "model_repository" / model / "1" / "model.py", repository / model / "1")
     return repository, report
 
@@ -83,9 +96,9 @@ def _upload(url: str, data: bytes, content_type: str = "image/jpeg", name: str =
                                      headers={"Content-Type": ctype})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
+            return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), err.headers
 
 
 def test_build_checks_parity_and_the_photos(image_build) -> None:
