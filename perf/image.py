@@ -102,8 +102,11 @@ def perf_analyzer_ensemble(binary, env, url: str, jpeg: bytes, concurrency: int,
     import subprocess
 
     data = work / "image_input.json"
-    encoded = {"b64": base64.b64encode(jpeg).decode()}
-    data.write_text(json.dumps({"data": [{"IMAGE": {"content": [encoded], "shape": [1]}}]}))
+    # b64 content is the tensor's raw form: for BYTES, each element is length-prefixed
+    # (4 bytes, little-endian).
+    raw = len(jpeg).to_bytes(4, "little") + jpeg
+    encoded = {"b64": base64.b64encode(raw).decode()}
+    data.write_text(json.dumps({"data": [{"IMAGE": {"content": encoded, "shape": [1]}}]}))
     path = work / f"image_pipeline_c{concurrency}.csv"
     cmd = [str(binary), "-m", "image_pipeline", "-u", url, "-i", "grpc", "--input-data",
            str(data), "--percentile=99", "--measurement-mode", "count_windows",
