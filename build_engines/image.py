@@ -68,7 +68,8 @@ def load_model():
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path()))
     # No set_swish(): the Lite variants use ReLU6, and set_swish would replace it with swish.
     model.eval()
-    torch.set_grad_enabled(False)
+    for parameter in model.parameters():  # inference only; grad mode stays the caller's
+        parameter.requires_grad_(False)
     return model
 
 
@@ -245,7 +246,8 @@ def build_image(
 
     photos = {name: preprocess(jpeg_bytes(photo(name))) for name in PHOTOS}
     batch = np.stack(list(photos.values()))
-    torch_logits = model(torch.from_numpy(batch)).numpy()
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(batch)).numpy()
     session = _session(fp32)
     onnx_logits = session.run(None, {"PIXELS": batch})[0]
     parity = float(np.abs(onnx_logits - torch_logits).max())

@@ -113,10 +113,7 @@ class TritonPythonModel:
         parts, owners, budget_ms = [], [], self.budget_ms
         answers = []
         for k, request in enumerate(requests):
-            arrays = {}
-            for spec in SCORING.inputs:
-                tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
-                arrays[spec.name] = None if tensor is None else tensor.as_numpy()
+            arrays = scoring.request_arrays(request, pb_utils.get_input_tensor_by_name)
             try:
                 every_row, row_errors = scoring.validate(arrays)
             except scoring.InvalidRequest as err:

@@ -35,10 +35,7 @@ class TritonPythonModel:
 
     def _score(self, request):
         started = time.perf_counter()
-        arrays = {}
-        for spec in SCORING.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
-            arrays[spec.name] = None if tensor is None else tensor.as_numpy()
+        arrays = scoring.request_arrays(request, pb_utils.get_input_tensor_by_name)
         try:
             every_row, row_errors = scoring.validate(arrays)
         except scoring.InvalidRequest as err:
