@@ -99,5 +99,6 @@ fmt: $(STAMP)  ## Format the code
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-clean:  ## Remove built data, models and reports (keeps .venv)
-	rm -rf build model_repository/fraud_primary model_repository/fraud_fallback
+clean:  ## Remove built data, models and reports (keeps .venv and the committed model.py files)
+	rm -rf build
+	git clean -qfdX model_repository
