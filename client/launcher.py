@@ -186,6 +186,9 @@ def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60)
     import urllib.request
 
     env = {**os.environ, "IMAGE_API_TRITON": triton_url}
+    # Importing Feast (to fill the online store) points prometheus_client at a temporary
+    # multiprocess directory that goes with this process: the API keeps its own metrics.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cmd = [sys.executable, "-m", "uvicorn", "client.image_api:app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
     with open(log_path, "wb") as log:
