@@ -108,9 +108,13 @@ def validate(
             )
         if array.ndim != 2 or array.shape[1:] != spec.dims:
             raise InvalidRequest(f"{spec.name}: shape must be [batch, 1], got {list(array.shape)}")
-        rows = len(array) if rows is None else rows
+        if rows is None:
+            rows, first = len(array), spec.name
         if len(array) != rows:
-            raise InvalidRequest(f"{spec.name}: {len(array)} rows, other inputs have {rows}")
+            raise InvalidRequest(
+                f"{spec.name}: {len(array)} rows, but {first} has {rows}; every input needs "
+                "one row per transaction"
+            )
         columns[spec.name] = array[:, 0]
     if not rows:
         raise InvalidRequest("batch: must hold at least one transaction")
