@@ -22,6 +22,7 @@ import numpy as np
 
 from build_engines import tensorrt
 from build_engines.quantize import quantize_qdq
+from build_engines.triton_config import _io
 from python_backend.contract import ModelContract
 from python_backend.image import (
     IMAGE_CLASSIFIER,
@@ -143,12 +144,6 @@ def _us_per_image(session, pixels: np.ndarray, rounds: int = 5) -> float:
     return (time.perf_counter() - t0) / rounds / len(pixels) * 1e6
 
 
-def _io(contract: ModelContract) -> str:
-    from build_engines.triton_config import _io as io_block
-
-    return io_block(contract)
-
-
 def configs(variant: str) -> dict[str, str]:
     """``config.pbtxt`` of the four image models for ``variant`` (cpu | tensorrt)."""
     batcher = (
@@ -181,7 +176,7 @@ def configs(variant: str) -> dict[str, str]:
         "dynamic_batching { max_queue_delay_microseconds: 0 }\n"
         "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
     )
-    pipeline_outputs = [o for o in IMAGE_PIPELINE.outputs]
+    pipeline_outputs = list(IMAGE_PIPELINE.outputs)
     if variant == "tensorrt":  # a plan has no timing output
         pipeline_outputs = [o for o in pipeline_outputs if o.name != "INFER_US"]
     pipeline_contract = ModelContract("image_pipeline", IMAGE_PIPELINE.inputs,

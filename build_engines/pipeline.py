@@ -31,7 +31,12 @@ from build_engines.metrics import microseconds_per_row, quality
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.simulate import SimulatedData, SimulationConfig, describe, simulate
 from build_engines.tensorrt import build_engines, tensorrt_availability
-from build_engines.triton_config import fallback_config, primary_config, scoring_config
+from build_engines.triton_config import (
+    fallback_config,
+    primary_config,
+    refresh_configs,
+    scoring_config,
+)
 from python_backend.contract import FALLBACK, PRIMARY
 from python_backend.features import LABEL_DELAY_DAYS, TABULAR_NAMES, ModelInputs
 from python_backend.onnx_runner import OnnxModel
@@ -307,8 +312,6 @@ def build_all(
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
         if previous.get("build_key") == key:
-            from client.launcher import refresh_configs
-
             refresh_configs(repository)
             log(f"up to date (build {key}): {_shown(report_path)}; `make engines FORCE=1` rebuilds")
             return previous

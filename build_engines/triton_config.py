@@ -14,6 +14,8 @@ waited past their timeout, so stale work is dropped instead of served late.
 
 from __future__ import annotations
 
+import json
+
 from python_backend.contract import (
     FALLBACK,
     MAX_BATCH_SIZE,
@@ -130,3 +132,14 @@ def scoring_config(
         f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
         f"{lines}"
     )
+
+
+def refresh_configs(repository) -> None:
+    """Rewrite the fraud models' generated ``config.pbtxt`` from the contract and the current
+    settings, so a build made before a contract or tuning change serves with the committed
+    ``model.py`` files (the weights and the decision policy stay)."""
+    metadata = json.loads((repository / "fraud_primary" / "1" / "metadata.json").read_text())
+    variant = metadata.get("variant", "cpu")
+    (repository / PRIMARY.name / "config.pbtxt").write_text(primary_config(variant))
+    (repository / FALLBACK.name / "config.pbtxt").write_text(fallback_config(variant))
+    (repository / SCORING.name / "config.pbtxt").write_text(scoring_config())

@@ -38,24 +38,13 @@ def built_scale() -> str | None:
     return json.loads(metadata.read_text()).get("scale")
 
 
-def refresh_configs(repository=MODEL_REPOSITORY) -> None:
-    """Rewrite the generated ``config.pbtxt`` files from the contract and the current
-    settings, so a build made before a contract or tuning change serves with the
-    committed ``model.py`` files (the weights and the decision policy stay)."""
-    from build_engines.triton_config import fallback_config, primary_config, scoring_config
-
-    metadata = json.loads((repository / "fraud_primary" / "1" / "metadata.json").read_text())
-    variant = metadata.get("variant", "cpu")
-    (repository / "fraud_primary" / "config.pbtxt").write_text(primary_config(variant))
-    (repository / "fraud_fallback" / "config.pbtxt").write_text(fallback_config(variant))
-    (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config())
-
-
 def ensure_models(scale: str, log=print) -> str:
     """Build the models at ``scale`` unless some scale is already built; return the scale."""
     existing = built_scale()
     if existing:
-        refresh_configs()
+        from build_engines.triton_config import refresh_configs
+
+        refresh_configs(MODEL_REPOSITORY)
         log(f"models: built ({existing} scale), skipping `make engines`")
         return existing
     log(f"models: none built yet, building the {scale} scale (`make engines SCALE={scale}`)")
@@ -124,13 +113,9 @@ def warm_up(server: Server, requests: int = 30) -> None:
 
 def serve(scale: str, ports: Ports | None = None, log=print) -> Server:
     """Build what is missing, then start Triton in the background and record its pid."""
-    if PID_FILE.exists():
-        pid = int(PID_FILE.read_text())
-        try:
-            os.kill(pid, 0)
-            raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
-        except ProcessLookupError:
-            PID_FILE.unlink()
+    pid = _alive(PID_FILE)
+    if pid:
+        raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
     scale = ensure_models(scale, log)
     env = ensure_features(scale, log)
     ports = ports or Ports.from_env()

@@ -97,9 +97,7 @@ def _pct(values: np.ndarray) -> dict[str, float]:
 
 
 def perf_analyzer_ensemble(binary, env, url: str, jpeg: bytes, concurrency: int, work: Path):
-    import csv
-    import io
-    import subprocess
+    from perf.run import perf_analyzer
 
     data = work / "image_input.json"
     # b64 content is the tensor's raw form: for BYTES, each element is length-prefixed
@@ -108,19 +106,14 @@ def perf_analyzer_ensemble(binary, env, url: str, jpeg: bytes, concurrency: int,
     encoded = {"b64": base64.b64encode(raw).decode()}
     data.write_text(json.dumps({"data": [{"IMAGE": {"content": encoded, "shape": [1]}}]}))
     path = work / f"image_pipeline_c{concurrency}.csv"
-    cmd = [str(binary), "-m", "image_pipeline", "-u", url, "-i", "grpc", "--input-data",
-           str(data), "--percentile=99", "--measurement-mode", "count_windows",
-           "--measurement-request-count", "100", "-s", "50", "-r", "6",
-           "--concurrency-range", f"{concurrency}:{concurrency}:1", "-f", str(path)]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        return {"error": (done.stdout + done.stderr)[-600:]}
-    row = next(csv.DictReader(io.StringIO(path.read_text())))
+    row = perf_analyzer(binary, env, url, "image_pipeline", data, path, 100, concurrency)
+    if "error" in row:
+        return row
     return {
         "concurrency": concurrency,
-        "throughput_rps": round(float(row["Inferences/Second"]), 1),
-        "p50_ms": round(float(row["p50 latency"]) / 1000, 3),
-        "p99_ms": round(float(row["p99 latency"]) / 1000, 3),
+        "throughput_rps": round(row["Inferences/Second"], 1),
+        "p50_ms": round(row["p50 latency"] / 1000, 3),
+        "p99_ms": round(row["p99 latency"] / 1000, 3),
     }
 
 

@@ -181,15 +181,18 @@ def perf_analyzer(
     env: dict[str, str],
     url: str,
     model: str,
-    data: Path,
+    data: Path | None,
     csv_path: Path,
     window: int,
     concurrency: int | None = None,
     rate: int | None = None,
     trials: int = 6,
+    shape: str | None = None,
 ) -> dict:
-    """One perf_analyzer measurement; its CSV row as numbers (µs, inferences/s)."""
-    cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
+    """One perf_analyzer measurement; its CSV row as numbers (µs, inferences/s). Inputs come
+    from the ``data`` JSON file, or are generated with ``shape`` (``NAME:dims``)."""
+    inputs = ["--input-data", str(data)] if data is not None else ["--shape", str(shape)]
+    cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", *inputs,
            "--percentile=99", "--measurement-mode", "count_windows",
            "--measurement-request-count", str(window), "-s", "50", "-r", str(trials),
            "-f", str(csv_path)]  # fmt: skip
@@ -270,7 +273,10 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
             before = model_statistics(client, watched)
             path = csv_dir / f"{model}_{kind}_{level}.csv"
             if model_data is None:
-                row = perf_analyzer_empty(binary, env, server.grpc_url, path, plan.pa_window)
+                row = perf_analyzer(
+                    binary, env, server.grpc_url, model, None, path, plan.pa_window,
+                    concurrency=level, shape="INPUT:1",
+                )  # fmt: skip
                 point = pa_point(row, None, level)
             else:
                 point = measure(
@@ -282,18 +288,6 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
             progress.update(1)
     client.close()
     return results
-
-
-def perf_analyzer_empty(binary, env, url, path, window) -> dict:
-    cmd = [str(binary), "-m", "perf_empty", "-u", url, "-i", "grpc", "--shape", "INPUT:1",
-           "--percentile=99", "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(window), "-s", "50", "-r", "6",
-           "--concurrency-range", "1:1:1", "-f", str(path)]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        return {"error": (done.stdout + done.stderr)[-600:]}
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    return {k: float(v) for k, v in rows[0].items() if k and v not in (None, "")}
 
 
 # ---------------------------------------------------------------- Python generator

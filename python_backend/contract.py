@@ -6,6 +6,7 @@ Shapes leave out the batch dimension, as Triton's ``dims`` do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,5 +95,19 @@ SCORING = ModelContract(
         TensorSpec("STAGE_US", np.int64, (len(STAGES),)),
     ),
 )
+
+
+def request_arrays(
+    request, get_input: Callable, contract: ModelContract = SCORING
+) -> dict[str, np.ndarray | None]:
+    """The ``contract``'s inputs of one Triton request as arrays (None where absent);
+    ``get_input`` is ``pb_utils.get_input_tensor_by_name``."""
+    arrays = {}
+    for spec in contract.inputs:
+        tensor = get_input(request, spec.name)
+        arrays[spec.name] = None if tensor is None else tensor.as_numpy()
+    return arrays
+
+
 #: Largest batch one ``fraud_scoring`` request may carry.
 SCORING_MAX_BATCH = 64

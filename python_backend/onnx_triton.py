@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backend.contract import ModelContract
+from python_backend.contract import ModelContract, request_arrays
 from python_backend.onnx_runner import OnnxModel
 
 
@@ -60,10 +60,8 @@ class OnnxTritonModel:
         responses: list = [None] * len(requests)
         good, feeds = [], []
         for i, request in enumerate(requests):
-            arrays = {
-                s.name: pb.get_input_tensor_by_name(request, s.name) for s in self.contract.inputs
-            }
-            arrays = {k: v.as_numpy() for k, v in arrays.items() if v is not None}
+            arrays = request_arrays(request, pb.get_input_tensor_by_name, self.contract)
+            arrays = {k: v for k, v in arrays.items() if v is not None}
             problem = check_inputs(arrays, self.contract)
             if problem:
                 responses[i] = pb.InferenceResponse(error=pb.TritonError(problem))

@@ -72,16 +72,6 @@ class Transactions:
         )
 
 
-def request_arrays(request, get_input: Callable) -> dict[str, np.ndarray | None]:
-    """The contract's inputs of one Triton request as arrays (None where absent);
-    ``get_input`` is ``pb_utils.get_input_tensor_by_name``."""
-    arrays = {}
-    for spec in SCORING.inputs:
-        tensor = get_input(request, spec.name)
-        arrays[spec.name] = None if tensor is None else tensor.as_numpy()
-    return arrays
-
-
 def validate(
     arrays: dict[str, np.ndarray | None], now_ms: int | None = None
 ) -> tuple[Transactions, list[str | None]]:

@@ -43,6 +43,7 @@ from python_backend.contract import (
     PRIMARY,
     SCORING,
     STAGES,
+    request_arrays,
 )
 from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
 from python_backend.onnx_runner import INPUT_FIELDS
@@ -113,7 +114,7 @@ class TritonPythonModel:
         parts, owners, budget_ms = [], [], self.budget_ms
         answers = []
         for k, request in enumerate(requests):
-            arrays = scoring.request_arrays(request, pb_utils.get_input_tensor_by_name)
+            arrays = request_arrays(request, pb_utils.get_input_tensor_by_name)
             try:
                 every_row, row_errors = scoring.validate(arrays)
             except scoring.InvalidRequest as err:
@@ -225,8 +226,8 @@ class TritonPythonModel:
         seconds spent waiting for the primary and, after it, for the fallback.
 
         With HEDGE_FALLBACK=auto, while the primary is healthy the fallback is called only
-        after the primary failed; while it is troubled (circuit not closed, or a bad outcome within HEDGE_WINDOW_S) the
-        fallback is sent first, beside it: measured here, a BLS call issued while another is
+        after the primary failed; while it is troubled (circuit not closed, or a bad outcome
+        within HEDGE_WINDOW_S) the fallback is sent first, beside it: measured here, a BLS call issued while another is
         pending is not answered before it, so a fallback sent after a hung primary came too
         late. A primary that times out while healthy is answered by the rules and turns the
         hedge on for the next requests.

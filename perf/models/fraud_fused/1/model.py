@@ -14,7 +14,15 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend import scoring
-from python_backend.contract import FALLBACK, INVALID, INVALID_PATH, PRIMARY, SCORING, STAGES
+from python_backend.contract import (
+    FALLBACK,
+    INVALID,
+    INVALID_PATH,
+    PRIMARY,
+    SCORING,
+    STAGES,
+    request_arrays,
+)
 from python_backend.online_features import open_reader
 from python_backend.onnx_runner import OnnxModel
 from python_backend.rules import load_rules
@@ -35,7 +43,7 @@ class TritonPythonModel:
 
     def _score(self, request):
         started = time.perf_counter()
-        arrays = scoring.request_arrays(request, pb_utils.get_input_tensor_by_name)
+        arrays = request_arrays(request, pb_utils.get_input_tensor_by_name)
         try:
             every_row, row_errors = scoring.validate(arrays)
         except scoring.InvalidRequest as err:
