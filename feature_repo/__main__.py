@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -41,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stop after this many idle seconds (default: run forever)",
     )
+    con.add_argument("--topic", default=None, help="topic to consume (default: transactions)")
+    con.add_argument("--group", default="card-recent-features", help="consumer group")
+    con.add_argument("--stats-file", type=Path, help="write the consumer's counts here (JSON)")
+    con.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
     rep = sub.add_parser("replay", help="publish simulated transactions onto the topic")
     rep.add_argument("--rate", type=float, default=None, help="events per second")
     rep.add_argument("--limit", type=int, default=None)
@@ -74,20 +81,32 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "consume":
         from feature_repo.stream import TransactionConsumer, ensure_topic, writer_for
+        from python_backend.events import TOPIC_TRANSACTIONS
         from python_backend.online_features import open_reader
 
-        ensure_topic(bootstrap)
+        topic = args.topic or TOPIC_TRANSACTIONS
+        ensure_topic(bootstrap, topic)
         consumer = TransactionConsumer(
             bootstrap,
             open_reader(settings.kind, settings.reader_location),
             writer_for(settings, feature_store(settings)),
+            group=args.group,
+            topic=topic,
         )
+        # SIGTERM ends the loop like Ctrl-C: the batch in hand is written and committed.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
+            if args.ready_file:
+                while not consumer.assigned:
+                    consumer.poll_once()
+                args.ready_file.touch()
             consumer.run(until_idle_s=args.until_idle)
         except KeyboardInterrupt:
             pass
         finally:
             consumer.close()
+            if args.stats_file:
+                args.stats_file.write_text(json.dumps(dataclasses.asdict(consumer.stats)))
             print(
                 f"consumed {consumer.stats.consumed:,} ({consumer.stats.applied:,} applied, "
                 f"{consumer.stats.duplicates:,} duplicates, {consumer.stats.rejected:,} "

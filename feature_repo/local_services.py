@@ -108,6 +108,9 @@ def redis_server(port: int | None = None) -> Iterator[Service]:
                 workdir,
                 "--protected-mode",
                 "yes",
+                # DEBUG SLEEP from loopback only: the chaos run's slow-Redis fault.
+                "--enable-debug-command",
+                "local",
             ],
             port,
             10,

@@ -177,12 +177,24 @@ class ConsumerStats:
     duplicates: int = 0
     rejected: int = 0
     batches: int = 0
+    store_retries: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> float:
         return self.consumed / self.seconds if self.seconds else 0.0
+
+
+def _store_unavailable(err: Exception) -> bool:
+    """A store that is down or too slow (retry), as opposed to a bug (raise)."""
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis-py is installed with Feast's extra
+        return isinstance(err, (ConnectionError, TimeoutError))
+    return isinstance(
+        err, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+    )
 
 
 def consumer_config(bootstrap: str, group: str) -> dict:
@@ -247,6 +259,32 @@ class TransactionConsumer:
                 self.log(f"rejected message at offset {message.offset()}: {err}")
                 continue
             events.setdefault(event.card_id, []).append(event)
+        added = self._write_with_retry(events)
+        self.stats.applied += sum(added.values())
+        self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
+        if commit:
+            self.consumer.commit(asynchronous=False)
+        self.stats.batches += 1
+        self.stats.seconds += time.perf_counter() - started
+        return len(messages)
+
+    def _write_with_retry(self, events: dict[int, list[TransactionEvent]]) -> dict[int, int]:
+        """Merge and write, waiting out an online store that is away (nothing is committed
+        meanwhile, so nothing is lost; the batch is held and written when it is back)."""
+        delay = 0.1
+        while True:
+            try:
+                return self._write(events)
+            except Exception as err:
+                if not _store_unavailable(err):
+                    raise
+                self.stats.store_retries += 1
+                if self.stats.store_retries == 1 or self.stats.store_retries % 20 == 0:
+                    self.log(f"online store unavailable ({err!r}); holding the batch, retrying")
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _write(self, events: dict[int, list[TransactionEvent]]) -> dict[int, int]:
         pending = list(events)
         added: dict[int, int] = {}
         for _attempt in range(5):
@@ -260,13 +298,7 @@ class TransactionConsumer:
                 break
         else:
             raise RuntimeError(f"{len(pending)} cards kept changing under the consumer")
-        self.stats.applied += sum(added.values())
-        self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
-        if commit:
-            self.consumer.commit(asynchronous=False)
-        self.stats.batches += 1
-        self.stats.seconds += time.perf_counter() - started
-        return len(messages)
+        return added
 
     def run(self, until_idle_s: float | None = None, max_seconds: float | None = None) -> None:
         """Consume until the topic stays empty for ``until_idle_s`` once partitions are

@@ -3,6 +3,7 @@
     python -m perf [--quick] [--scale small] [--out perf/results]
     python -m perf tune       what each serving change bought, side by side (perf.tune)
     python -m perf image      the image API's latency per stage (perf.image, make perf-image)
+    python -m perf chaos      faults injected under load, decisions reconciled (make chaos)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -18,7 +19,9 @@ from perf.run import RESULTS, run
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "tune", "image"))
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=("run", "tune", "image", "chaos")
+    )
     parser.add_argument("--quick", action="store_true", default=os.environ.get("PERF_QUICK") == "1")
     parser.add_argument("--scale", default=os.environ.get("DEMO_SCALE", "small"),
                         help="scale to build when no model is built yet")  # fmt: skip
@@ -28,6 +31,11 @@ def main() -> None:
         from perf.image import run as run_image
 
         run_image(args.quick)
+    elif args.command == "chaos":
+        from perf.chaos import run as run_chaos
+
+        summary = run_chaos(args.quick, args.scale)
+        raise SystemExit(0 if summary["decision_log"]["missing"] == 0 else 1)
     elif args.command == "tune":
         from perf.tune import tune
 

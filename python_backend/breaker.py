@@ -3,7 +3,8 @@
 Closed: calls go through; outcomes (errors, and calls slower than ``slow_ms``) fill a sliding
 window. When at least ``min_calls`` outcomes are in it and the share of bad ones reaches
 ``failure_rate``, the breaker opens: calls are skipped for ``cooldown_s``. Then it is
-half-open: one probe goes through; success closes it, failure opens it again.
+half-open: one probe goes through; an answer closes it (however slow), an error or a timeout
+opens it again.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class CircuitBreaker:
         if not good:
             self.last_bad_at = self.clock()
         if self.state == HALF_OPEN:
+            # The probe asks "does it answer again?": a slow answer (a model that just
+            # loaded, a busy machine) closes the breaker; the window judges speed after.
             self._probe_out = False
-            if good:
+            if ok:
                 self.state = CLOSED
                 self.window.clear()
             else:

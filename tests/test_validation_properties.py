@@ -45,7 +45,7 @@ def well_typed_requests(draw):
     }
 
 
-def _broken_rule(arrays: dict, i: int) -> str | None:
+def _broken_rule(arrays: dict, i: int, now_ms: int = NOW_MS) -> str | None:
     raw = arrays["TRANSACTION_ID"][i, 0]
     if not raw or len(raw) > scoring.MAX_ID_BYTES:
         return "TRANSACTION_ID"
@@ -60,7 +60,7 @@ def _broken_rule(arrays: dict, i: int) -> str | None:
     if not math.isfinite(amount) or amount < 0 or amount > scoring.MAX_AMOUNT:
         return "AMOUNT"
     ts = int(arrays["TIMESTAMP_MS"][i, 0])
-    if ts < scoring.MIN_TIMESTAMP_MS or ts > NOW_MS + scoring.MAX_FUTURE_MS:
+    if ts < scoring.MIN_TIMESTAMP_MS or ts > now_ms + scoring.MAX_FUTURE_MS:
         return "TIMESTAMP_MS"
     return None
 

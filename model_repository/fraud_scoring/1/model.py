@@ -4,14 +4,18 @@ Lifecycle:
 - ``initialize``: load the decision policy, the rules, open the online-feature reader,
   create one circuit breaker per dependency (features, primary, fallback), the custom
   metrics, and (with ``KAFKA_BOOTSTRAP``) a producer that publishes each scored
-  transaction to the ``transactions`` topic, so live features follow live traffic.
+  transaction to the ``transactions`` topic, so live features follow live traffic, and a
+  decision log that appends every decision to the ``decisions`` topic, keyed by
+  transaction id, with a bounded local spool while the broker is away
+  (``python_backend.decision_log``).
 - ``execute``: Triton's dynamic batcher may hand over several requests. Each is validated
   alone (a bad request fails alone, with a clear error; bad rows are answered INVALID); the
   valid rows of all of them are decided together: one feature read, one primary call (the
   fallback when the primary fails, is slow or its circuit is open; the rules when both fail),
   one rules pass, within the tightest budget among them. One response per request, in order,
   with score, decision, path, reasons and stage times.
-- ``finalize``: flush the metrics, close the reader and the producer.
+- ``finalize``: flush the metrics, close the reader and the producers (decisions the broker
+  has not taken by then go to the spool, replayed by the next instance).
 
 Parameters (``config.pbtxt``): ``BUDGET_MS`` (95), ``HEDGE_FALLBACK`` (``always``, the
 default: the fallback is sent beside every primary call; ``auto``: only while the primary is
@@ -27,6 +31,7 @@ The decisions themselves live in ``python_backend.scoring`` (unit-tested without
 import asyncio
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from python_backend import scoring
+from python_backend import decision_log, scoring
 from python_backend.breaker import STATE_CODES, CircuitBreaker
 from python_backend.contract import (
     FALLBACK,
@@ -45,6 +50,7 @@ from python_backend.contract import (
     STAGES,
     request_arrays,
 )
+from python_backend.decision_log import TOPIC_DECISIONS, DecisionLog
 from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
 from python_backend.onnx_runner import INPUT_FIELDS
 from python_backend.online_features import open_reader
@@ -76,8 +82,10 @@ class TritonPythonModel:
             self.reader = None
         self.breakers = {
             "features": CircuitBreaker("features", slow_ms=20, cooldown_s=2),
-            "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=5),
-            "fallback": CircuitBreaker("fallback", slow_ms=30, cooldown_s=5),
+            # Short cooldowns: a probe costs nothing while the fallback is hedged beside it,
+            # and recovery after a fault waits for the probe.
+            "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=2),
+            "fallback": CircuitBreaker("fallback", slow_ms=30, cooldown_s=2),
         }
         family = pb_utils.MetricFamily
         self.metric_families = {
@@ -91,6 +99,11 @@ class TritonPythonModel:
             "published": family("fraud_published_total",
                                 "Scored transactions handed to Kafka, by outcome",
                                 family.COUNTER),
+            "logged": family("fraud_decision_log_total",
+                             "Decision-log records by outcome: delivered, spooled, replayed, "
+                             "dropped (spool full)", family.COUNTER),
+            "spool": family("fraud_decision_log_spooled",
+                            "Decision-log records waiting in the local spool", family.GAUGE),
         }
         self._metrics = {}
         # Each metric call is a round trip to the Triton process: count here, hand over
@@ -104,9 +117,19 @@ class TritonPythonModel:
 
             # Asynchronous: produce() only queues; a broker that is away never slows a
             # decision, and a full queue drops the event (counted) rather than block.
-            self.publisher = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+            # linger 20 ms: fewer, larger produce requests (the broker's CPU is the cost).
+            self.publisher = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
                                        "queue.buffering.max.messages": 100_000})
             self.topic = os.environ.get("SCORED_TOPIC", TOPIC_TRANSACTIONS)
+        self.decision_log = None
+        self._logged = Counter()
+        if bootstrap and os.environ.get("DECISION_LOG", "on") != "off":
+            spool_dir = Path(os.environ.get("DECISION_SPOOL_DIR",
+                                            Path(tempfile.gettempdir()) / "fraud-decision-spool"))
+            self.decision_log = DecisionLog(
+                bootstrap, spool_dir / f"spool-{args['model_instance_name']}.jsonl",
+                topic=os.environ.get("DECISIONS_TOPIC", TOPIC_DECISIONS),
+                log=self.logger.log_warn)
 
     async def execute(self, requests):
         started = time.perf_counter()
@@ -122,7 +145,8 @@ class TritonPythonModel:
                 continue
             budget_ms = min(budget_ms, scoring.budget_from_parameters(request.parameters(),
                                                                       self.budget_ms))
-            answer = Answer(len(every_row), row_errors)
+            answer = Answer(len(every_row), row_errors, every_row.transaction_id,
+                            request.request_id())
             answers.append((k, answer))
             valid = answer.valid_rows()
             if valid:
@@ -142,6 +166,8 @@ class TritonPythonModel:
             self._publish(tx)
         for k, answer in answers:
             responses[k] = answer.response(started)
+        if self.decision_log is not None:
+            self.decision_log.append(rec for _k, a in answers for rec in a.records())
         self._flush_metrics()
         return responses
 
@@ -203,6 +229,15 @@ class TritonPythonModel:
         self._counts.clear()
         for name, breaker in self.breakers.items():
             self._metric("breakers", (("dependency", name),)).set(STATE_CODES[breaker.state])
+        if self.decision_log is not None:
+            counts = self.decision_log.counts.copy()
+            for outcome, n in counts.items():
+                if n > self._logged[outcome]:
+                    self._metric("logged", (("outcome", outcome),)).increment(
+                        n - self._logged[outcome])
+            self._logged = counts
+            self._metric("spool", ()).set(self.decision_log.counts["spooled"]
+                                          - self.decision_log.counts["replayed"])
 
     def _publish(self, tx):
         if self.publisher is None:
@@ -319,6 +354,8 @@ class TritonPythonModel:
             self.reader.close()
         if self.publisher is not None:
             self.publisher.flush(5)
+        if self.decision_log is not None:
+            self.decision_log.close()
 
 
 def reasons_add(reasons, code):
@@ -329,13 +366,15 @@ def reasons_add(reasons, code):
 class Answer:
     """The outputs of one request, filled in as its rows are decided."""
 
-    def __init__(self, n, row_errors):
+    def __init__(self, n, row_errors, transaction_ids, request_id):
         self.score = np.full(n, np.nan, dtype=np.float32)
         self.decision = [INVALID] * n
         self.path = [INVALID_PATH] * n
         self.reasons = [["INVALID_INPUT", e] if e else [] for e in row_errors]
         self.stages = np.zeros((n, len(STAGES)), dtype=np.int64)
         self.row_errors = row_errors
+        self.transaction_ids = transaction_ids
+        self.request_id = request_id
 
     def valid_rows(self):
         return [i for i, e in enumerate(self.row_errors) if e is None]
@@ -345,6 +384,13 @@ class Answer:
             self.score[i], self.decision[i], self.path[i] = scores[j], decisions[j], path
             self.reasons[i] = reasons[j]
             self.stages[i] = stage
+
+    def records(self):
+        """Decision-log records of the rows decided (refused rows are not decisions)."""
+        return [decision_log.record(self.transaction_ids[i], self.decision[i],
+                                    float(self.score[i]), self.path[i], self.reasons[i],
+                                    self.request_id)
+                for i in self.valid_rows()]
 
     def response(self, started):
         self.stages[:, -1] = int((time.perf_counter() - started) * 1e6)

@@ -1,0 +1,107 @@
+"""A liveness watchdog for Triton's Python-backend models.
+
+When a model's stub process dies (OOM killer, a crash in native code, ``kill -9``), Triton
+2.51 keeps reporting the model READY and answers each request to it with an error naming the
+stub; nothing brings the stub back. The watchdog probes each watched model with a one-row
+request every ``interval_s`` and reloads a model whose stub is gone (Triton's model-control
+API, so the replacement loads beside the broken one and takes over). Other errors (a model
+that is unloaded on purpose, one that is merely slow) are left alone.
+
+    python -m client watchdog [--url 127.0.0.1:8001] [--models fraud_primary,fraud_fallback]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from python_backend.contract import FALLBACK, PRIMARY, ModelContract
+
+CONTRACTS = {c.name: c for c in (PRIMARY, FALLBACK)}
+#: Reconnect within a second of a restarted server (gRPC's default backs off to minutes).
+CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+#: Error text of a request sent to a model whose stub process is gone.
+DEAD_STUB = ("Stub process", "is not healthy")
+
+
+def probe_inputs(contract: ModelContract):
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for spec in contract.inputs:
+        tensor = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.wire_dtype)
+        tensor.set_data_from_numpy(np.zeros((1, *spec.dims), dtype=spec.dtype))
+        inputs.append(tensor)
+    return inputs
+
+
+def reload(client, name: str) -> None:
+    """Load ``name`` again beside the broken one. Triton ignores a load whose config did not
+    change, so the config goes back with a marker; a later plain load from the repository
+    (a rollout) replaces it as usual."""
+    import json
+
+    config = client.get_model_config(name, as_json=True)["config"]
+    config.setdefault("parameters", {})["WATCHDOG_RELOADED_AT"] = {"string_value": str(time.time())}
+    client.load_model(name, config=json.dumps(config))
+
+
+def stub_is_dead(message: str) -> bool:
+    return any(marker in message for marker in DEAD_STUB)
+
+
+@dataclass
+class Watchdog:
+    url: str
+    models: tuple[str, ...] = ("fraud_primary", "fraud_fallback")
+    interval_s: float = 0.5
+    log: Callable[[str], None] = print
+    #: (monotonic time, model) of each reload.
+    reloads: list[tuple[float, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check_once(self, client) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        for name in self.models:
+            try:
+                client.infer(name, probe_inputs(CONTRACTS[name]), client_timeout=2)
+            except InferenceServerException as err:
+                if not stub_is_dead(str(err)):
+                    continue
+                self.log(f"watchdog: {name}'s stub process is gone; reloading {name}")
+                started = time.monotonic()
+                reload(client, name)
+                self.reloads.append((started, name))
+                self.log(f"watchdog: {name} reloaded in {time.monotonic() - started:.1f} s")
+
+    def run(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once(client)
+            except Exception as err:  # the server may be away (restarting): try again later
+                client.close()
+                client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+                if "UNAVAILABLE" not in str(err) and "StatusCode" not in str(err):
+                    self.log(f"watchdog: check failed: {err!r}")
+        client.close()
+
+    def start(self) -> Watchdog:
+        self._thread = threading.Thread(target=self.run, name="watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
