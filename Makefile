@@ -18,7 +18,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image chaos image-model image-api test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -84,6 +84,13 @@ perf-image: $(STAMP)  ## Image API latency per stage and end to end -> perf/resu
 
 perf: $(STAMP)  ## Benchmark: perf_analyzer sweeps and peers side by side -> perf/results (PERF_QUICK=1: <5 min)
 	$(PY) -m perf --scale $(DEMO_SCALE)
+
+recommender: $(STAMP)  ## MovieLens top-5 recommender: train, evaluate, ONNX, repository, online store
+	$(PY) -m build_engines recommender $(if $(FORCE),--force)
+	$(PY) -m feature_repo recommender
+
+perf-recommender: $(STAMP)  ## recommend_top5 perf_analyzer sweep + click freshness -> perf/results/recommender
+	$(PY) -m perf recommender $(if $(filter 1,$(PERF_QUICK)),--quick)
 
 chaos: $(STAMP)  ## Faults one at a time under 200 req/s; decision log reconciled (CHAOS_QUICK=1, CHAOS_SOAK_S=N)
 	$(PY) -m perf chaos --scale $(DEMO_SCALE) $(if $(filter 1,$(CHAOS_QUICK)),--quick)

@@ -1,4 +1,5 @@
-"""Command line of the offline pipeline: ``python -m build_engines {all,eval-real,image}``."""
+"""Command line of the offline pipeline:
+``python -m build_engines {all,eval-real,image,recommender}``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--epochs", type=int, default=PrimaryConfig.epochs)
     image = sub.add_parser("image", help="EfficientNet-Lite0: ONNX, INT8, engines, repository")
     image.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    recommend = sub.add_parser("recommender", help="MovieLens: train, evaluate, ONNX, features")
+    recommend.add_argument("--epochs", type=int, default=12)
+    recommend.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
 
     if args.command == "all":
@@ -31,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             primary_cfg=PrimaryConfig(epochs=args.epochs),
         )
+    elif args.command == "recommender":
+        from build_engines.recommender import RecConfig, build, built
+
+        if built() and not args.force:
+            print("recommender: built (FORCE=1 rebuilds); report in build/reports/")
+        else:
+            build(RecConfig(epochs=args.epochs))
     elif args.command == "image":
         from build_engines.image import build_image
 

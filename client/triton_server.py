@@ -78,13 +78,14 @@ def backend_directory(build_dir: Path = ROOT / "build" / "triton") -> Path:
 
 FRAUD_MODELS = ("fraud_primary", "fraud_fallback", "fraud_scoring")
 IMAGE_MODELS = ("image_preprocess", "image_classifier", "image_postprocess", "image_pipeline")
+RECOMMEND_MODELS = ("recommend_scorer", "recommend_top5")
 
 
 def served_models(repository: Path) -> list[str]:
     """What a server on ``repository`` loads: every pipeline that is built there (its models
     have a ``config.pbtxt``). Others are left out rather than failing the start."""
     models = []
-    for pipeline in (FRAUD_MODELS, IMAGE_MODELS):
+    for pipeline in (FRAUD_MODELS, IMAGE_MODELS, RECOMMEND_MODELS):
         if all((repository / m / "config.pbtxt").exists() for m in pipeline):
             models += pipeline
     return models

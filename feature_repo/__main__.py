@@ -1,4 +1,5 @@
-"""Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,bench,parity}``.
+"""Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,bench,parity,
+recommender,consume-clicks}``.
 
 The store comes from the environment (``FEATURE_STORE``, ``REDIS_URL``, ``FEATURE_DATA``,
 ``FEATURE_REPO_DIR``; see ``feature_repo.store``), the broker from ``KAFKA_BOOTSTRAP``.
@@ -54,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="online read latency: reader vs Feast SDK, both stores")
     par = sub.add_parser("parity", help="online vs offline features, both stores")
     par.add_argument("--limit", type=int, default=10_000)
+    sub.add_parser("recommender", help="register the user views and fill the online store")
+    clicks = sub.add_parser("consume-clicks", help="run the clicks consumer into the store")
+    clicks.add_argument("--topic", default=None, help="topic to consume (default: clicks)")
+    clicks.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
     args = parser.parse_args(argv)
 
     from feature_repo.store import StoreSettings, apply, feature_store, materialize
+
+    if args.command in ("recommender", "consume-clicks"):
+        return _recommender(args, StoreSettings.from_env())
 
     settings = StoreSettings.from_env()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -146,6 +154,48 @@ def main(argv: list[str] | None = None) -> int:
                 write_parity_report(
                     stores, f"127.0.0.1:{kafka.port}", args.limit, REPORTS / "feature_parity.json"
                 )
+    return 0
+
+
+def _recommender(args, settings) -> int:
+    from build_engines.recommender import DATA_DIR
+    from feature_repo import clicks
+    from feature_repo.store import feature_store
+
+    if not clicks.user_source(DATA_DIR).exists():
+        print("no recommender features: run `make recommender` first", file=sys.stderr)
+        return 2
+    if args.command == "recommender":
+        started = time.perf_counter()
+        counts = clicks.materialize(feature_store(settings), DATA_DIR)
+        print(f"online store ({settings.kind}, {settings.reader_location}): {counts}; "
+              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        return 0
+    from feature_repo.stream import ensure_topic, writer_for
+    from python_backend.recommender import TOPIC_CLICKS
+    from python_backend.user_features import open_user_reader
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    topic = args.topic or TOPIC_CLICKS
+    ensure_topic(bootstrap, topic)
+    consumer = clicks.ClickConsumer(
+        bootstrap,
+        open_user_reader(settings.kind, settings.reader_location),
+        writer_for(settings, feature_store(settings), clicks.CLICK_SPEC),
+        topic=topic,
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if args.ready_file:
+            while not consumer.assigned:
+                consumer.poll_once()
+            args.ready_file.touch()
+        consumer.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        print(f"clicks: consumed {consumer.stats.consumed:,} ({consumer.stats.applied:,} applied)")
     return 0
 
 

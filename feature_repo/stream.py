@@ -1,9 +1,11 @@
-"""Real-time features from the Kafka topic ``transactions``.
+"""Real-time features from Kafka topics: one machinery, one :class:`BufferSpec` per stream.
 
-The consumer (a consumer group, at-least-once) reads transaction events, folds each into its
-card's recent-transaction buffer (``card_recent``) and writes the buffers to the online store;
-only then does it commit the offsets. A replayed event is recognised by its transaction id,
-kept in the buffer, so replays after a crash or a restart never double-count.
+A consumer (a consumer group, at-least-once) reads events, folds each into its entity's
+buffer of recent events (``card_recent`` from ``transactions``; ``user_recent_clicks`` from
+``clicks``, see ``feature_repo.clicks``) and writes the buffers to the online store; only
+then does it commit the offsets. A replayed event is recognised by its id, kept in the
+buffer, so replays after a crash or a restart never double-count. A store that is away is
+waited out with the batch held (nothing committed).
 
 Writes, per store:
 
@@ -19,7 +21,7 @@ The producer replays simulated transactions onto the topic at a chosen rate.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,24 +34,67 @@ from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEve
 from python_backend.features import CARD_RECENT, RECENT_BUFFER
 from python_backend.online_features import OnlineFeatureReader
 
-#: Buffer entry: (ts_ms, amount, terminal_id, transaction_id), oldest first.
-Entry = tuple[int, float, int, str]
+#: Buffer entry: (ts_ms, ..., event_id), oldest first; the middle follows the spec's features.
+#: Cards: (ts_ms, amount, terminal_id, transaction_id).
+Entry = tuple
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """One stream's per-entity buffer: which view and features hold it, how many entries
+    it keeps, and how an event becomes an entry."""
+
+    view: str
+    join_key: str
+    #: (feature name, kind) in entry order; kind: int64_list, float_list or string_list.
+    features: tuple[tuple[str, str], ...]
+    limit: int
+    decode: Callable[[bytes], object]
+    entity: Callable[[object], int]
+    to_entry: Callable[[object], Entry]
+
+
+def merge_entries(
+    buffer: list[Entry], entries: Iterable[Entry], limit: int
+) -> tuple[list[Entry], int]:
+    """Fold entries into a buffer: skip ids (last element) already there, keep the newest
+    ``limit`` by time. Returns the new buffer and how many entries were new."""
+    seen = {entry[-1] for entry in buffer}
+    merged = list(buffer)
+    added = 0
+    for entry in entries:
+        if entry[-1] in seen:
+            continue
+        seen.add(entry[-1])
+        merged.append(entry)
+        added += 1
+    merged.sort(key=lambda e: (e[0], e[-1]))
+    return merged[-limit:], added
+
+
+def _card_entry(event: TransactionEvent) -> Entry:
+    return (event.ts_ms, float(event.amount), event.terminal_id, event.transaction_id)
+
+
+CARD_SPEC = BufferSpec(
+    view=CARD_RECENT.name,
+    join_key="card_id",
+    features=(
+        ("recent_ts_ms", "int64_list"),
+        ("recent_amounts", "float_list"),
+        ("recent_terminal_ids", "int64_list"),
+        ("recent_tx_ids", "string_list"),
+    ),
+    limit=RECENT_BUFFER,
+    decode=decode,
+    entity=lambda event: event.card_id,
+    to_entry=_card_entry,
+)
 
 
 def merge(buffer: list[Entry], events: Iterable[TransactionEvent]) -> tuple[list[Entry], int]:
-    """Fold events into a card's buffer: skip ids already there, keep the newest
-    ``RECENT_BUFFER`` by time. Returns the new buffer and how many events were new."""
-    seen = {entry[3] for entry in buffer}
-    merged = list(buffer)
-    added = 0
-    for event in events:
-        if event.transaction_id in seen:
-            continue
-        seen.add(event.transaction_id)
-        merged.append((event.ts_ms, float(event.amount), event.terminal_id, event.transaction_id))
-        added += 1
-    merged.sort(key=lambda e: (e[0], e[3]))
-    return merged[-RECENT_BUFFER:], added
+    """Fold transaction events into a card's buffer (``merge_entries`` for cards)."""
+    return merge_entries(buffer, (_card_entry(e) for e in events), RECENT_BUFFER)
 
 
 def buffers_from_store(reader: OnlineFeatureReader, cards: list[int]) -> dict[int, list[Entry]]:
@@ -71,7 +116,7 @@ def buffers_from_store(reader: OnlineFeatureReader, cards: list[int]) -> dict[in
 
 
 class RecentWriter:
-    """Writes ``card_recent`` buffers into one online store."""
+    """Writes per-entity buffers into one online store."""
 
     def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
         """Write each card's new buffer; returns the cards whose stored buffer changed since
@@ -82,26 +127,26 @@ class RecentWriter:
 class FeastRecentWriter(RecentWriter):
     """Through Feast's ``write_to_online_store`` (the embedded SQLite store)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, spec: BufferSpec = CARD_SPEC) -> None:
         self.store = store
+        self.spec = spec
 
     def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
         if not buffers:
             return []
-        rows = [_row(card, entries) for card, entries in buffers.items()]
-        self.store.write_to_online_store(CARD_RECENT.name, pd.DataFrame(rows))
+        rows = [_row(self.spec, entity, entries) for entity, entries in buffers.items()]
+        self.store.write_to_online_store(self.spec.view, pd.DataFrame(rows))
         return []
 
 
-def _row(card: int, entries: list[Entry]) -> dict:
-    return {
-        "card_id": card,
+def _row(spec: BufferSpec, entity: int, entries: list[Entry]) -> dict:
+    row = {
+        spec.join_key: entity,
         "event_timestamp": datetime.fromtimestamp(entries[-1][0] / 1000, tz=UTC),
-        "recent_ts_ms": [e[0] for e in entries],
-        "recent_amounts": [e[1] for e in entries],
-        "recent_terminal_ids": [e[2] for e in entries],
-        "recent_tx_ids": [e[3] for e in entries],
     }
+    for k, (name, _kind) in enumerate(spec.features):
+        row[name] = [e[k] for e in entries]
+    return row
 
 
 # KEYS[1]: the card's hash. ARGV[1]: the ts field; ARGV[2]: the ts the merge started from
@@ -117,22 +162,24 @@ return 1
 class RedisRecentWriter(RecentWriter):
     """Pipelined compare-and-set writes in Feast's Redis layout."""
 
-    def __init__(self, client, project: str) -> None:
+    def __init__(self, client, project: str, spec: BufferSpec = CARD_SPEC) -> None:
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
 
         self.client = client
         self.project = project
+        self.spec = spec
         self._redis_key = _redis_key
-        self._fields = {f.name: _mmh3(f"{CARD_RECENT.name}:{f.name}") for f in CARD_RECENT.features}
-        self._ts_field = f"_ts:{CARD_RECENT.name}"
+        self._fields = {name: _mmh3(f"{spec.view}:{name}") for name, _kind in spec.features}
+        self._ts_field = f"_ts:{spec.view}"
         self._cas = client.register_script(_CAS_SCRIPT)
 
-    def _key(self, card: int) -> bytes:
+    def _key(self, entity: int) -> bytes:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         return self._redis_key(
-            self.project, EntityKey(join_keys=["card_id"], entity_values=[Value(int64_val=card)])
+            self.project,
+            EntityKey(join_keys=[self.spec.join_key], entity_values=[Value(int64_val=entity)]),
         )
 
     def _ts(self, entries: list[Entry]) -> bytes:
@@ -147,15 +194,20 @@ class RedisRecentWriter(RecentWriter):
     def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
         from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
 
+        def value(kind: str, items: list) -> Value:
+            if kind == "int64_list":
+                return Value(int64_list_val=Int64List(val=items))
+            if kind == "float_list":
+                return Value(float_list_val=FloatList(val=items))
+            return Value(string_list_val=StringList(val=items))
+
         cards = list(buffers)
         pipe = self.client.pipeline(transaction=False)
         for card in cards:
             entries = buffers[card]
             values = {
-                "recent_ts_ms": Value(int64_list_val=Int64List(val=[e[0] for e in entries])),
-                "recent_amounts": Value(float_list_val=FloatList(val=[e[1] for e in entries])),
-                "recent_terminal_ids": Value(int64_list_val=Int64List(val=[e[2] for e in entries])),
-                "recent_tx_ids": Value(string_list_val=StringList(val=[e[3] for e in entries])),
+                name: value(kind, [e[k] for e in entries])
+                for k, (name, kind) in enumerate(self.spec.features)
             }
             args: list[bytes | str] = [
                 self._ts_field,
@@ -209,23 +261,26 @@ def consumer_config(bootstrap: str, group: str) -> dict:
     }
 
 
-class TransactionConsumer:
-    """Consumes ``transactions`` into ``card_recent``; one instance per process."""
+class BufferConsumer:
+    """Consumes one topic into per-entity buffers (``spec``); one instance per process.
+    ``read_buffers(entities)`` returns the buffers the store holds now."""
 
     def __init__(
         self,
         bootstrap: str,
-        reader: OnlineFeatureReader,
+        spec: BufferSpec,
+        read_buffers: Callable[[list[int]], dict[int, list[Entry]]],
         writer: RecentWriter,
-        group: str = "card-recent-features",
-        topic: str = TOPIC_TRANSACTIONS,
+        group: str,
+        topic: str,
         batch_size: int = 1000,
         log=print,
     ) -> None:
         self.consumer = Consumer(consumer_config(bootstrap, group))
         self.assigned = False
         self.consumer.subscribe([topic], on_assign=self._on_assign)
-        self.reader = reader
+        self.spec = spec
+        self.read_buffers = read_buffers
         self.writer = writer
         self.batch_size = batch_size
         self.stats = ConsumerStats()
@@ -244,7 +299,7 @@ class TransactionConsumer:
         if not messages:
             return 0
         started = time.perf_counter()
-        events: dict[int, list[TransactionEvent]] = {}
+        events: dict[int, list[Entry]] = {}
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -252,13 +307,13 @@ class TransactionConsumer:
                 continue
             self.stats.consumed += 1
             try:
-                event = decode(message.value())
+                event = self.spec.decode(message.value())
             except EventError as err:
                 # A poison message must not stop the stream: count it, log it, skip it.
                 self.stats.rejected += 1
                 self.log(f"rejected message at offset {message.offset()}: {err}")
                 continue
-            events.setdefault(event.card_id, []).append(event)
+            events.setdefault(self.spec.entity(event), []).append(self.spec.to_entry(event))
         added = self._write_with_retry(events)
         self.stats.applied += sum(added.values())
         self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
@@ -268,7 +323,7 @@ class TransactionConsumer:
         self.stats.seconds += time.perf_counter() - started
         return len(messages)
 
-    def _write_with_retry(self, events: dict[int, list[TransactionEvent]]) -> dict[int, int]:
+    def _write_with_retry(self, events: dict[int, list[Entry]]) -> dict[int, int]:
         """Merge and write, waiting out an online store that is away (nothing is committed
         meanwhile, so nothing is lost; the batch is held and written when it is back)."""
         delay = 0.1
@@ -284,20 +339,22 @@ class TransactionConsumer:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _write(self, events: dict[int, list[TransactionEvent]]) -> dict[int, int]:
+    def _write(self, events: dict[int, list[Entry]]) -> dict[int, int]:
         pending = list(events)
         added: dict[int, int] = {}
         for _attempt in range(5):
-            base = buffers_from_store(self.reader, pending)
+            base = self.read_buffers(pending)
             merged = {}
-            for card in pending:
-                merged[card], added[card] = merge(base[card], events[card])
+            for entity in pending:
+                merged[entity], added[entity] = merge_entries(
+                    base[entity], events[entity], self.spec.limit
+                )
             # Cards another writer changed since the read are merged again from fresh state.
             pending = self.writer.write(merged, base)
             if not pending:
                 break
         else:
-            raise RuntimeError(f"{len(pending)} cards kept changing under the consumer")
+            raise RuntimeError(f"{len(pending)} entities kept changing under the consumer")
         return added
 
     def run(self, until_idle_s: float | None = None, max_seconds: float | None = None) -> None:
@@ -315,6 +372,32 @@ class TransactionConsumer:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class TransactionConsumer(BufferConsumer):
+    """Consumes ``transactions`` into ``card_recent``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        reader: OnlineFeatureReader,
+        writer: RecentWriter,
+        group: str = "card-recent-features",
+        topic: str = TOPIC_TRANSACTIONS,
+        batch_size: int = 1000,
+        log=print,
+    ) -> None:
+        self.reader = reader
+        super().__init__(
+            bootstrap,
+            CARD_SPEC,
+            lambda cards: buffers_from_store(reader, cards),
+            writer,
+            group,
+            topic,
+            batch_size,
+            log,
+        )
 
 
 def ensure_topic(bootstrap: str, topic: str = TOPIC_TRANSACTIONS, partitions: int = 4) -> None:
@@ -368,12 +451,12 @@ def replay(
     return len(transactions)
 
 
-def writer_for(settings, store) -> RecentWriter:
-    """The ``card_recent`` writer for the configured store."""
+def writer_for(settings, store, spec: BufferSpec = CARD_SPEC) -> RecentWriter:
+    """The buffer writer (``card_recent`` by default) for the configured store."""
     if settings.kind == "redis":
         import redis
 
         from python_backend.online_features import PROJECT
 
-        return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT)
-    return FeastRecentWriter(store)
+        return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT, spec)
+    return FeastRecentWriter(store, spec)

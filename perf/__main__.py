@@ -4,6 +4,7 @@
     python -m perf tune       what each serving change bought, side by side (perf.tune)
     python -m perf image      the image API's latency per stage (perf.image, make perf-image)
     python -m perf chaos      faults injected under load, decisions reconciled (make chaos)
+    python -m perf recommender  recommend_top5 sweep and click freshness (make perf-recommender)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -20,7 +21,10 @@ from perf.run import RESULTS, run
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "command", nargs="?", default="run", choices=("run", "tune", "image", "chaos")
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "tune", "image", "chaos", "recommender"),
     )
     parser.add_argument("--quick", action="store_true", default=os.environ.get("PERF_QUICK") == "1")
     parser.add_argument("--scale", default=os.environ.get("DEMO_SCALE", "small"),
@@ -31,6 +35,10 @@ def main() -> None:
         from perf.image import run as run_image
 
         run_image(args.quick)
+    elif args.command == "recommender":
+        from perf.recommender import run as run_recommender
+
+        run_recommender(args.quick)
     elif args.command == "chaos":
         from perf.chaos import run as run_chaos
 

@@ -62,6 +62,8 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+#: The load's first seconds (client and server warming up) are left out of the baseline.
+WARMUP_S = 3.0
 TARGETS = {"decided": 0.999, "within_budget": 0.99, "recovery_s": 10.0, "lost": 0}
 
 FAULTS = (
@@ -672,7 +674,7 @@ async def _schedule(system, load, timing, names, stop, progress, log) -> list[Wi
     faults = _faults()
     loop = asyncio.get_running_loop()
     windows = []
-    await asyncio.sleep(timing.baseline_s)
+    await asyncio.sleep(WARMUP_S + timing.baseline_s)
     cycle_started = load.now()
     while True:
         for name in names:
@@ -820,7 +822,8 @@ def summarize(timing, load, windows, records, consumer, events, resources, reloa
         }
         per_fault.append(stats)
     first = windows[0].injected if windows else load.now()
-    baseline = window_stats([o for o in outcomes if o.arrival_s < first])
+    # The first seconds warm the client's channel and the server's instances: not reported.
+    baseline = window_stats([o for o in outcomes if WARMUP_S <= o.arrival_s < first])
     log = reconcile(outcomes, records)
     accepted_ids = {o.transaction_id for o in outcomes if o.ok}
     event_ids = Counter(e for e in events if e.startswith(f"chaos-{system.run_id}-"))
@@ -965,13 +968,14 @@ def plot_timeline(load: Load, windows: list[Window], path: Path) -> None:
     ax1.set_ylabel("ms")
     ax1.legend(loc="upper right", fontsize=8)
     ax2.stackplot(edges, *share.values(), labels=list(share),
-                  colors=["#4c72b0", "#dd8452", "#c44e52", "black"])  # fmt: skip
+                  colors=["#4c72b0", "#f0a030", "#c44e52", "black"])  # fmt: skip
     ax2.set_ylabel("share of requests")
     ax2.set_xlabel("seconds into the run")
     ax2.legend(loc="lower right", fontsize=8)
     for w in windows:
-        for ax in (ax1, ax2):
-            ax.axvspan(w.injected, max(w.lifted, w.injected + 0.3), color="orange", alpha=0.25)
+        ax1.axvspan(w.injected, max(w.lifted, w.injected + 0.3), color="gold", alpha=0.3)
+        for x in (w.injected, w.lifted):
+            ax2.axvline(x, color="black", lw=0.6, ls=":")
         ax1.text(w.injected, ax1.get_ylim()[1], w.fault, rotation=60, fontsize=7, va="top")
     fig.suptitle("Chaos run: latency and the path taken, faults shaded")
     fig.tight_layout()

@@ -1,8 +1,9 @@
-"""The transaction event on the Kafka topic ``transactions``: one schema, versioned.
+"""The events on the Kafka topics: one schema each, versioned.
 
-The simulator's replayer and the serving side produce it; the stream consumer reads it.
-JSON (one object per message) with a ``v`` field, keyed by card id so that each card's
-events stay in order on one partition.
+``transactions``: the simulator's replayer and the serving side produce them; the stream
+consumer reads them. ``clicks``: what a user clicked (the recommender's real-time input).
+JSON (one object per message) with a ``v`` field, keyed by card id (user id) so that each
+entity's events stay in order on one partition.
 """
 
 from __future__ import annotations
@@ -62,3 +63,41 @@ def decode(message: bytes) -> TransactionEvent:
     if not values["amount"] >= 0:  # also rejects NaN
         raise EventError(f"amount: must be >= 0, got {values['amount']!r}")
     return TransactionEvent(**values)
+
+
+@dataclass(frozen=True)
+class ClickEvent:
+    click_id: str
+    user_id: int
+    item_id: int
+    ts_ms: int
+
+    @property
+    def key(self) -> bytes:
+        return str(self.user_id).encode()
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+
+
+def decode_click(message: bytes) -> ClickEvent:
+    """Parse and validate one ``clicks`` message."""
+    try:
+        raw = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EventError(f"not JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise EventError("the message must be a JSON object")
+    if raw.get("v") != SCHEMA_VERSION:
+        raise EventError(f"v: schema version {raw.get('v')!r} is not {SCHEMA_VERSION}")
+    kinds = {"click_id": str, "user_id": int, "item_id": int, "ts_ms": int}
+    for name, kind in kinds.items():
+        value = raw.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise EventError(f"{name}: expected {kind.__name__}, got {value!r}")
+    if not raw["click_id"]:
+        raise EventError("click_id: must not be empty")
+    for name in ("user_id", "item_id", "ts_ms"):
+        if raw[name] <= 0:
+            raise EventError(f"{name}: must be positive, got {raw[name]}")
+    return ClickEvent(raw["click_id"], raw["user_id"], raw["item_id"], raw["ts_ms"])
