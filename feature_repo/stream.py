@@ -194,7 +194,7 @@ class RedisRecentWriter(RecentWriter):
     def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
         from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
 
-        def value(kind: str, items: list) -> Value:
+        def proto(kind: str, items: list) -> Value:
             if kind == "int64_list":
                 return Value(int64_list_val=Int64List(val=items))
             if kind == "float_list":
@@ -206,7 +206,7 @@ class RedisRecentWriter(RecentWriter):
         for card in cards:
             entries = buffers[card]
             values = {
-                name: value(kind, [e[k] for e in entries])
+                name: proto(kind, [e[k] for e in entries])
                 for k, (name, kind) in enumerate(self.spec.features)
             }
             args: list[bytes | str] = [

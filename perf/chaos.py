@@ -280,13 +280,17 @@ def _reload(system: System, *models: str) -> None:
     admin.close()
 
 
-def stub_pids(model: str) -> list[int]:
-    """Pids of the Python-backend stubs that serve ``model``."""
+def stub_pids(model: str, server_pid: int) -> list[int]:
+    """Pids of the Python-backend stubs that serve ``model`` for the server ``server_pid``
+    (its children: another server on the machine keeps its own)."""
     import psutil
 
     pids = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmd = process.info["cmdline"] or []
+    for process in psutil.Process(server_pid).children(recursive=True):
+        try:
+            cmd = process.cmdline()
+        except psutil.Error:
+            continue
         if (
             cmd
             and cmd[0].endswith("triton_python_backend_stub")
@@ -333,7 +337,7 @@ def _faults() -> dict[str, Fault]:
     state: dict = {}
 
     def kill_stub(system: System) -> None:
-        pids = stub_pids("fraud_primary")
+        pids = stub_pids("fraud_primary", system.server.process.pid)
         if not pids:
             raise RuntimeError("no fraud_primary stub process found")
         for pid in pids:
@@ -761,8 +765,16 @@ def run(
         resources.stop()
         log("chaos: load stopped; waiting for the decision log and the consumer to drain")
         records = _drain_decisions(system, read_all)
-        consumer = system.stop_consumer()
+        # The consumer is stopped once the topic has stopped growing and it had time to
+        # catch up: then every event on the topic was offered to it.
         events = read_all(system.bootstrap, system.topic, decode=_event_id)
+        for _ in range(20):
+            time.sleep(1)
+            latest = read_all(system.bootstrap, system.topic, decode=_event_id)
+            if len(latest) == len(events):
+                break
+            events = latest
+        consumer = system.stop_consumer()
         reloads = list(system.watchdog.reloads)
     finally:
         system.stop()
