@@ -52,6 +52,8 @@ RETRY_DEADLINE_S = 30.0
 #: sent as fast as the server answers, not all at once (a retry storm keeps a recovered
 #: server overloaded). Waiting for a slot counts in the request's latency.
 MAX_IN_FLIGHT = 128
+#: A replica that refused a connection is left alone this long (then tried again).
+FAILOVER_S = 1.0
 #: Reason codes that mean a dependency failed (the path taken is a degraded one).
 DEGRADED = ("_ERROR", "_TIMEOUT", "_CIRCUIT_OPEN", "_UNAVAILABLE", "_NO_BUDGET",
             "_NOT_HEDGED")  # fmt: skip
@@ -76,6 +78,7 @@ FAULTS = (
     "redis_slow",
     "kafka_down",
     "server_restart",
+    "rolling_restart",
 )
 DESCRIPTIONS = {
     "primary_errors": "fraud_primary answers every request with an error",
@@ -87,6 +90,8 @@ DESCRIPTIONS = {
     "redis_slow": "Redis blocked by DEBUG SLEEP 0.2 s, back to back",
     "kafka_down": "the broker frozen (SIGSTOP), then resumed (SIGCONT)",
     "server_restart": "Triton stopped (SIGTERM) and started again on the same ports",
+    "rolling_restart": "a second replica started and warmed, the first stopped and started "
+    "again, then the second stopped; clients fail over between them",
 }
 
 
@@ -120,6 +125,8 @@ class System:
         self.decisions = f"chaos-decisions-{self.run_id}"
         self.spool = work / "spool"
         self.ports = Ports.free()
+        self.replica_ports = Ports.free()
+        self.replica = None
         self.redis = self.kafka = self.server = self.consumer = self.watchdog = None
         self.refills: list[float] = []
         self.starts = 0
@@ -189,6 +196,22 @@ class System:
     def stop_server(self) -> None:
         self.server.stop()
 
+    def start_replica(self) -> None:
+        """A second server on its own ports (and its own decision spool), beside the first:
+        the rolling restart brings it up before the first one goes down."""
+        from client.launcher import warm_up
+        from client.triton_server import start
+
+        env = {**self.server_env(), "DECISION_SPOOL_DIR": str(self.spool / "replica")}
+        self.replica = start(
+            repository=self.repository,
+            ports=self.replica_ports,
+            models=list(FRAUD_MODELS),
+            env=env,
+            log_path=self.work / "server-replica.log",
+        )
+        warm_up(self.replica, requests=50)
+
     # The consumer -----------------------------------------------------------------------
 
     def start_consumer(self, timeout_s: float = 120) -> None:
@@ -248,6 +271,9 @@ class System:
         with contextlib.suppress(Exception):
             if self.server:
                 self.stop_server()
+        with contextlib.suppress(Exception):
+            if self.replica:
+                self.replica.stop()
         if self.consumer and self.consumer.poll() is None:
             self.consumer.kill()
         with contextlib.suppress(Exception):
@@ -362,6 +388,15 @@ def _faults() -> dict[str, Fault]:
     def restart(system: System) -> None:
         system.stop_server()
 
+    def rolled(system: System) -> None:
+        system.start_server()  # the first one is back: clients return to it
+        system.replica.stop()  # and the temporary replica goes (its in-flight finish)
+        system.replica = None
+
+    def rolling(system: System) -> None:
+        system.start_replica()  # the new replica first, warm; then the old one goes
+        system.stop_server()
+
     def restarted(system: System) -> None:
         system.start_server()
 
@@ -393,6 +428,7 @@ def _faults() -> dict[str, Fault]:
         "redis_slow": Fault("redis_slow", redis_slow, lambda s: state["sleeper"].stop()),
         "kafka_down": Fault("kafka_down", lambda s: s.kafka.pause(), lambda s: s.kafka.resume()),
         "server_restart": Fault("server_restart", restart, restarted),
+        "rolling_restart": Fault("rolling_restart", rolling, rolled),
     }
 
 
@@ -426,8 +462,14 @@ def _error_kind(err: BaseException) -> str:
 class Load:
     """An open-loop Poisson generator with retries; one :class:`Outcome` per transaction."""
 
-    def __init__(self, url: str, rows: list[dict], rate: float, run_id: str, seed: int = 7):
-        self.url, self.rows, self.rate, self.run_id = url, rows, rate, run_id
+    def __init__(
+        self, urls: list[str], rows: list[dict], rate: float, run_id: str, seed: int = 7
+    ) -> None:
+        # Replicas in order of preference: requests go to the first that is not marked
+        # down; one that refuses a connection is marked down for FAILOVER_S.
+        self.urls, self.rows, self.rate, self.run_id = urls, rows, rate, run_id
+        self.down_until = [0.0] * len(urls)
+        self.clients: list = []
         self.rng = np.random.default_rng(seed)
         self.outcomes: list[Outcome] = []
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -436,7 +478,11 @@ class Load:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    async def _one(self, client, outcome: Outcome, row: dict, due: float) -> None:
+    def _replica(self) -> int | None:
+        now = time.monotonic()
+        return next((k for k, t in enumerate(self.down_until) if t <= now), None)
+
+    async def _one(self, outcome: Outcome, row: dict, due: float) -> None:
         from client.scoring import build_inputs
         from python_backend.contract import SCORING
 
@@ -448,13 +494,23 @@ class Load:
         backoff = 0.05
         while True:
             outcome.attempts += 1
+            replica = self._replica()
             try:
+                if replica is None:
+                    raise ConnectionError("UNAVAILABLE: every replica is marked down")
                 async with self.slots:
-                    result = await self._attempt(client, outcome, inputs, requested)
+                    result = await self._attempt(self.clients[replica], outcome, inputs,
+                                                 requested)  # fmt: skip
             except Exception as err:  # retried until the deadline, counted by kind
                 outcome.error = _error_kind(err)
                 if self.now() - outcome.arrival_s + backoff > RETRY_DEADLINE_S:
                     return
+                if replica is not None and outcome.error in ("unavailable", "stopping"):
+                    # Connection refused or the server going away: try the next replica
+                    # at once (if another is up) and keep this one off for a while.
+                    self.down_until[replica] = time.monotonic() + FAILOVER_S
+                    if self._replica() is not None:
+                        continue
                 # Exponential backoff with full jitter: retries after an outage spread out
                 # instead of arriving together.
                 await asyncio.sleep(self.rng.uniform(0, backoff))
@@ -483,7 +539,9 @@ class Load:
     async def run(self, until: asyncio.Event) -> None:
         import tritonclient.grpc.aio as grpcaio
 
-        client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        self.clients = [
+            grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS) for url in self.urls
+        ]
         # The outcomes grow to tens of thousands of objects: a full collection would stall
         # the generator for tens of milliseconds, charged to the service. Nothing here makes
         # reference cycles worth collecting during the run.
@@ -499,14 +557,15 @@ class Load:
             outcome = Outcome(f"chaos-{self.run_id}-{i}", next_due)
             self.outcomes.append(outcome)
             row = self.rows[i % len(self.rows)]
-            tasks.append(asyncio.create_task(self._one(client, outcome, row, self.t0 + next_due)))
+            tasks.append(asyncio.create_task(self._one(outcome, row, self.t0 + next_due)))
             i += 1
             next_due += self.rng.exponential(1.0 / self.rate)
             if len(tasks) > 2000:
                 tasks = [t for t in tasks if not t.done()]
         await asyncio.gather(*tasks)
         gc.enable()
-        await client.close()
+        for client in self.clients:
+            await client.close()
 
 
 # -- resources -------------------------------------------------------------------------
@@ -733,7 +792,8 @@ def run(
     system = System(work, repository, data_dir, log)
     try:
         system.start()
-        load = Load(system.server.grpc_url, rows, timing.rate, system.run_id)
+        urls = [system.server.grpc_url, f"127.0.0.1:{system.replica_ports.grpc}"]
+        load = Load(urls, rows, timing.rate, system.run_id)
         resources = ResourceWatch(system, load.now)
         cycles = 1
         if timing.soak_s:
@@ -799,7 +859,7 @@ def _drain_decisions(system: System, read_all) -> list[dict]:
     read the whole log."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not any(system.spool.glob("*.jsonl*")):
+        if not any(system.spool.rglob("*.jsonl*")):
             break
         time.sleep(0.5)
     time.sleep(2)  # what is queued in the producers is delivered within milliseconds

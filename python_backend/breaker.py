@@ -39,6 +39,7 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.last_bad_at = float("-inf")
         self._probe_out = False
+        self._probe_at = 0.0
 
     def troubled(self, within_s: float) -> bool:
         """Open, half-open, or a bad outcome within the last ``within_s`` seconds: the
@@ -50,11 +51,18 @@ class CircuitBreaker:
         if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown_s:
             self.state, self._probe_out = HALF_OPEN, False
         if self.state == HALF_OPEN:
-            if self._probe_out:
+            # A probe whose outcome never came back (its caller gave up before calling)
+            # must not keep the breaker half-open for ever: after a cool-down, probe again.
+            if self._probe_out and self.clock() - self._probe_at < self.cooldown_s:
                 return False
             self._probe_out = True
+            self._probe_at = self.clock()
             return True
         return self.state == CLOSED
+
+    def cancel(self) -> None:
+        """The call ``allow`` let through was not made (no budget left): no outcome."""
+        self._probe_out = False
 
     def record(self, ok: bool, latency_ms: float = 0.0) -> None:
         """The outcome of a call that ``allow`` let through."""

@@ -62,3 +62,18 @@ def test_troubled_after_a_bad_outcome_until_it_ages_out() -> None:
     assert breaker.troubled(within_s=10)
     clock.now = 11.1
     assert not breaker.troubled(within_s=10)
+
+
+def test_a_probe_without_outcome_does_not_hold_the_breaker_half_open() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("primary", min_calls=1, failure_rate=1.0, cooldown_s=2, clock=clock)
+    breaker.record(False)
+    clock.now += 2
+    assert breaker.allow()  # the probe goes out... and its caller never calls
+    assert not breaker.allow()
+    clock.now += 2
+    assert breaker.allow(), "a lost probe is replaced after a cool-down"
+    breaker.cancel()
+    assert breaker.allow(), "a cancelled probe frees the slot at once"
+    breaker.record(True, latency_ms=500)
+    assert breaker.state == "closed", "a slow answer to the probe still closes it"

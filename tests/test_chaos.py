@@ -36,6 +36,7 @@ def test_chaos_short_run_loses_nothing(serving, tmp_path) -> None:
     assert faults["primary_stub_killed"]["watchdog_reloads"] >= 1
     assert any(r.startswith("FEATURES_") for r in faults["redis_down"]["degradations"])
     assert faults["server_restart"]["retried"] > 0
+    assert faults["rolling_restart"]["decided"] == faults["rolling_restart"]["offered"]
     # Nothing lost: every request decided (retries included), every accepted decision logged,
     # every second decision explained by a retry, every published event applied once.
     assert summary["overall"]["decided"] == summary["overall"]["offered"]

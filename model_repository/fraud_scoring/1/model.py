@@ -314,9 +314,10 @@ class TritonPythonModel:
     async def _timed(self, name, contract, inputs, timeout_ms):
         """(scores, None) or (None, reason code); feeds the model's breaker."""
         code = name.upper()
-        if timeout_ms < 1:
-            return None, f"{code}_NO_BUDGET"
         breaker = self.breakers[name]
+        if timeout_ms < 1:
+            breaker.cancel()  # allowed but not called: a half-open probe must not stay out
+            return None, f"{code}_NO_BUDGET"
         started = time.perf_counter()
         try:
             scores = await self._call(contract, inputs, timeout_ms)
@@ -326,6 +327,10 @@ class TritonPythonModel:
         except ModelCallError as err:
             breaker.record(False)
             self.logger.log_verbose(f"fraud_scoring: {name} failed: {err}")
+            return None, f"{code}_ERROR"
+        except Exception as err:  # anything else is a failed call too, never a lost outcome
+            breaker.record(False)
+            self.logger.log_warn(f"fraud_scoring: {name} call raised {err!r}")
             return None, f"{code}_ERROR"
         breaker.record(True, (time.perf_counter() - started) * 1000)
         return scores, None

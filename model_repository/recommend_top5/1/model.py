@@ -132,6 +132,7 @@ class TritonPythonModel:
             return None
         remaining_ms = self.budget_ms - rec.RANK_RESERVE_MS - (time.perf_counter() - started) * 1e3
         if remaining_ms < 1:
+            breaker.cancel()  # allowed but not called: a half-open probe must not stay out
             for r in reasons:
                 r.append("SCORER_NO_BUDGET")
             return None
@@ -149,6 +150,12 @@ class TritonPythonModel:
             breaker.record(False)
             for r in reasons:
                 r.append("SCORER_TIMEOUT")
+            return None
+        except Exception as err:  # a failed call, never a lost outcome
+            breaker.record(False)
+            pb_utils.Logger.log_warn(f"recommend_top5: scorer call raised {err!r}")
+            for r in reasons:
+                r.append("SCORER_ERROR")
             return None
         if response.has_error():
             breaker.record(False)
