@@ -1,4 +1,5 @@
-"""``python -m client {score,replay,serve,stop,demo,image-api,classify,recommend,click}``:
+"""``python -m client {score,replay,serve,stop,demo,image-api,classify,recommend,click,
+watchdog}``:
 call and operate the services.
 
 - ``score``: one transaction, the decision as JSON.
@@ -9,11 +10,13 @@ call and operate the services.
 - ``classify``: send an image file to the web API and print its answer.
 - ``recommend``: the top five items for a user (``recommend_top5``), as JSON.
 - ``click``: publish a click to the ``clicks`` topic (``KAFKA_BOOTSTRAP``).
+- ``watchdog``: reload models whose Python stub process died (``client.watchdog``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -185,6 +188,16 @@ def cmd_click(args) -> int:
     return 0
 
 
+def cmd_watchdog(args) -> int:
+    from client.watchdog import Watchdog
+
+    watchdog = Watchdog(_url(args), tuple(args.models.split(",")))
+    print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
+    with contextlib.suppress(KeyboardInterrupt):
+        watchdog.run()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client",
@@ -230,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     click = sub.add_parser("click", help="publish a click (KAFKA_BOOTSTRAP)")
     click.add_argument("--user-id", type=int, required=True)
     click.add_argument("--item-id", type=int, required=True)
+    dog = sub.add_parser("watchdog", help="reload models whose Python stub died (foreground)")
+    dog.add_argument("--models", default="fraud_primary,fraud_fallback")
     args = parser.parse_args(argv)
     return {
+        "watchdog": cmd_watchdog,
         "recommend": cmd_recommend,
         "click": cmd_click,
         "image-api": cmd_image_api,
