@@ -699,8 +699,10 @@ def recovery_s(
     for start in edges:
         inside = [o for o in outcomes if start <= o.arrival_s < start + bucket_s]
         lat = [o.latency_ms for o in inside if o.ok]
-        good = bool(inside) and not any(degraded(o) for o in inside) and (
-            float(np.percentile(lat, 95)) <= BUDGET_MS
+        good = (
+            bool(inside)
+            and not any(degraded(o) for o in inside)
+            and (float(np.percentile(lat, 95)) <= BUDGET_MS)
         )
         healthy.append(good)
     for k in range(len(healthy) - hold + 1):
