@@ -92,15 +92,18 @@ def ensure_features(scale: str, log=print) -> dict[str, str]:
 def warm_up(server: Server, requests: int = 30) -> None:
     """The first requests after a load take 30 ms or more (measured here): send some
     before anyone measures or relies on the budget."""
+    import uuid
+
     from client.scoring import FraudClient
 
     client = FraudClient(server.grpc_url)
     now = int(time.time() * 1000)
+    run = uuid.uuid4().hex[:8]  # each warm-up its own ids: they are published and logged
     for i in range(requests):
         client.score(
             [
                 {
-                    "transaction_id": f"warm-up-{i}",
+                    "transaction_id": f"warm-up-{run}-{i}",
                     "card_id": 1 + i % 7,
                     "terminal_id": 1 + i % 5,
                     "amount": 10.0 + i,

@@ -125,6 +125,7 @@ class System:
         self.run_id = uuid.uuid4().hex[:6]
         self.topic = f"chaos-transactions-{self.run_id}"
         self.decisions = f"chaos-decisions-{self.run_id}"
+        self.consumer_group = f"chaos-{self.run_id}"
         self.spool = work / "spool"
         self.ports = Ports.free()
         self.replica_ports = Ports.free()
@@ -228,7 +229,7 @@ class System:
         ready.unlink(missing_ok=True)
         self.consumer = subprocess.Popen(
             [sys.executable, "-m", "feature_repo", "consume", "--topic", self.topic,
-             "--group", f"chaos-{self.run_id}", "--stats-file", str(self.work / "consumer.json"),
+             "--group", self.consumer_group, "--stats-file", str(self.work / "consumer.json"),
              "--ready-file", str(ready)],
             env=env, stdout=(self.work / "consumer.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -239,6 +240,26 @@ class System:
                     f"the stream consumer did not start; see {self.work}/consumer.log"
                 )
             time.sleep(0.2)
+
+    def wait_consumer_caught_up(self, events: int, timeout_s: float = 60) -> bool:
+        """Until the consumer group has committed every one of ``events`` (offsets start at
+        0 on this fresh topic, so the committed offsets add up to the events consumed)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.consumer_group,
+                          "enable.auto.commit": False})  # fmt: skip
+        try:
+            partitions = probe.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            wanted = [TopicPartition(self.topic, p) for p in partitions]
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                committed = probe.committed(wanted, timeout=10)
+                if sum(max(tp.offset, 0) for tp in committed) >= events:
+                    return True
+                time.sleep(0.5)
+            return False
+        finally:
+            probe.close()
 
     def stop_consumer(self, idle_s: float = 3.0) -> dict:
         from feature_repo.local_services import stop_process
@@ -634,8 +655,9 @@ class ResourceWatch:
     def summary(self) -> dict:
         if len(self.samples) < 4:
             return {"samples": len(self.samples)}
-        # Growth within the last server process's life (a restart starts a new one).
-        last = [s for s in self.samples if s["pid"] == self.samples[-1]["pid"]]
+        # Growth within the longest-lived server process (a restart starts a new one).
+        lives = Counter(s["pid"] for s in self.samples)
+        last = [s for s in self.samples if s["pid"] == lives.most_common(1)[0][0]]
         n = max(1, len(last) // 5)
         head, tail = last[:n], last[-n:]
         span_s = max(1.0, last[-1]["t"] - last[0]["t"])
@@ -858,7 +880,8 @@ def run(
             if len(latest) == len(events):
                 break
             events = latest
-        consumer = system.stop_consumer()
+        system.wait_consumer_caught_up(len(events))
+        consumer = system.stop_consumer(idle_s=0.5)
         reloads = list(system.watchdog.reloads)
     finally:
         system.stop()
