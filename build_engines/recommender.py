@@ -257,13 +257,16 @@ def export_onnx(model, path: Path) -> float:
 
 
 def scorer_config() -> str:
-    from build_engines.triton_config import _io
+    from build_engines.triton_config import _io, warmup
 
     return (
         f'name: "{SCORER.name}"\nbackend: "python"\nmax_batch_size: {RECOMMEND_MAX_BATCH}\n'
         f"{_io(SCORER)}"
         "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
         "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
+        # Warm at load: the first call into a fresh session took 60 ms in a test (the BLS's
+        # timeout sent that user to the popularity list).
+        f"{warmup(SCORER)}"
     )
 
 

@@ -101,16 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             topic=topic,
         )
-        # SIGTERM ends the loop like Ctrl-C: the batch in hand is written and committed.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            if args.ready_file:
-                while not consumer.assigned:
-                    consumer.poll_once()
-                args.ready_file.touch()
-            consumer.run(until_idle_s=args.until_idle)
-        except KeyboardInterrupt:
-            pass
+            _consume(consumer, args.ready_file, args.until_idle)
         finally:
             consumer.close()
             if args.stats_file:
@@ -157,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> None:
+    """Run a stream consumer until Ctrl-C or SIGTERM (the batch in hand is written and
+    committed); ``ready_file`` is created once it has its partitions."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        if ready_file:
+            while not consumer.assigned:
+                consumer.poll_once()
+            ready_file.touch()
+        consumer.run(until_idle_s=until_idle_s)
+
+
 def _recommender(args, settings) -> int:
     from build_engines.recommender import DATA_DIR
     from feature_repo import clicks
@@ -184,15 +188,8 @@ def _recommender(args, settings) -> int:
         writer_for(settings, feature_store(settings), clicks.CLICK_SPEC),
         topic=topic,
     )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        if args.ready_file:
-            while not consumer.assigned:
-                consumer.poll_once()
-            args.ready_file.touch()
-        consumer.run()
-    except KeyboardInterrupt:
-        pass
+        _consume(consumer, args.ready_file, None)
     finally:
         consumer.close()
         print(f"clicks: consumed {consumer.stats.consumed:,} ({consumer.stats.applied:,} applied)")

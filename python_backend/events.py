@@ -38,8 +38,8 @@ class TransactionEvent:
 _FIELDS = {"transaction_id": str, "card_id": int, "terminal_id": int, "amount": float, "ts_ms": int}
 
 
-def decode(message: bytes) -> TransactionEvent:
-    """Parse and validate one message."""
+def _fields(message: bytes, kinds: dict[str, type]) -> dict:
+    """The message's fields, each of its declared type (an int is accepted for a float)."""
     try:
         raw = json.loads(message)
     except (ValueError, UnicodeDecodeError) as err:
@@ -49,13 +49,19 @@ def decode(message: bytes) -> TransactionEvent:
     if raw.get("v") != SCHEMA_VERSION:
         raise EventError(f"v: schema version {raw.get('v')!r} is not {SCHEMA_VERSION}")
     values = {}
-    for name, kind in _FIELDS.items():
+    for name, kind in kinds.items():
         value = raw.get(name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise EventError(f"{name}: expected {kind.__name__}, got {value!r}")
         values[name] = value
+    return values
+
+
+def decode(message: bytes) -> TransactionEvent:
+    """Parse and validate one message."""
+    values = _fields(message, _FIELDS)
     if not values["transaction_id"]:
         raise EventError("transaction_id: must not be empty")
     if values["ts_ms"] <= 0:
@@ -82,22 +88,10 @@ class ClickEvent:
 
 def decode_click(message: bytes) -> ClickEvent:
     """Parse and validate one ``clicks`` message."""
-    try:
-        raw = json.loads(message)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise EventError(f"not JSON: {err}") from None
-    if not isinstance(raw, dict):
-        raise EventError("the message must be a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
-        raise EventError(f"v: schema version {raw.get('v')!r} is not {SCHEMA_VERSION}")
-    kinds = {"click_id": str, "user_id": int, "item_id": int, "ts_ms": int}
-    for name, kind in kinds.items():
-        value = raw.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise EventError(f"{name}: expected {kind.__name__}, got {value!r}")
-    if not raw["click_id"]:
+    values = _fields(message, {"click_id": str, "user_id": int, "item_id": int, "ts_ms": int})
+    if not values["click_id"]:
         raise EventError("click_id: must not be empty")
     for name in ("user_id", "item_id", "ts_ms"):
-        if raw[name] <= 0:
-            raise EventError(f"{name}: must be positive, got {raw[name]}")
-    return ClickEvent(raw["click_id"], raw["user_id"], raw["item_id"], raw["ts_ms"])
+        if values[name] <= 0:
+            raise EventError(f"{name}: must be positive, got {values[name]}")
+    return ClickEvent(**values)

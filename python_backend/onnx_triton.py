@@ -30,6 +30,16 @@ def check_inputs(arrays: dict[str, np.ndarray], contract: ModelContract) -> str 
     return None
 
 
+def ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one instance each)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxTritonModel:
     """Subclass in ``model.py`` with ``contract = ...``; Triton calls the lifecycle."""
 

@@ -88,6 +88,8 @@ def rec_stack(rec_build, redis_service, kafka_service):
             log_path=root / "server.log",
         ) as server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
+            for user in range(1, 41):  # as `make serve` does: warm both instances first
+                recommend(client, [user])
             yield {
                 "client": client,
                 "consumer": consumer,

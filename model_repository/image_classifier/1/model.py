@@ -6,21 +6,16 @@ call took, reported to every request of the batch."""
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 from python_backend.image import IMAGE_CLASSIFIER, INFER_US, LOGITS, PIXELS
-from python_backend.onnx_triton import OnnxTritonModel
+from python_backend.onnx_triton import OnnxTritonModel, ort_session
 
 
 class TritonPythonModel(OnnxTritonModel):
     contract = IMAGE_CLASSIFIER
 
     def load(self, path, threads):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
 
     def infer(self, joined):
         started = time.perf_counter()

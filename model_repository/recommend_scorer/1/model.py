@@ -3,9 +3,8 @@
 python_backend.onnx_triton)."""
 
 import numpy as np
-import onnxruntime as ort
 
-from python_backend.onnx_triton import OnnxTritonModel
+from python_backend.onnx_triton import OnnxTritonModel, ort_session
 from python_backend.recommender import SCORER
 
 
@@ -13,11 +12,7 @@ class TritonPythonModel(OnnxTritonModel):
     contract = SCORER
 
     def load(self, path, threads):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
 
     def infer(self, joined):
         feeds = {s.name: joined[s.name] for s in self.contract.inputs}
