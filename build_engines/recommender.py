@@ -149,21 +149,19 @@ def _torch_model(n_users: int, n_items: int, cfg: RecConfig, use_clicks: bool):
     return TwoTower()
 
 
-class _Scorer:
-    """The served half: (user embedding, last five items) -> a score per item."""
+def scorer_module(model):
+    """The served half of ``model``: (user embedding, last five items) -> a score per item."""
+    from torch import nn
 
-    def __new__(cls, model):
-        from torch import nn
+    class Scorer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Scorer(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, user_embedding, last_items):
+            return self.model.score(user_embedding, last_items)
 
-            def forward(self, user_embedding, last_items):
-                return self.model.score(user_embedding, last_items)
-
-        return Scorer()
+    return Scorer()
 
 
 def train(train: Cases, n_users: int, n_items: int, cfg: RecConfig, use_clicks: bool, label=""):
@@ -234,7 +232,7 @@ def export_onnx(model, path: Path) -> float:
     import onnxruntime as ort
     import torch
 
-    scorer = _Scorer(model).eval()
+    scorer = scorer_module(model).eval()
     sample = (torch.randn(4, EMBEDDING_DIM), torch.randint(0, 50, (4, LAST_N)))
     batch = torch.export.Dim("batch", min=1, max=1024)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -187,17 +187,20 @@ class System:
             "DECISION_SPOOL_DIR": str(self.spool),
         }
 
-    def start_server(self) -> None:
+    def _start(self, ports: Ports, env: dict[str, str], log_name: str):
         from client.triton_server import start
 
-        self.starts += 1
-        self.server = start(
+        return start(
             repository=self.repository,
-            ports=self.ports,
+            ports=ports,
             models=list(FRAUD_MODELS),
-            env=self.server_env(),
-            log_path=self.work / f"server-{self.starts}.log",
+            env=env,
+            log_path=self.work / log_name,
         )
+
+    def start_server(self) -> None:
+        self.starts += 1
+        self.server = self._start(self.ports, self.server_env(), f"server-{self.starts}.log")
 
     def stop_server(self) -> None:
         self.server.stop()
@@ -206,16 +209,9 @@ class System:
         """A second server on its own ports (and its own decision spool), beside the first:
         the rolling restart brings it up before the first one goes down."""
         from client.launcher import warm_up
-        from client.triton_server import start
 
         env = {**self.server_env(), "DECISION_SPOOL_DIR": str(self.spool / "replica")}
-        self.replica = start(
-            repository=self.repository,
-            ports=self.replica_ports,
-            models=list(FRAUD_MODELS),
-            env=env,
-            log_path=self.work / "server-replica.log",
-        )
+        self.replica = self._start(self.replica_ports, env, "server-replica.log")
         warm_up(self.replica, requests=50)
 
     # The consumer -----------------------------------------------------------------------
@@ -500,6 +496,7 @@ class Load:
         self.urls, self.rows, self.rate, self.run_id = urls, rows, rate, run_id
         self.down_until = [0.0] * len(urls)
         self.clients: list = []
+        self.requested: list = []  # the outputs asked for, the same for every request
         self.rng = np.random.default_rng(seed)
         self.outcomes: list[Outcome] = []
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -518,13 +515,9 @@ class Load:
 
     async def _one(self, outcome: Outcome, row: dict, due: float) -> None:
         from client.scoring import build_inputs
-        from python_backend.contract import SCORING
 
         inputs = build_inputs([{**row, "transaction_id": outcome.transaction_id}])
-        outputs = [o.name for o in SCORING.outputs]
-        import tritonclient.grpc as grpcclient
-
-        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        requested = self.requested
         backoff = 0.05
         while True:
             outcome.attempts += 1
@@ -573,11 +566,15 @@ class Load:
         )  # fmt: skip
 
     async def run(self, until: asyncio.Event) -> None:
+        import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as grpcaio
+
+        from python_backend.contract import SCORING
 
         self.clients = [
             grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS) for url in self.urls
         ]
+        self.requested = [grpcclient.InferRequestedOutput(o.name) for o in SCORING.outputs]
         # The outcomes grow to tens of thousands of objects: a full collection would stall
         # the generator for tens of milliseconds, charged to the service. Nothing here makes
         # reference cycles worth collecting during the run.

@@ -47,24 +47,22 @@ class RedisUserReader:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self.project = project
-        self.fields = [redis_field(view, name) for name, view in SERVED]
 
-    def read(self, user_ids: np.ndarray) -> UserFeatures:
-        pipe = self.client.pipeline(transaction=False)
-        for uid in user_ids:
-            pipe.hmget(redis_key(self.project, USER_JOIN_KEY, int(uid)), self.fields)
-        rows = pipe.execute()
-        values = {name: [row[k] for row in rows] for k, (name, _v) in enumerate(SERVED)}
-        return features_from_values(values, len(user_ids))
-
-    def read_clicks(self, user_ids) -> dict[int, list[tuple]]:
-        """Each user's click buffer as the consumer keeps it."""
-        fields = [redis_field(CLICKS_VIEW, name) for name in CLICK_ENTRY]
+    def _values(self, user_ids, names_views) -> dict[str, list[bytes | None]]:
+        """One pipelined round trip: each user's hash, the named fields."""
+        fields = [redis_field(view, name) for name, view in names_views]
         pipe = self.client.pipeline(transaction=False)
         for uid in user_ids:
             pipe.hmget(redis_key(self.project, USER_JOIN_KEY, int(uid)), fields)
         rows = pipe.execute()
-        values = {name: [row[k] for row in rows] for k, name in enumerate(CLICK_ENTRY)}
+        return {name: [row[k] for row in rows] for k, (name, _v) in enumerate(names_views)}
+
+    def read(self, user_ids: np.ndarray) -> UserFeatures:
+        return features_from_values(self._values(user_ids, SERVED), len(user_ids))
+
+    def read_clicks(self, user_ids) -> dict[int, list[tuple]]:
+        """Each user's click buffer as the consumer keeps it."""
+        values = self._values(user_ids, [(name, CLICKS_VIEW) for name in CLICK_ENTRY])
         return click_entries(values, user_ids)
 
     def close(self) -> None:
