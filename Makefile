@@ -18,7 +18,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos image-model image-api test lint fmt clean
+.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -94,6 +94,9 @@ perf-recommender: $(STAMP)  ## recommend_top5 perf_analyzer sweep + click freshn
 
 chaos: $(STAMP)  ## Faults one at a time under 200 req/s; decision log reconciled (CHAOS_QUICK=1, CHAOS_SOAK_S=N)
 	$(PY) -m perf chaos --scale $(DEMO_SCALE) $(if $(filter 1,$(CHAOS_QUICK)),--quick)
+
+broker-holes: $(STAMP)  ## Concurrent producers vs the stream consumer: holes in offsets re-read, none lost
+	$(PY) -m perf.broker_holes
 
 test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a failure)
 	$(PY) -m ruff check .

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
@@ -230,6 +230,10 @@ class ConsumerStats:
     rejected: int = 0
     batches: int = 0
     store_retries: int = 0
+    #: Offsets served out of order (a later record before an earlier one): re-read.
+    offset_gaps: int = 0
+    #: Gaps still there after ``gap_wait_s``: accepted and logged (see ``OffsetGaps``).
+    offset_gaps_accepted: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -254,11 +258,58 @@ def consumer_config(bootstrap: str, group: str) -> dict:
         "bootstrap.servers": bootstrap,
         "group.id": group,
         "enable.auto.commit": False,  # commit only after the store write: at-least-once
+        "enable.auto.offset.store": False,  # commits name their offsets (see OffsetGaps)
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,
         "fetch.wait.max.ms": 50,
     }
+
+
+class OffsetGaps:
+    """The next offset each partition must deliver, and what to do when a later one comes.
+
+    Records of a partition are numbered without holes when the producers are neither
+    transactional nor compacted away, as ours are. A later offset than the expected one
+    means the broker served a record before an earlier one was readable: the in-memory
+    tansu broker does this about once in 20,000 records when several producers write to a
+    partition at once (two BLS instances do), and a consumer that commits past the hole
+    loses that event for good. So the consumer re-reads from the hole (``rewind``) until
+    it is filled, for at most ``wait_s`` per hole; a hole that stays is accepted and
+    counted (``accept``): a topic with holes of its own (compaction, aborted transactions)
+    then costs ``wait_s`` per hole, never a stall. ``wait_s=0`` accepts every hole at once
+    (counted and logged, not re-read).
+    """
+
+    def __init__(self, wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.wait_s = wait_s
+        self.clock = clock
+        self.expected: dict[tuple[str, int], int] = {}
+        self.since: dict[tuple[str, int], float] = {}
+        self.holes = 0  # distinct holes seen
+
+    def check(self, key: tuple[str, int], offset: int) -> str:
+        """``"ok"``, ``"rewind"`` (re-read from ``expected[key]``) or ``"accept"``."""
+        expected = self.expected.get(key)
+        if expected is None or offset <= expected:
+            verdict = "ok"  # in order, the first seen, or a redelivery (idempotent)
+        else:
+            if key not in self.since:
+                self.since[key] = self.clock()
+                self.holes += 1
+            first = self.since[key]
+            if self.clock() - first < self.wait_s:
+                return "rewind"
+            verdict = "accept"
+        self.since.pop(key, None)
+        self.expected[key] = offset + 1
+        return verdict
+
+    def forget(self, keys) -> None:
+        """Partitions revoked or newly assigned: their next offset is the committed one."""
+        for key in keys:
+            self.expected.pop(key, None)
+            self.since.pop(key, None)
 
 
 class BufferConsumer:
@@ -275,10 +326,13 @@ class BufferConsumer:
         topic: str,
         batch_size: int = 1000,
         log=print,
+        gap_wait_s: float = 2.0,
     ) -> None:
         self.consumer = Consumer(consumer_config(bootstrap, group))
         self.assigned = False
-        self.consumer.subscribe([topic], on_assign=self._on_assign)
+        self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.gaps = OffsetGaps(gap_wait_s)
+        self._unchecked: set[tuple[str, int]] = set()  # assigned, committed offset not read yet
         self.spec = spec
         self.read_buffers = read_buffers
         self.writer = writer
@@ -288,6 +342,27 @@ class BufferConsumer:
 
     def _on_assign(self, _consumer, partitions) -> None:
         self.assigned = True
+        keys = [(p.topic, p.partition) for p in partitions]
+        self.gaps.forget(keys)
+        self._unchecked.update(keys)
+
+    def _on_revoke(self, _consumer, partitions) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self.gaps.forget(keys)
+        self._unchecked.difference_update(keys)
+
+    def _expect_committed(self) -> None:
+        """Newly assigned partitions start at their committed offsets: a hole right there
+        is a hole too. (Read outside the assign callback, which must not block.)"""
+        keys, self._unchecked = list(self._unchecked), set()
+        try:
+            committed = self.consumer.committed([TopicPartition(t, p) for t, p in keys], 10)
+        except Exception as err:  # the coordinator is away: check from the first record on
+            self.log(f"could not read committed offsets ({err!r}); gaps checked from the next")
+            return
+        for tp in committed:
+            if tp.offset >= 0 and (tp.topic, tp.partition) not in self.gaps.expected:
+                self.gaps.expected[(tp.topic, tp.partition)] = tp.offset
 
     def poll_once(self, timeout_s: float = 0.2, commit: bool = True) -> int:
         """Consume one batch, write it, commit it. Returns messages consumed.
@@ -298,13 +373,29 @@ class BufferConsumer:
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
         if not messages:
             return 0
+        if self._unchecked:
+            self._expect_committed()
         started = time.perf_counter()
         events: dict[int, list[Entry]] = {}
+        rewind: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     self.stats.errors.append(str(message.error()))
                 continue
+            key = (message.topic(), message.partition())
+            if key in rewind:
+                continue  # this partition is re-read from its hole: drop what came after it
+            verdict = self.gaps.check(key, message.offset())
+            if verdict == "rewind":
+                rewind[key] = self.gaps.expected[key]
+                continue
+            if verdict == "accept":
+                self.stats.offset_gaps_accepted += 1
+                self.log(
+                    f"{key[0]}[{key[1]}]: offsets before {message.offset()} never came "
+                    f"within {self.gaps.wait_s:g} s; going on without them"
+                )
             self.stats.consumed += 1
             try:
                 event = self.spec.decode(message.value())
@@ -318,7 +409,18 @@ class BufferConsumer:
         self.stats.applied += sum(added.values())
         self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
         if commit:
-            self.consumer.commit(asynchronous=False)
+            # Exactly what was written, never past a hole (the default would commit the
+            # position of every record returned, those dropped above included).
+            offsets = [
+                TopicPartition(t, p, self.gaps.expected[(t, p)])
+                for t, p in {(m.topic(), m.partition()) for m in messages if not m.error()}
+                if (t, p) in self.gaps.expected
+            ]
+            if offsets:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        self.stats.offset_gaps = self.gaps.holes
+        for (topic, partition), offset in rewind.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
         self.stats.batches += 1
         self.stats.seconds += time.perf_counter() - started
         return len(messages)

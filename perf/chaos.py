@@ -888,6 +888,10 @@ def run(
     return summary
 
 
+def _holes(consumer: dict, field: str) -> int:
+    return consumer.get(field, 0) + consumer.get("after_restart", {}).get(field, 0)
+
+
 def _event_id(value: bytes) -> str:
     from python_backend.events import decode
 
@@ -1048,6 +1052,9 @@ def markdown(summary: dict) -> str:
         f"decided but not published: {stream['decided_not_published']}",
         f"- consumer: {stream['consumer']}",
         f"- every distinct event applied exactly once: {stream['applied_equals_distinct']}",
+        f"- holes in a partition's offsets (a later record served before an earlier one), "
+        f"re-read: {_holes(stream['consumer'], 'offset_gaps')}; still missing after the "
+        f"wait, accepted: {_holes(stream['consumer'], 'offset_gaps_accepted')}",
         "",
         "## Server resources",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -14,6 +15,10 @@ from build_engines.featurize import recent_buffers
 from feature_repo.parity import run_parity, waves
 from feature_repo.store import StoreSettings, feature_store, materialize
 from feature_repo.stream import (
+    CARD_SPEC,
+    BufferConsumer,
+    OffsetGaps,
+    RecentWriter,
     TransactionConsumer,
     ensure_topic,
     merge,
@@ -167,3 +172,119 @@ def test_small_parity_run_has_no_mismatches(tiny_build, tmp_path, kafka_service,
     result = run_parity(settings, f"127.0.0.1:{kafka_service.port}", limit=500, log=lambda _m: None)
     assert result["checked"] >= 300
     assert result["mismatches"] == 0, result
+
+
+def test_offset_gaps_rewind_until_the_hole_fills_then_accept_after_the_wait() -> None:
+    now = [0.0]
+    gaps = OffsetGaps(wait_s=2.0, clock=lambda: now[0])
+    key = ("t", 0)
+    assert gaps.check(key, 5) == "ok", "the first offset seen sets the expectation"
+    assert gaps.check(key, 7) == "rewind" and gaps.expected[key] == 6
+    now[0] = 1.0
+    assert gaps.check(key, 7) == "rewind", "still inside the wait: read again"
+    assert gaps.check(key, 6) == "ok" and gaps.check(key, 7) == "ok", "the hole filled"
+    assert gaps.holes == 1
+    assert gaps.check(key, 4) == "ok" and gaps.expected[key] == 5, "a redelivery is fine"
+    assert gaps.check(key, 9) == "rewind"  # 5..8 missing
+    now[0] = 3.5
+    assert gaps.check(key, 9) == "accept" and gaps.expected[key] == 10
+    assert gaps.holes == 2
+    gaps.forget([key])
+    assert gaps.check(key, 100) == "ok", "a reassigned partition starts where it is told"
+
+
+class _Message:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def error(self):
+        return None
+
+    def topic(self) -> str:
+        return "tx"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return _event(self._partition * 1000 + self._offset, 1_000 + self._offset).encode()
+
+
+class _ScriptedKafka:
+    """Batches as a broker that serves out of order would (pure consumer logic: the real
+    broker's race is measured by ``perf/broker_holes.py``)."""
+
+    def __init__(self, batches: list[list[tuple[int, int]]], committed: dict[int, int]) -> None:
+        self.batches = batches
+        self.committed_offsets = committed
+        self.commits: list[list[tuple[int, int]]] = []
+        self.seeks: list[tuple[int, int]] = []
+
+    def consume(self, num_messages: int, timeout: float):
+        return [_Message(p, o) for p, o in self.batches.pop(0)] if self.batches else []
+
+    def committed(self, partitions, timeout):
+        from confluent_kafka import TopicPartition
+
+        offsets = self.committed_offsets
+        return [TopicPartition(tp.topic, tp.partition, offsets.get(tp.partition, -1001))
+                for tp in partitions]  # fmt: skip
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append(sorted((tp.partition, tp.offset) for tp in offsets))
+
+    def seek(self, tp) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+
+
+def _memory_consumer(kafka: _ScriptedKafka, gap_wait_s: float = 2.0) -> tuple:
+    from confluent_kafka import TopicPartition
+
+    store: dict[int, list] = {}
+
+    class Writer(RecentWriter):
+        def write(self, buffers, base):
+            store.update(buffers)
+            return []
+
+    spec = dataclasses.replace(CARD_SPEC, limit=10**6)
+    read = lambda cards: {c: list(store.get(c, [])) for c in cards}  # noqa: E731
+    consumer = BufferConsumer("127.0.0.1:9", spec, read, Writer(), "g", "tx",
+                              gap_wait_s=gap_wait_s, log=lambda m: None)  # fmt: skip
+    consumer.consumer.close()
+    consumer.consumer = kafka
+    consumer._on_assign(kafka, [TopicPartition("tx", 0), TopicPartition("tx", 1)])
+    return consumer, store
+
+
+def test_consumer_rereads_from_a_hole_and_never_commits_past_it() -> None:
+    # Partition 0 serves 3 before 2 is readable; partition 1 is in order.
+    kafka = _ScriptedKafka(
+        [[(0, 0), (0, 1), (0, 3), (0, 4), (1, 10)], [(0, 2), (0, 3), (0, 4), (1, 11)]],
+        committed={0: 0, 1: 10},
+    )
+    consumer, store = _memory_consumer(kafka)
+    consumer.poll_once()
+    assert kafka.seeks == [(0, 2)], "re-read partition 0 from its hole"
+    assert kafka.commits == [[(0, 2), (1, 11)]], "committed up to the hole, not past it"
+    consumer.poll_once()
+    assert kafka.commits[-1] == [(0, 5), (1, 12)]
+    applied = sorted(entry[-1] for buffer in store.values() for entry in buffer)
+    assert applied == sorted([f"t{o}" for o in range(5)] + ["t1010", "t1011"])
+    assert consumer.stats.applied == 7 and consumer.stats.duplicates == 0
+    assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 0
+
+
+def test_consumer_catches_a_hole_at_the_committed_offset_and_accepts_one_that_stays() -> None:
+    # The first record after assignment is already past the committed offset (5).
+    kafka = _ScriptedKafka([[(0, 6)], [(0, 6)]], committed={0: 5})
+    consumer, _store = _memory_consumer(kafka, gap_wait_s=0.05)
+    consumer.poll_once()
+    assert kafka.seeks == [(0, 5)] and kafka.commits == [[(0, 5)]]
+    time.sleep(0.06)
+    consumer.poll_once()  # still not there after the wait: go on, counted
+    assert kafka.commits[-1] == [(0, 7)]
+    assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 1
