@@ -27,6 +27,8 @@ RESULTS = ROOT / "perf" / "results" / "recommender"
 TARGET_P99_MS = 10.0
 TARGET_RATE = 200
 TARGET_FRESHNESS_MS = 1000.0
+#: Measurements of the target point (1,000 requests a window); the median is reported.
+TARGET_REPEATS = 3
 
 
 def input_data(user_ids: list[int], path: Path) -> Path:
@@ -161,8 +163,12 @@ def run(
             points = []
             levels = [("concurrency", c) for c in concurrencies]
             levels += [("request_rate", r) for r in rates]
-            for kind, level in tqdm(levels, desc="perf_analyzer recommend_top5", file=sys.stderr):
-                path = work / f"recommend_top5_{kind}_{level}.csv"
+            # The target point again, later: one P99 of a noisy 2-core machine is not a figure.
+            levels += [("request_rate", TARGET_RATE)] * (0 if quick else TARGET_REPEATS - 1)
+            for n, (kind, level) in enumerate(
+                tqdm(levels, desc="perf_analyzer recommend_top5", file=sys.stderr)
+            ):
+                path = work / f"recommend_top5_{kind}_{level}_{n}.csv"
                 point = measure(binary, env, server.grpc_url, "recommend_top5", data, path,
                                 window, kind, level)  # fmt: skip
                 points.append({"kind": kind, **point})
@@ -182,10 +188,11 @@ def run(
 
 
 def summarize(points: list[dict], fresh: list[float | None]) -> dict:
-    at_target = next(
-        (p for p in points if p["kind"] == "request_rate" and p["offered_rps"] == TARGET_RATE),
-        None,
-    )
+    at_target = [
+        p["p99_ms"]
+        for p in points
+        if p["kind"] == "request_rate" and p["offered_rps"] == TARGET_RATE and "p99_ms" in p
+    ]
     seen = np.array([f for f in fresh if f is not None])
     freshness = {
         "clicks": len(fresh),
@@ -194,7 +201,7 @@ def summarize(points: list[dict], fresh: list[float | None]) -> dict:
         "max_ms": round(float(seen.max()), 1) if len(seen) else None,
         "all_ms": fresh,
     }
-    p99 = at_target.get("p99_ms") if at_target else None
+    p99 = round(float(np.median(at_target)), 3) if at_target else None
     return {
         "model": "recommend_top5",
         "points": points,
@@ -202,7 +209,8 @@ def summarize(points: list[dict], fresh: list[float | None]) -> dict:
         "targets": {
             "p99_ms_at_200_rps": {
                 "target": TARGET_P99_MS,
-                "measured": p99,
+                "measured": p99,  # the median of the repeats
+                "repeats": at_target,
                 "met": p99 is not None and p99 <= TARGET_P99_MS,
             },
             "freshness_ms": {
@@ -242,7 +250,8 @@ def markdown(summary: dict) -> str:
         f"item): {f['clicks']} clicks, p50 {f['p50_ms']} ms, max {f['max_ms']} ms, "
         f"{f['not_seen_within_5s']} not seen within 5 s.",
         "",
-        f"- P99 at 200/s: {t['p99_ms_at_200_rps']['measured']} ms (target <= 10): "
+        f"- P99 at 200/s: {t['p99_ms_at_200_rps']['measured']} ms, the median of "
+        f"{t['p99_ms_at_200_rps'].get('repeats')} (target <= 10): "
         f"{'met' if t['p99_ms_at_200_rps']['met'] else 'missed'}",
         f"- freshness max: {t['freshness_ms']['measured_max']} ms (target < 1000): "
         f"{'met' if t['freshness_ms']['met'] else 'missed'}",
@@ -259,7 +268,8 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind, marker in (("concurrency", "o"), ("request_rate", "s")):
-        pts = [p for p in summary["points"] if p["kind"] == kind and "error" not in p]
+        pts = sorted((p for p in summary["points"] if p["kind"] == kind and "error" not in p),
+                     key=lambda p: p["achieved_rps"])  # fmt: skip
         if pts:
             ax.plot([p["achieved_rps"] for p in pts], [p["p99_ms"] for p in pts], marker=marker,
                     label=f"p99, {kind.replace('_', ' ')}")  # fmt: skip
