@@ -92,7 +92,7 @@ recommender: $(STAMP)  ## MovieLens top-5 recommender: train, evaluate, ONNX, re
 perf-recommender: $(STAMP)  ## recommend_top5 perf_analyzer sweep + click freshness -> perf/results/recommender
 	$(PY) -m perf recommender $(if $(filter 1,$(PERF_QUICK)),--quick)
 
-chaos: $(STAMP)  ## Faults one at a time under 200 req/s; decision log reconciled (CHAOS_QUICK=1, CHAOS_SOAK_S=N)
+chaos: $(STAMP)  ## Faults one at a time under 200 req/s; decision log reconciled (CHAOS_QUICK=1, CHAOS_SOAK_S=N, CHAOS_FAULTS=a,b)
 	$(PY) -m perf chaos --scale $(DEMO_SCALE) $(if $(filter 1,$(CHAOS_QUICK)),--quick)
 
 broker-holes: $(STAMP)  ## Concurrent producers vs the stream consumer: holes in offsets re-read, none lost

@@ -40,9 +40,10 @@ def main() -> None:
 
         run_recommender(args.quick)
     elif args.command == "chaos":
+        from perf.chaos import faults_from_env
         from perf.chaos import run as run_chaos
 
-        summary = run_chaos(args.quick, args.scale)
+        summary = run_chaos(args.quick, args.scale, faults=faults_from_env())
         raise SystemExit(0 if summary["decision_log"]["missing"] == 0 else 1)
     elif args.command == "tune":
         from perf.tune import tune

@@ -17,7 +17,8 @@ against logged decisions, and the consumer's counts against the ``transactions``
 
 Output: ``build/reports/chaos.json``, ``chaos.md`` and ``chaos_timeline.png``.
 ``CHAOS_SOAK_S``: hold the load that long with the faults cycling, and watch the server's
-memory and file descriptors for growth.
+memory and file descriptors for growth. ``CHAOS_FAULTS=a,b``: only those faults (a soak
+without ``server_restart`` and ``rolling_restart`` watches one server process throughout).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ DESCRIPTIONS = {
     "rolling_restart": "a second replica started and warmed, the first stopped and started "
     "again, then the second stopped; clients fail over between them",
 }
+
+
+def faults_from_env() -> tuple[str, ...]:
+    """``CHAOS_FAULTS`` (comma-separated), else every fault."""
+    raw = os.environ.get("CHAOS_FAULTS", "").strip()
+    if not raw:
+        return FAULTS
+    chosen = tuple(f.strip() for f in raw.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FAULTS]
+    if unknown:
+        raise SystemExit(f"CHAOS_FAULTS: unknown {unknown}; choose from {', '.join(FAULTS)}")
+    return chosen
 
 
 @dataclass(frozen=True)
