@@ -522,10 +522,11 @@ def replay(
     transactions: pd.DataFrame,
     rate_per_s: float | None = None,
     topic: str = TOPIC_TRANSACTIONS,
+    linger_ms: int = 5,
 ) -> int:
     """Publish transactions in time order, at ``rate_per_s`` (None: as fast as possible)."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False}
+        {"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": False}
     )
     started = time.perf_counter()
     for i, row in enumerate(transactions.itertuples(index=False)):

@@ -22,36 +22,38 @@ import threading
 import time
 import uuid
 
+import numpy as np
+import pandas as pd
+
 from client.triton_server import ROOT
 from feature_repo.local_services import kafka_broker
-from feature_repo.stream import CARD_SPEC, BufferConsumer, Entry, RecentWriter, ensure_topic
+from feature_repo.stream import (
+    CARD_SPEC,
+    BufferConsumer,
+    Entry,
+    RecentWriter,
+    ensure_topic,
+    replay,
+)
 from python_backend.decision_log import read_all
-from python_backend.events import TransactionEvent, decode
+from python_backend.events import decode
 
 OUT = ROOT / "build" / "reports" / "broker_holes.json"
 TOPIC = "transactions-holes"
 
 
 def _produce(bootstrap: str, producer: int, count: int, rate: float, run: str) -> None:
-    from confluent_kafka import Producer
-
-    # As the BLS publishes: linger 20 ms, one producer per process.
-    out = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    started = time.perf_counter()
-    for i in range(count):
-        event = TransactionEvent(f"{run}-{producer}-{i}", i % 997, i % 31, 10.0, 1_700_000_000_000)
-        while True:
-            try:
-                out.produce(TOPIC, key=event.key, value=event.encode())
-                break
-            except BufferError:
-                out.poll(0.05)
-        out.poll(0)
-        ahead = (i + 1) / rate - (time.perf_counter() - started)
-        if ahead > 0:
-            time.sleep(ahead)
-    if out.flush(30):
-        raise RuntimeError("events were not delivered")
+    """One producer process, as each BLS instance is (linger 20 ms, as the BLS publishes)."""
+    events = pd.DataFrame(
+        {
+            "transaction_id": [f"{run}-{producer}-{i}" for i in range(count)],
+            "card_id": np.arange(count) % 997,
+            "terminal_id": np.arange(count) % 31,
+            "amount": 10.0,
+            "ts_ms": 1_700_000_000_000,
+        }
+    )
+    replay(bootstrap, events, rate, TOPIC, linger_ms=20)
 
 
 class MemoryWriter(RecentWriter):
