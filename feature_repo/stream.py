@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
@@ -234,6 +234,7 @@ class ConsumerStats:
     offset_gaps: int = 0
     #: Gaps still there after ``gap_wait_s``: accepted and logged (see ``OffsetGaps``).
     offset_gaps_accepted: int = 0
+    commit_failures: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -417,7 +418,13 @@ class BufferConsumer:
                 if (t, p) in self.gaps.expected
             ]
             if offsets:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                try:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as err:
+                    # The group moved on (a rebalance while the batch was written): whoever
+                    # owns these partitions now re-reads the batch, and ids make that a no-op.
+                    self.stats.commit_failures += 1
+                    self.log(f"commit failed ({err}); the batch will be re-read, idempotently")
         self.stats.offset_gaps = self.gaps.holes
         for (topic, partition), offset in rewind.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))

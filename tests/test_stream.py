@@ -222,6 +222,7 @@ class _ScriptedKafka:
         self.committed_offsets = committed
         self.commits: list[list[tuple[int, int]]] = []
         self.seeks: list[tuple[int, int]] = []
+        self.fail_commits = 0
 
     def consume(self, num_messages: int, timeout: float):
         return [_Message(p, o) for p, o in self.batches.pop(0)] if self.batches else []
@@ -234,6 +235,11 @@ class _ScriptedKafka:
                 for tp in partitions]  # fmt: skip
 
     def commit(self, offsets, asynchronous):
+        if self.fail_commits:
+            from confluent_kafka import KafkaError, KafkaException
+
+            self.fail_commits -= 1
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
         self.commits.append(sorted((tp.partition, tp.offset) for tp in offsets))
 
     def seek(self, tp) -> None:
@@ -288,3 +294,13 @@ def test_consumer_catches_a_hole_at_the_committed_offset_and_accepts_one_that_st
     consumer.poll_once()  # still not there after the wait: go on, counted
     assert kafka.commits[-1] == [(0, 7)]
     assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 1
+
+
+def test_a_commit_refused_after_a_rebalance_is_counted_not_fatal() -> None:
+    kafka = _ScriptedKafka([[(0, 0), (0, 1)], [(0, 2)]], committed={0: 0})
+    kafka.fail_commits = 1
+    consumer, store = _memory_consumer(kafka)
+    consumer.poll_once()  # written, the commit refused: re-read later, idempotently
+    consumer.poll_once()
+    assert consumer.stats.commit_failures == 1 and kafka.commits == [[(0, 3)]]
+    assert sorted(e[-1] for b in store.values() for e in b) == ["t0", "t1", "t2"]
