@@ -263,6 +263,40 @@ class System:
         )  # fmt: skip
         return json.loads(stats.read_text()) if stats.exists() else {}
 
+    def committed(self) -> int | None:
+        """Offsets the consumer group has committed, summed over the partitions (read without
+        joining the group). None when the broker does not answer."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.consumer_group,
+                           "enable.auto.commit": False})  # fmt: skip
+        try:
+            partitions = reader.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            got = reader.committed([TopicPartition(self.topic, p) for p in partitions], 10)
+            return sum(max(tp.offset, 0) for tp in got)
+        except Exception:  # reported as unknown
+            return None
+        finally:
+            reader.close()
+
+    def wait_caught_up(self, total: int, stall_s: float = 30, limit_s: float = 900) -> int | None:
+        """Wait until the group has committed ``total`` events, while it keeps progressing
+        (a consumer that fell behind under the faults catches up before it is stopped)."""
+        started = progressed = time.monotonic()
+        last = self.committed()
+        while last is not None and last < total:
+            now = time.monotonic()
+            if now - progressed > stall_s or now - started > limit_s:
+                break
+            time.sleep(1)
+            current = self.committed()
+            if current is not None and current > last:
+                progressed = time.monotonic()
+                if int(now - started) % 10 == 0:
+                    self.log(f"chaos: the consumer catches up: {current:,} of {total:,}")
+            last = current if current is not None else last
+        return last
+
     def stop_consumer(self, idle_s: float = 3.0) -> dict:
         from feature_repo.local_services import stop_process
 
@@ -890,11 +924,14 @@ def run(
             if len(latest) == len(events):
                 break
             events = latest
+        caught_up = system.wait_caught_up(len(events))
         consumer = system.stop_consumer()
         # At-least-once: what the stopped consumer had not committed, a restarted one reads.
         # A second consumer in the same group drains the rest; the two together must have
         # applied every distinct event once.
         consumer["after_restart"] = system.drain_consumer()
+        consumer["committed_before_stop"] = caught_up
+        consumer["committed_at_end"] = system.committed()
         reloads = list(system.watchdog.reloads)
     finally:
         system.stop()
@@ -965,6 +1002,8 @@ def summarize(timing, load, windows, records, consumer, events, resources, reloa
     log = reconcile(outcomes, records)
     accepted_ids = {o.transaction_id for o in outcomes if o.ok}
     event_ids = Counter(e for e in events if e.startswith(f"chaos-{system.run_id}-"))
+    applied = consumer.get("applied", 0) + consumer.get("after_restart", {}).get("applied", 0)
+    committed = consumer.get("committed_at_end")
     stream = {
         "published_distinct": len(event_ids),
         "decided_not_published": len(accepted_ids - set(event_ids)),
@@ -972,9 +1011,11 @@ def summarize(timing, load, windows, records, consumer, events, resources, reloa
         "events_on_topic": len(events),
         # Every distinct event applied exactly once (by the consumer, or by the one restarted
         # after it for what it had not committed): none lost, none counted twice.
-        "applied_equals_distinct": consumer.get("applied", 0)
-        + consumer.get("after_restart", {}).get("applied", 0)
-        == len(set(events)),
+        "applied_equals_distinct": applied == len(set(events)),
+        # Lost: committed past, never applied. Lag: not committed yet (still on the topic,
+        # not lost: the group reads it when it runs again).
+        "lost": None if committed is None else max(0, committed - applied),
+        "lag": None if committed is None else len(events) - committed,
     }
     return {
         "scale": scale,
@@ -1083,7 +1124,9 @@ def markdown(summary: dict) -> str:
         f"- distinct scored transactions on the topic: {stream['published_distinct']:,}; "
         f"decided but not published: {stream['decided_not_published']}",
         f"- consumer: {stream['consumer']}",
-        f"- every distinct event applied exactly once: {stream['applied_equals_distinct']}",
+        f"- every distinct event applied exactly once: {stream['applied_equals_distinct']}; "
+        f"committed past but never applied (lost): {stream.get('lost')}; not committed when "
+        f"stopped (lag, still on the topic): {stream.get('lag')}",
         f"- holes in a partition's offsets (a later record served before an earlier one), "
         f"re-read: {_holes(stream['consumer'], 'offset_gaps')}; still missing after the "
         f"wait, accepted: {_holes(stream['consumer'], 'offset_gaps_accepted')}",
@@ -1106,11 +1149,13 @@ def plot_timeline(load: Load, windows: list[Window], path: Path) -> None:
     outcomes = load.outcomes
     if not outcomes:
         return
-    end = max(o.arrival_s for o in outcomes)
-    edges = np.arange(0, end + 1, 1.0)
+    ordered = sorted(outcomes, key=lambda o: o.arrival_s)
+    arrival = np.array([o.arrival_s for o in ordered])
+    edges = np.arange(0, arrival[-1] + 1, 1.0)
+    bounds = np.searchsorted(arrival, np.append(edges, edges[-1] + 1.0))  # one pass (a soak)
     p99, share = [], {p: [] for p in ("primary", "fallback", "rules", "failed")}
-    for start in edges:
-        inside = [o for o in outcomes if start <= o.arrival_s < start + 1]
+    for k in range(len(edges)):
+        inside = ordered[bounds[k] : bounds[k + 1]]
         lat = [o.latency_ms for o in inside if o.ok]
         p99.append(np.percentile(lat, 99) if lat else np.nan)
         n = max(1, len(inside))

@@ -42,7 +42,9 @@ def test_chaos_short_run_loses_nothing(serving, tmp_path) -> None:
     assert summary["overall"]["decided"] == summary["overall"]["offered"]
     log = summary["decision_log"]
     assert log["missing"] == 0 and log["duplicates_unexplained"] == 0, log
-    assert summary["stream"]["applied_equals_distinct"], summary["stream"]
+    stream = summary["stream"]
+    assert stream["applied_equals_distinct"], stream
+    assert stream["lost"] == 0 and stream["lag"] == 0, stream
 
 
 def test_recovery_counts_from_the_lift_to_two_healthy_seconds() -> None:
