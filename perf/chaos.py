@@ -282,19 +282,19 @@ class System:
     def wait_caught_up(self, total: int, stall_s: float = 30, limit_s: float = 900) -> int | None:
         """Wait until the group has committed ``total`` events, while it keeps progressing
         (a consumer that fell behind under the faults catches up before it is stopped)."""
-        started = progressed = time.monotonic()
+        started = progressed = next_log = time.monotonic()
         last = self.committed()
         while last is not None and last < total:
             now = time.monotonic()
             if now - progressed > stall_s or now - started > limit_s:
                 break
+            if now >= next_log:
+                self.log(f"chaos: the consumer catches up: {last:,} of {total:,} committed")
+                next_log = now + 10
             time.sleep(1)
             current = self.committed()
             if current is not None and current > last:
-                progressed = time.monotonic()
-                if int(now - started) % 10 == 0:
-                    self.log(f"chaos: the consumer catches up: {current:,} of {total:,}")
-            last = current if current is not None else last
+                progressed, last = time.monotonic(), current
         return last
 
     def stop_consumer(self, idle_s: float = 3.0) -> dict:
@@ -945,7 +945,8 @@ def run(
     return summary
 
 
-def _holes(consumer: dict, field: str) -> int:
+def _both(consumer: dict, field: str) -> int:
+    """A count of the consumer and the one restarted after it, together."""
     return consumer.get(field, 0) + consumer.get("after_restart", {}).get(field, 0)
 
 
@@ -1002,7 +1003,7 @@ def summarize(timing, load, windows, records, consumer, events, resources, reloa
     log = reconcile(outcomes, records)
     accepted_ids = {o.transaction_id for o in outcomes if o.ok}
     event_ids = Counter(e for e in events if e.startswith(f"chaos-{system.run_id}-"))
-    applied = consumer.get("applied", 0) + consumer.get("after_restart", {}).get("applied", 0)
+    applied = _both(consumer, "applied")
     committed = consumer.get("committed_at_end")
     stream = {
         "published_distinct": len(event_ids),
@@ -1128,8 +1129,8 @@ def markdown(summary: dict) -> str:
         f"committed past but never applied (lost): {stream.get('lost')}; not committed when "
         f"stopped (lag, still on the topic): {stream.get('lag')}",
         f"- holes in a partition's offsets (a later record served before an earlier one), "
-        f"re-read: {_holes(stream['consumer'], 'offset_gaps')}; still missing after the "
-        f"wait, accepted: {_holes(stream['consumer'], 'offset_gaps_accepted')}",
+        f"re-read: {_both(stream['consumer'], 'offset_gaps')}; still missing after the "
+        f"wait, accepted: {_both(stream['consumer'], 'offset_gaps_accepted')}",
         "",
         "## Server resources",
         "",
