@@ -229,19 +229,26 @@ class System:
 
     # The consumer -----------------------------------------------------------------------
 
+    def _consumer_process(self, name: str, *args: str, wait_s: float | None = None):
+        """``python -m feature_repo consume`` in this run's group, stats in ``<name>.json``,
+        output in ``<name>.log``: started (``wait_s`` None), or run to its end."""
+        env = {**os.environ, **self.feature_env()}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        command = [sys.executable, "-m", "feature_repo", "consume", "--topic", self.topic,
+                   "--group", self.consumer_group,
+                   "--stats-file", str(self.work / f"{name}.json"), *args]  # fmt: skip
+        out = (self.work / f"{name}.log").open("wb")
+        if wait_s is None:
+            return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=wait_s, check=False)  # fmt: skip
+
     def start_consumer(self, timeout_s: float = 120) -> None:
         """Start the consumer and wait until it has its partitions (importing Feast takes a
         core for some seconds: not while the load runs)."""
-        env = {**os.environ, **self.feature_env()}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         ready = self.work / "consumer.ready"
         ready.unlink(missing_ok=True)
-        self.consumer = subprocess.Popen(
-            [sys.executable, "-m", "feature_repo", "consume", "--topic", self.topic,
-             "--group", self.consumer_group, "--stats-file", str(self.work / "consumer.json"),
-             "--ready-file", str(ready)],
-            env=env, stdout=(self.work / "consumer.log").open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.consumer = self._consumer_process("consumer", "--ready-file", str(ready))
         deadline = time.monotonic() + timeout_s
         while not ready.exists():
             if self.consumer.poll() is not None or time.monotonic() > deadline:
@@ -252,15 +259,8 @@ class System:
 
     def drain_consumer(self, timeout_s: float = 180) -> dict:
         """A consumer in the same group, run until the topic stays idle for 3 s."""
-        env = {**os.environ, **self.feature_env()}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._consumer_process("consumer-drain", "--until-idle", "3", wait_s=timeout_s)
         stats = self.work / "consumer-drain.json"
-        subprocess.run(
-            [sys.executable, "-m", "feature_repo", "consume", "--topic", self.topic,
-             "--group", self.consumer_group, "--until-idle", "3", "--stats-file", str(stats)],
-            env=env, stdout=(self.work / "consumer-drain.log").open("wb"),
-            stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
-        )  # fmt: skip
         return json.loads(stats.read_text()) if stats.exists() else {}
 
     def committed(self) -> int | None:
@@ -747,6 +747,16 @@ def window_stats(outcomes: list[Outcome]) -> dict:
     }
 
 
+def buckets(outcomes: list[Outcome], edges: np.ndarray, width: float) -> list[list[Outcome]]:
+    """The outcomes that arrived in ``[edge, edge + width)``, for each of the ascending
+    ``edges``: one sort, then a binary search per edge (a soak has hundreds of thousands)."""
+    ordered = sorted(outcomes, key=lambda o: o.arrival_s)
+    arrival = np.array([o.arrival_s for o in ordered])
+    starts = np.searchsorted(arrival, edges)
+    ends = np.searchsorted(arrival, edges + width)
+    return [ordered[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
 def recovery_s(
     outcomes: list[Outcome],
     lifted: float,
@@ -762,8 +772,7 @@ def recovery_s(
     which a machine whose own p95 is near the budget can reach long before the latency."""
     edges = np.arange(lifted, end - bucket_s / 2, bucket_s)
     healthy = []
-    for start in edges:
-        inside = [o for o in outcomes if start <= o.arrival_s < start + bucket_s]
+    for inside in buckets(outcomes, edges, bucket_s):
         lat = [o.latency_ms for o in inside if o.ok]
         good = (
             bool(inside)
@@ -1150,13 +1159,9 @@ def plot_timeline(load: Load, windows: list[Window], path: Path) -> None:
     outcomes = load.outcomes
     if not outcomes:
         return
-    ordered = sorted(outcomes, key=lambda o: o.arrival_s)
-    arrival = np.array([o.arrival_s for o in ordered])
-    edges = np.arange(0, arrival[-1] + 1, 1.0)
-    bounds = np.searchsorted(arrival, np.append(edges, edges[-1] + 1.0))  # one pass (a soak)
+    edges = np.arange(0, max(o.arrival_s for o in outcomes) + 1, 1.0)
     p99, share = [], {p: [] for p in ("primary", "fallback", "rules", "failed")}
-    for k in range(len(edges)):
-        inside = ordered[bounds[k] : bounds[k + 1]]
+    for inside in buckets(outcomes, edges, 1.0):
         lat = [o.latency_ms for o in inside if o.ok]
         p99.append(np.percentile(lat, 99) if lat else np.nan)
         n = max(1, len(inside))

@@ -39,6 +39,10 @@ def click_entries(values: dict[str, list[bytes | None]], user_ids) -> dict[int, 
     return out
 
 
+def _fields(names_views) -> list[bytes]:
+    return [redis_field(view, name) for name, view in names_views]
+
+
 class RedisUserReader:
     def __init__(self, url: str, project: str = PROJECT, timeout_s: float = 0.025) -> None:
         import redis
@@ -47,23 +51,26 @@ class RedisUserReader:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self.project = project
+        # (names, Redis fields) of each read, made once: ``read`` is on the serving path.
+        self.served = ([name for name, _v in SERVED], _fields(SERVED))
+        clicks = [(name, CLICKS_VIEW) for name in CLICK_ENTRY]
+        self.clicks = (list(CLICK_ENTRY), _fields(clicks))
 
-    def _values(self, user_ids, names_views) -> dict[str, list[bytes | None]]:
+    def _values(self, user_ids, names_fields) -> dict[str, list[bytes | None]]:
         """One pipelined round trip: each user's hash, the named fields."""
-        fields = [redis_field(view, name) for name, view in names_views]
+        names, fields = names_fields
         pipe = self.client.pipeline(transaction=False)
         for uid in user_ids:
             pipe.hmget(redis_key(self.project, USER_JOIN_KEY, int(uid)), fields)
         rows = pipe.execute()
-        return {name: [row[k] for row in rows] for k, (name, _v) in enumerate(names_views)}
+        return {name: [row[k] for row in rows] for k, name in enumerate(names)}
 
     def read(self, user_ids: np.ndarray) -> UserFeatures:
-        return features_from_values(self._values(user_ids, SERVED), len(user_ids))
+        return features_from_values(self._values(user_ids, self.served), len(user_ids))
 
     def read_clicks(self, user_ids) -> dict[int, list[tuple]]:
         """Each user's click buffer as the consumer keeps it."""
-        values = self._values(user_ids, [(name, CLICKS_VIEW) for name in CLICK_ENTRY])
-        return click_entries(values, user_ids)
+        return click_entries(self._values(user_ids, self.clicks), user_ids)
 
     def close(self) -> None:
         self.client.close()

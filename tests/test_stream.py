@@ -18,7 +18,6 @@ from feature_repo.stream import (
     CARD_SPEC,
     BufferConsumer,
     OffsetGaps,
-    RecentWriter,
     TransactionConsumer,
     ensure_topic,
     merge,
@@ -249,21 +248,16 @@ class _ScriptedKafka:
 def _memory_consumer(kafka: _ScriptedKafka, gap_wait_s: float = 2.0) -> tuple:
     from confluent_kafka import TopicPartition
 
-    store: dict[int, list] = {}
+    from perf.broker_holes import MemoryWriter
 
-    class Writer(RecentWriter):
-        def write(self, buffers, base):
-            store.update(buffers)
-            return []
-
+    writer = MemoryWriter()
     spec = dataclasses.replace(CARD_SPEC, limit=10**6)
-    read = lambda cards: {c: list(store.get(c, [])) for c in cards}  # noqa: E731
-    consumer = BufferConsumer("127.0.0.1:9", spec, read, Writer(), "g", "tx",
+    consumer = BufferConsumer("127.0.0.1:9", spec, writer.read, writer, "g", "tx",
                               gap_wait_s=gap_wait_s, log=lambda m: None)  # fmt: skip
     consumer.consumer.close()
     consumer.consumer = kafka
     consumer._on_assign(kafka, [TopicPartition("tx", 0), TopicPartition("tx", 1)])
-    return consumer, store
+    return consumer, writer.buffers
 
 
 def test_consumer_rereads_from_a_hole_and_never_commits_past_it() -> None:
