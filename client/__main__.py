@@ -95,7 +95,7 @@ def cmd_demo(args) -> int:
     env = ensure_features(scale)
     ports = Ports.free()
     print(f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly)")
-    with running(ports=ports, env=env) as server:
+    with running(ports=ports, env=env, watchdog=True) as server:
         warm_up(server)
         day = _last_day(scale, args.limit)
         print(

@@ -21,7 +21,8 @@ from client.triton_server import (
     start,
 )
 
-PID_FILE = ROOT / "build" / "triton" / "server.pid"
+STATE_DIR = ROOT / "build" / "triton"
+PID_FILE = STATE_DIR / "server.pid"
 FEATURE_DIR = ROOT / "build" / "feature_repo"
 
 
@@ -115,32 +116,48 @@ def warm_up(server: Server, requests: int = 30) -> None:
 
 
 def serve(scale: str, ports: Ports | None = None, log=print) -> Server:
-    """Build what is missing, then start Triton in the background and record its pid."""
+    """Build what is missing, then start Triton and its stub watchdog in the background and
+    record their pids."""
     pid = _alive(PID_FILE)
     if pid:
         raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
     scale = ensure_models(scale, log)
     env = ensure_features(scale, log)
-    ports = ports or Ports.from_env()
+    return start_in_background(ports or Ports.from_env(), env, log=log)
+
+
+def start_in_background(
+    ports: Ports,
+    env: dict[str, str],
+    repository=MODEL_REPOSITORY,
+    state_dir=STATE_DIR,
+    log=print,
+) -> Server:
+    """What ``make serve`` leaves running: Triton on ``repository`` and the stub watchdog
+    beside it (a model whose stub died is reloaded), their pids and logs in ``state_dir``
+    for :func:`stop`; warmed up before it returns."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    server = start(ports=ports, env=env)
-    PID_FILE.write_text(str(server.process.pid))
+    server = start(
+        repository=repository,
+        ports=ports,
+        env=env,
+        log_path=state_dir / "server.log",
+        watchdog=True,
+    )
+    (state_dir / "server.pid").write_text(str(server.process.pid))
+    (state_dir / "watchdog.pid").write_text(str(server.watchdog.pid))
     warm_up(server)
     log(
         f"Triton ready in {time.perf_counter() - started:.1f} s: gRPC 127.0.0.1:{ports.grpc}, "
-        f"HTTP 127.0.0.1:{ports.http}, metrics 127.0.0.1:{ports.metrics}/metrics "
-        f"(log: {server.log_path.relative_to(ROOT)})"
+        f"HTTP 127.0.0.1:{ports.http}, metrics 127.0.0.1:{ports.metrics}/metrics, "
+        f"stub watchdog pid {server.watchdog.pid} (logs: {state_dir})"
     )
     return server
 
 
-def stop(log=print) -> bool:
-    """Stop the background server started by :func:`serve` (and the image API)."""
-    stop_image_api(log)
-    if not PID_FILE.exists():
-        log("no server running (no pid file)")
-        return False
-    pid = int(PID_FILE.read_text())
+def _stop_group(pid: int) -> None:
+    """SIGTERM to the process group of ``pid``, SIGKILL after 20 s."""
     try:
         os.killpg(pid, signal.SIGTERM)
         for _ in range(100):
@@ -149,7 +166,23 @@ def stop(log=print) -> bool:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    PID_FILE.unlink(missing_ok=True)
+
+
+def stop(log=print, state_dir=STATE_DIR) -> bool:
+    """Stop the background server and watchdog started by :func:`serve` (and the image API)."""
+    stop_image_api(log)
+    watchdog = _alive(state_dir / "watchdog.pid")
+    if watchdog:
+        _stop_group(watchdog)
+        (state_dir / "watchdog.pid").unlink(missing_ok=True)
+        log(f"stopped the stub watchdog (pid {watchdog})")
+    pid_file = state_dir / "server.pid"
+    if not pid_file.exists():
+        log("no server running (no pid file)")
+        return False
+    pid = int(pid_file.read_text())
+    _stop_group(pid)
+    pid_file.unlink(missing_ok=True)
     log(f"stopped Triton (pid {pid})")
     return True
 

@@ -147,6 +147,8 @@ class Server:
     ports: Ports
     process: subprocess.Popen
     log_path: Path
+    #: The stub watchdog (``client.watchdog``) started beside the server, if any.
+    watchdog: subprocess.Popen | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -155,7 +157,25 @@ class Server:
     def stop(self) -> None:
         from feature_repo.local_services import stop_process
 
+        if self.watchdog is not None:
+            stop_process(self.watchdog, grace_s=5)
         stop_process(self.process, grace_s=20)
+
+
+def start_watchdog(grpc_url: str, log_path: Path) -> subprocess.Popen:
+    """``python -m client watchdog`` against ``grpc_url``, in its own session (it outlives a
+    ``make serve`` that returns), logging to ``log_path``."""
+    import sys
+
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", "--url", grpc_url, "watchdog"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
 
 
 def start(
@@ -166,8 +186,11 @@ def start(
     env: dict[str, str] | None = None,
     timeout_s: float = 120,
     extra_repositories: tuple[Path, ...] = (),
+    watchdog: bool = False,
 ) -> Server:
-    """Start the server and wait until it is ready; raise with the log's tail if not."""
+    """Start the server and wait until it is ready; raise with the log's tail if not. With
+    ``watchdog``, the stub watchdog runs beside it (and stops with it), so a Python model
+    whose stub died is reloaded (``watchdog.log`` beside the server's log)."""
     ports = ports or Ports.from_env()
     log_path = log_path or ROOT / "build" / "triton" / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +209,8 @@ def start(
         server.stop()
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{err}\n--- {log_path} ---\n{tail}") from None
+    if watchdog:
+        server.watchdog = start_watchdog(server.grpc_url, log_path.with_name("watchdog.log"))
     return server
 
 

@@ -88,7 +88,8 @@ DESCRIPTIONS = {
     "primary_slow": "fraud_primary answers after 250 ms (budget 95 ms)",
     "primary_unloaded": "fraud_primary unloaded",
     "primary_stub_killed": "fraud_primary's Python stub killed with SIGKILL (instantaneous)",
-    "fallback_fails_too": "fraud_primary and fraud_fallback both answer with errors",
+    "fallback_fails_too": "fraud_primary answers with errors and the fallback fails too "
+    "(the in-process one's artefact does not load; the Triton model errors)",
     "redis_down": "Redis stopped, then started empty and refilled",
     "redis_slow": "Redis blocked by DEBUG SLEEP 0.2 s, back to back",
     "kafka_down": "the broker frozen (SIGSTOP), then resumed (SIGCONT)",
@@ -368,6 +369,51 @@ def _reload(system: System, *models: str) -> None:
     admin.close()
 
 
+#: Where a broken in-process fallback is pointed: no such file, as after a bad rollout.
+BROKEN_FALLBACK_ONNX = "/nonexistent/fraud_fallback.onnx"
+
+
+def override_parameters(admin, model: str, **parameters: str | None) -> None:
+    """Reload ``model`` with these config parameters set (None: removed), through Triton's
+    model-control API: the new version loads beside the old one and takes over. Undo with
+    the same call: a plain ``load_model`` keeps a config given by an earlier override
+    (seen with Triton 2.51)."""
+    config = admin.get_model_config(model, as_json=True)["config"]
+    current = config.setdefault("parameters", {})
+    for key, value in parameters.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = {"string_value": value}
+    admin.load_model(model, config=json.dumps(config))
+
+
+def break_in_process_fallback(admin) -> None:
+    """``fraud_scoring``'s in-process fallback pointed at an artefact that does not load
+    (as after a bad rollout): every fallback call fails. :func:`restore_in_process_fallback`
+    undoes it."""
+    override_parameters(admin, "fraud_scoring", FALLBACK_ONNX=BROKEN_FALLBACK_ONNX)
+
+
+def restore_in_process_fallback(admin) -> None:
+    override_parameters(admin, "fraud_scoring", FALLBACK_ONNX=None)
+
+
+def _fallback_fails_too(system: System) -> None:
+    _stand_in(system, "fraud_primary", "error")
+    _stand_in(system, "fraud_fallback", "error")  # callers of the Triton model see it fail too
+    admin = system.admin()
+    break_in_process_fallback(admin)
+    admin.close()
+
+
+def _fallback_restored(system: System) -> None:
+    _reload(system, "fraud_primary", "fraud_fallback")
+    admin = system.admin()
+    restore_in_process_fallback(admin)
+    admin.close()
+
+
 def stub_pids(model: str, server_pid: int) -> list[int]:
     """Pids of the Python-backend stubs that serve ``model`` for the server ``server_pid``
     (its children: another server on the machine keeps its own)."""
@@ -494,8 +540,8 @@ def _faults() -> dict[str, Fault]:
         ),
         "fallback_fails_too": Fault(
             "fallback_fails_too",
-            lambda s: [_stand_in(s, m, "error") for m in ("fraud_primary", "fraud_fallback")],
-            lambda s: _reload(s, "fraud_primary", "fraud_fallback"),
+            _fallback_fails_too,
+            _fallback_restored,
         ),
         "redis_down": Fault("redis_down", redis_down, redis_back),
         "redis_slow": Fault("redis_slow", redis_slow, lambda s: state["sleeper"].stop()),

@@ -1,8 +1,9 @@
 """floor: the same work in one process with no network at all, a single loop.
 
 Each transaction's stored features are read from the online store once, before timing, and
-kept in memory; the timed loop then does what the service does per transaction: assemble the
-model inputs, run the ONNX primary, the rules and the decision policy. Offered Poisson load is
+kept in memory; the timed loop then runs the service's own ``decide`` per transaction (model
+inputs, the ladder with the ONNX primary, the rules and the decision policy), without
+validation or response building. Offered Poisson load is
 played against the loop as a single-server queue in real time (a transaction waits while the
 loop is busy), so its latencies are comparable with the networked systems'.
 """
@@ -16,40 +17,60 @@ import numpy as np
 
 from perf.loadgen import RateResult
 from python_backend import scoring
-from python_backend.contract import PRIMARY
-from python_backend.features import assemble_model_inputs
-from python_backend.online_features import OnlineFeatureReader
-from python_backend.onnx_runner import OnnxModel
-from python_backend.rules import load_rules
+from python_backend.fraud import Budget, in_process_service, run_now
+from python_backend.online_features import OnlineFeatureReader, OnlineFeatures
+
+
+class _Preloaded(OnlineFeatureReader):
+    """The stored features of the transaction being decided, read from the store once
+    before timing: the floor keeps the store's round trip out of the loop."""
+
+    def __init__(self) -> None:
+        self.current: OnlineFeatures | None = None
+
+    def read(self, card_ids, terminal_ids, with_tx_ids: bool = False) -> OnlineFeatures:
+        return self.current
 
 
 class Floor:
     def __init__(self, repository: Path, reader: OnlineFeatureReader, rows: list[dict]) -> None:
-        self.primary = OnnxModel(repository / "fraud_primary" / "1" / "model.onnx", PRIMARY)
-        self.policy = scoring.DecisionPolicy.load(
-            repository / "fraud_scoring" / "1" / "decision_policy.json"
+        self.preloaded = _Preloaded()
+        self.service = in_process_service(
+            repository / "fraud_primary" / "1" / "model.onnx",
+            repository / "fraud_fallback" / "1" / "model.onnx",
+            repository / "fraud_scoring" / "1" / "decision_policy.json",
+            self.preloaded,
         )
-        self.rules = load_rules()
         self.rows = rows
+        self.tx = [
+            scoring.Transactions(
+                [r["transaction_id"]],
+                np.array([r["card_id"]]),
+                np.array([r["terminal_id"]]),
+                np.array([r["amount"]], dtype=np.float32),
+                np.array([r["ts_ms"]]),
+            )
+            for r in rows
+        ]
         cards = np.array([r["card_id"] for r in rows], dtype=np.int64)
         terminals = np.array([r["terminal_id"] for r in rows], dtype=np.int64)
-        self.stored: list[dict[str, np.ndarray]] = []
+        self.stored: list[OnlineFeatures] = []
         for s in range(0, len(rows), 64):
             got = reader.read(cards[s : s + 64], terminals[s : s + 64])
             for j in range(len(cards[s : s + 64])):
-                self.stored.append({k: v[j : j + 1] for k, v in got.stored.items()})
+                self.stored.append(
+                    OnlineFeatures(
+                        {k: v[j : j + 1] for k, v in got.stored.items()},
+                        got.card_found[j : j + 1],
+                        got.terminal_found[j : j + 1],
+                        {},
+                    )
+                )
 
     def one(self, i: int) -> None:
-        row = self.rows[i]
-        inputs = assemble_model_inputs(
-            self.stored[i],
-            np.array([row["amount"]], dtype=np.float32),
-            np.array([row["ts_ms"]], dtype=np.int64),
-            np.array([row["terminal_id"]], dtype=np.int64),
-        )
-        scores = self.primary.run(self.primary.feeds(inputs))
-        scoring.rules_outcome(self.rules, inputs)
-        self.policy.decide(scores, "primary")
+        """Decide transaction ``i``: the service's decide, as ``fraud_scoring`` runs it."""
+        self.preloaded.current = self.stored[i]
+        run_now(self.service.decide(self.tx[i], Budget(self.service.budget_ms)))
 
     def service_times_ms(self, n: int) -> np.ndarray:
         """Closed loop: the time of each of ``n`` transactions, back to back."""

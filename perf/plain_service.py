@@ -1,9 +1,9 @@
 """plain_service: the benchmark's peer for what a team would write instead of Triton.
 
-A FastAPI app under uvicorn that reads the online features with the Feast SDK, runs the same
-ONNX primary (fallback on an error) with ONNX Runtime, the same rules and the same decision
-policy, per request. Never served to callers; ``perf`` starts it with the model and store
-locations in the environment:
+A FastAPI app under uvicorn that reads the online features with the Feast SDK and runs the
+same service, ladder (ONNX Runtime primary, fallback on an error), rules and decision policy
+as ``fraud_scoring``, per request. Never served to callers; ``perf`` starts it with the
+model and store locations in the environment:
 
     PLAIN_REPOSITORY   the model repository (primary, fallback ONNX files, decision policy)
     FEATURE_STORE, REDIS_URL, FEATURE_REPO_DIR, FEATURE_DATA   as for ``feature_repo``
@@ -21,11 +21,10 @@ from pydantic import BaseModel
 
 from feature_repo.bench import FEATURE_REFS
 from python_backend import scoring
-from python_backend.contract import FALLBACK, PRIMARY
-from python_backend.features import MODEL_STORED, assemble_model_inputs
-from python_backend.online_features import left_padded
-from python_backend.onnx_runner import OnnxModel
-from python_backend.rules import load_rules
+from python_backend.contract import STAGES
+from python_backend.features import CARD_DAILY, MODEL_STORED, TERMINAL_DAILY
+from python_backend.fraud import Budget, in_process_service, run_now
+from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, left_padded
 
 
 class Transaction(BaseModel):
@@ -54,53 +53,76 @@ def stored_from_sdk(values: dict[str, list], batch: int) -> dict[str, np.ndarray
     return stored
 
 
-class Scorer:
+class FeastSdkReader(OnlineFeatureReader):
+    """The online features through the Feast SDK, as a team without a reader of its own
+    would read them."""
+
+    single_round_trip = False
+
     def __init__(self) -> None:
         from feature_repo.store import StoreSettings, feature_store
 
-        repository = Path(os.environ["PLAIN_REPOSITORY"])
         self.store = feature_store(StoreSettings.from_env())
-        self.primary = OnnxModel(repository / "fraud_primary" / "1" / "model.onnx", PRIMARY)
-        self.fallback = OnnxModel(repository / "fraud_fallback" / "1" / "model.onnx", FALLBACK)
-        self.policy = scoring.DecisionPolicy.load(
-            repository / "fraud_scoring" / "1" / "decision_policy.json"
+
+    def read(self, card_ids, terminal_ids, with_tx_ids: bool = False) -> OnlineFeatures:
+        values = self.store.get_online_features(
+            features=FEATURE_REFS,
+            entity_rows=[
+                {"card_id": int(c), "terminal_id": int(t)}
+                for c, t in zip(card_ids, terminal_ids, strict=True)
+            ],
+        ).to_dict()
+
+        def found(group) -> np.ndarray:
+            return np.array([v is not None for v in values[group.features[0].name]])
+
+        return OnlineFeatures(
+            stored_from_sdk(values, len(card_ids)),
+            card_found=found(CARD_DAILY),
+            terminal_found=found(TERMINAL_DAILY),
+            event_ms={},
         )
-        self.rules = load_rules()
+
+
+class Scorer:
+    def __init__(self) -> None:
+        repository = Path(os.environ["PLAIN_REPOSITORY"])
+        self.service = in_process_service(
+            repository / "fraud_primary" / "1" / "model.onnx",
+            repository / "fraud_fallback" / "1" / "model.onnx",
+            repository / "fraud_scoring" / "1" / "decision_policy.json",
+            FeastSdkReader(),
+        )
 
     def score(self, rows: list[Transaction]) -> list[dict]:
         t0 = time.perf_counter()
-        values = self.store.get_online_features(
-            features=FEATURE_REFS,
-            entity_rows=[{"card_id": r.card_id, "terminal_id": r.terminal_id} for r in rows],
-        ).to_dict()
-        stored = stored_from_sdk(values, len(rows))
-        inputs = assemble_model_inputs(
-            stored,
+        tx = scoring.Transactions(
+            [r.transaction_id for r in rows],
+            np.array([r.card_id for r in rows], dtype=np.int64),
+            np.array([r.terminal_id for r in rows], dtype=np.int64),
             np.array([r.amount for r in rows], dtype=np.float32),
             np.array([r.ts_ms for r in rows], dtype=np.int64),
-            np.array([r.terminal_id for r in rows], dtype=np.int64),
         )
-        t1 = time.perf_counter()
-        scores, path, decisions, reasons, (models_s, rules_s) = scoring.decide_in_process(
-            self.primary, self.fallback, self.rules, self.policy, inputs
+        decided = run_now(self.service.decide(tx, Budget(self.service.budget_ms, t0)))
+        stage = dict(
+            zip(
+                STAGES,
+                [*decided.stage_us.tolist(), int((time.perf_counter() - t0) * 1e6)],
+                strict=True,
+            )
         )
-        stage = {
-            "features": int((t1 - t0) * 1e6),
-            "primary": int(models_s * 1e6),
-            "fallback": 0,
-            "rules": int(rules_s * 1e6),
-            "total": int((time.perf_counter() - t0) * 1e6),
-        }
         return [
             {
                 "transaction_id": r.transaction_id,
                 "score": float(s),
                 "decision": d,
-                "path": path,
-                "reasons": reason,
+                "path": decided.path,
+                "reasons": list(dict.fromkeys(reason)),
                 "stage_us": stage,
             }
-            for r, s, d, reason in zip(rows, scores, decisions, reasons, strict=True)
+            for r, s, d, reason in zip(
+                rows, decided.scores, decided.decisions, decided.reasons, strict=True
+            )
         ]
 
 

@@ -1,8 +1,5 @@
-"""The fraud decision, step by step, without Triton: validation, features, the model
-ladder (primary -> fallback -> rules), thresholds and reason codes.
-
-The ``fraud_scoring`` BLS model (``model_repository/fraud_scoring/1/model.py``) does the I/O
-(tensors, calls to the model servers); everything it decides is decided here and unit-tested.
+"""The fraud decision's steps, without Triton: validation, features, thresholds and reason
+codes. ``python_backend.fraud`` puts them together with the model ladder.
 """
 
 from __future__ import annotations
@@ -11,22 +8,18 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from python_backend.contract import PATHS, SCORING
+from python_backend.contract import DECISIONS, PATHS, SCORING
 from python_backend.features import ModelInputs, assemble_model_inputs
 from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, empty_features
 from python_backend.rules import RuleSet
 
 #: Default latency budget of one request, end to end inside the server.
 DEFAULT_BUDGET_MS = 95.0
-#: Kept back from the primary's share of the budget for the fallback and the rules.
-FALLBACK_RESERVE_MS = 20.0
-#: Kept back from the fallback's share for the rules and the response.
-RULES_RESERVE_MS = 5.0
 MAX_AMOUNT = 1_000_000.0
 MAX_ID_BYTES = 128
 #: Timestamps accepted: from 2000-01-01 to one day after the server's clock.
@@ -165,23 +158,14 @@ class DecisionPolicy:
                 raise ValueError(f"{path}: no thresholds for path {name!r}")
         return cls(thresholds)
 
-    def decide(self, scores: np.ndarray, path: str) -> list[str]:
+    def decide_codes(self, scores: np.ndarray, path: str) -> np.ndarray:
+        """Per row the index into ``DECISIONS``: 0 APPROVE, 1 REVIEW, 2 DECLINE."""
         t = self.thresholds[path]
-        return [
-            "DECLINE" if s >= t["decline"] else "REVIEW" if s >= t["review"] else "APPROVE"
-            for s in scores
-        ]
+        scores = np.asarray(scores)
+        return (scores >= t["review"]).astype(np.int64) + (scores >= t["decline"])
 
-
-@dataclass
-class Budget:
-    """The time a request has left, from its arrival."""
-
-    total_ms: float
-    started: float = field(default_factory=time.perf_counter)
-
-    def remaining_ms(self, reserve_ms: float = 0.0) -> float:
-        return self.total_ms - (time.perf_counter() - self.started) * 1000 - reserve_ms
+    def decide(self, scores: np.ndarray, path: str) -> list[str]:
+        return [DECISIONS[c] for c in self.decide_codes(scores, path)]
 
 
 def read_features(
@@ -189,27 +173,22 @@ def read_features(
     tx: Transactions,
     reasons: list[list[str]],
     on_error: Callable[[Exception], None] | None = None,
-) -> OnlineFeatures:
-    """Online features, or every default (reason ``FEATURES_UNAVAILABLE``) when the store
-    cannot answer; unknown entities get defaults and a reason, never an error."""
+) -> tuple[OnlineFeatures, bool]:
+    """Online features and whether the store answered: every default (and False) when it
+    cannot; unknown entities get defaults and a reason in their row, never an error."""
     if reader is None:
-        features = None
-    else:
-        try:
-            features = reader.read(tx.card_id, tx.terminal_id)
-        except Exception as err:  # any store failure: decide on defaults, say so
-            features = None
-            if on_error is not None:
-                on_error(err)
-    if features is None:
-        for r in reasons:
-            r.append("FEATURES_UNAVAILABLE")
-        return empty_features(len(tx))
+        return empty_features(len(tx)), False
+    try:
+        features = reader.read(tx.card_id, tx.terminal_id)
+    except Exception as err:  # any store failure: decide on defaults, say so
+        if on_error is not None:
+            on_error(err)
+        return empty_features(len(tx)), False
     for i in np.flatnonzero(~features.card_found):
         reasons[i].append("UNKNOWN_CARD")
     for i in np.flatnonzero(~features.terminal_found):
         reasons[i].append("UNKNOWN_TERMINAL")
-    return features
+    return features, True
 
 
 def model_inputs(tx: Transactions, features: OnlineFeatures) -> ModelInputs:
@@ -219,25 +198,6 @@ def model_inputs(tx: Transactions, features: OnlineFeatures) -> ModelInputs:
 def rules_outcome(rules: RuleSet, inputs: ModelInputs) -> tuple[np.ndarray, list[list[str]]]:
     decision = rules.evaluate(inputs.columns)
     return decision.scores, decision.reasons
-
-
-def decide_in_process(
-    primary, fallback, rules: RuleSet, policy: DecisionPolicy, inputs: ModelInputs
-) -> tuple[np.ndarray, str, list[str], list[list[str]], tuple[float, float]]:
-    """The model ladder with both models in this process (``OnnxModel`` sessions), as the
-    benchmark's peers run it: the primary, the fallback if it raises, then the rules and
-    the policy. Returns scores, path, decisions, rule reasons and the seconds spent on the
-    models and on the rules."""
-    t0 = time.perf_counter()
-    path = "primary"
-    try:
-        scores = primary.run(primary.feeds(inputs))
-    except Exception:
-        path, scores = "fallback", fallback.run(fallback.feeds(inputs))
-    t1 = time.perf_counter()
-    _, rule_reasons = rules_outcome(rules, inputs)
-    decisions = policy.decide(scores, path)
-    return scores, path, decisions, rule_reasons, (t1 - t0, time.perf_counter() - t1)
 
 
 def reasons_json(reasons: list[str]) -> bytes:

@@ -81,25 +81,33 @@ class Serving:
     client: object
 
 
-@pytest.fixture(scope="session")
-def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
-    """A real Triton server with the tiny build's models, the committed ``model.py`` files,
-    a real Redis online store (database 1) materialized as of the last simulated day, and
-    scored transactions published to a real Kafka-protocol broker."""
+def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
+    """A copy of the tiny build's repository with the committed ``model.py`` files."""
     import shutil
 
-    from client.launcher import warm_up
-    from client.scoring import FraudClient
-    from client.triton_server import MODEL_REPOSITORY, Ports, running
-    from feature_repo.store import StoreSettings, feature_store, materialize
+    from client.triton_server import MODEL_REPOSITORY
 
-    root = tmp_path_factory.mktemp("serving")
     repository = root / "model_repository"
     shutil.copytree(tiny_build.repository, repository)
     for model_py in MODEL_REPOSITORY.glob("fraud_*/1/model.py"):
         target = repository / model_py.parent.parent.name / "1" / "model.py"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(model_py, target)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
+    """A real Triton server with the tiny build's models, the committed ``model.py`` files,
+    a real Redis online store (database 1) materialized as of the last simulated day, and
+    scored transactions published to a real Kafka-protocol broker."""
+    from client.launcher import warm_up
+    from client.scoring import FraudClient
+    from client.triton_server import Ports, running
+    from feature_repo.store import StoreSettings, feature_store, materialize
+
+    root = tmp_path_factory.mktemp("serving")
+    repository = serving_repository(tiny_build, root)
     data_dir = tiny_build.build_dir / "data" / "tiny"
     redis_url = f"redis://127.0.0.1:{redis_service.port}/1"
     settings = StoreSettings.from_env(

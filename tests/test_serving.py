@@ -83,8 +83,11 @@ def test_primary_unloaded_falls_back_then_recovers(serving, last_day) -> None:
 
 
 def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
+    from perf.chaos import break_in_process_fallback, restore_in_process_fallback
+
     rows = _rows(last_day.head(4))
     admin = _unload(serving, "fraud_primary", "fraud_fallback")
+    break_in_process_fallback(admin)
     try:
         decisions = serving.client.score(rows)
         assert {d.path for d in decisions} == {"rules"}
@@ -95,6 +98,15 @@ def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
     finally:
         admin.load_model("fraud_primary")
         admin.load_model("fraud_fallback")
+        restore_in_process_fallback(admin)
+    assert _eventually_path(serving, rows, "primary")
+    # And the restored in-process fallback answers again when the primary fails.
+    admin.unload_model("fraud_primary")
+    try:
+        got = serving.client.score(rows)
+        assert {d.path for d in got} == {"fallback"}, [d.reasons for d in got]
+    finally:
+        admin.load_model("fraud_primary")
     assert _eventually_path(serving, rows, "primary")
 
 
@@ -269,3 +281,27 @@ def test_async_client_keeps_many_requests_in_flight(serving, last_day) -> None:
     results = asyncio.run(run())
     assert [r[0].transaction_id for r in results] == [row["transaction_id"] for row in rows]
     assert all(r[0].decision in DECISIONS for r in results)
+
+
+def test_triton_fallback_mode_hedges_the_fraud_fallback_model(serving, last_day) -> None:
+    """``FALLBACK: triton`` (the design before the in-process fallback, kept for callers
+    and measurements): the ``fraud_fallback`` model decides when the primary is down, and
+    the rules when it is down too."""
+    rows = _rows(last_day.head(3))
+    admin = grpcclient.InferenceServerClient(serving.server.grpc_url)
+    config = admin.get_model_config("fraud_scoring", as_json=True)["config"]
+    config["parameters"]["FALLBACK"] = {"string_value": "triton"}
+    admin.load_model("fraud_scoring", config=json.dumps(config))
+    try:
+        admin.unload_model("fraud_primary")
+        got = serving.client.score(rows)
+        assert {d.path for d in got} == {"fallback"}, [d.reasons for d in got]
+        admin.unload_model("fraud_fallback")
+        decisions = serving.client.score(rows)
+        assert {d.path for d in decisions} == {"rules"}
+        assert all("FALLBACK_ERROR" in d.reasons for d in decisions)
+    finally:
+        admin.load_model("fraud_primary")
+        admin.load_model("fraud_fallback")
+        admin.load_model("fraud_scoring")
+    assert _eventually_path(serving, rows, "primary")

@@ -1,0 +1,81 @@
+"""In-process model callers for the ladder (ONNX Runtime), and the service built on them.
+Triton's caller is in ``python_backend.fraud.triton``; both speak
+:data:`python_backend.fraud.ladder.ModelCaller`."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from pathlib import Path
+
+import numpy as np
+
+from python_backend.contract import ModelContract
+from python_backend.features import ModelInputs
+from python_backend.fraud.ladder import ModelCallError
+from python_backend.onnx_runner import OnnxModel
+
+
+def onnx_or_unavailable(path: str | Path, contract: ModelContract, log=print):
+    """An :class:`OnnxCaller`, or :class:`Unavailable` (logged) when ``path`` does not load."""
+    try:
+        return OnnxCaller(path, contract)
+    except Exception as err:  # a missing or corrupt artefact: fail its calls, not the load
+        log(f"{contract.name} (in process) did not load from {path}: {err}")
+        return Unavailable(contract.name, str(err))
+
+
+class OnnxCaller:
+    """A model in this process: an ONNX Runtime session, no hop, no queue. Runs to the end
+    (microseconds for the fallback), so it never waits on a timeout."""
+
+    def __init__(self, path: str | Path, contract: ModelContract) -> None:
+        self.model = OnnxModel(path, contract)
+
+    async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:
+        try:
+            return self.model.run(self.model.feeds(inputs))
+        except Exception as err:  # ONNX Runtime's own errors: the model failed, say so
+            raise ModelCallError(f"{self.model.contract.name} (in process): {err}") from err
+
+
+class Unavailable:
+    """A model that could not be loaded: every call fails at once, naming why. The service
+    still loads and decides on the other rungs (a broken fallback artefact must not take
+    scoring down with it)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.message = f"{name} unavailable: {why}"
+
+    async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:
+        raise ModelCallError(self.message)
+
+
+def run_now(coroutine: Coroutine):
+    """The result of a coroutine that never suspends (the ladder over in-process callers),
+    without an event loop: the synchronous peers and the floor call the same ladder."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("run_now: the coroutine suspended; it needs an event loop")
+
+
+def in_process_service(
+    primary_onnx: str | Path, fallback_onnx: str | Path, policy_json: str | Path, reader
+):
+    """The service with both models as ONNX Runtime sessions in this process: the
+    benchmark's in-process peers run exactly the decisions ``fraud_scoring`` makes."""
+    from python_backend import scoring
+    from python_backend.contract import FALLBACK, PRIMARY
+    from python_backend.fraud.ladder import ModelLadder
+    from python_backend.fraud.service import FraudService
+    from python_backend.rules import load_rules
+
+    ladder = ModelLadder(
+        OnnxCaller(primary_onnx, PRIMARY),
+        OnnxCaller(fallback_onnx, FALLBACK),
+        fallback_in_process=True,
+    )
+    policy = scoring.DecisionPolicy.load(Path(policy_json))
+    return FraudService(policy, load_rules(), reader, ladder)

@@ -1,0 +1,194 @@
+"""The model ladder: the primary, else the fallback, else the rules, within the budget.
+
+Each rung is a :data:`ModelCaller`, an awaitable function injected by whoever runs the
+ladder: the ``fraud_scoring`` BLS passes a Triton caller for the primary and an in-process
+ONNX Runtime caller for the fallback; the benchmark's in-process peers pass ONNX Runtime
+callers for both; the unit tests pass fakes and a fake clock. The ladder owns what must be
+the same everywhere: the breakers, the timeouts cut from the request's budget, the hedge
+and the reason codes of every degradation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from python_backend.breaker import CircuitBreaker
+from python_backend.features import ModelInputs
+
+#: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
+#: model answered with an error) or :class:`TimeoutError`.
+ModelCaller = Callable[[ModelInputs, float], Awaitable[np.ndarray]]
+#: Suffixes of the reason codes that say a rung was skipped or failed.
+DEGRADATIONS = ("_ERROR", "_TIMEOUT", "_CIRCUIT_OPEN", "_UNAVAILABLE", "_NO_BUDGET")
+HEDGES = ("always", "auto", "never")
+#: Kept back from the primary's share of the budget for a fallback across a hop, and the rules.
+FALLBACK_RESERVE_MS = 20.0
+#: Kept back from the primary's share when the fallback runs in process (well under 1 ms).
+IN_PROCESS_FALLBACK_RESERVE_MS = 10.0
+#: Kept back from the fallback's share for the rules and the response.
+RULES_RESERVE_MS = 5.0
+
+
+class ModelCallError(RuntimeError):
+    """The model answered, with an error."""
+
+
+@dataclass
+class Budget:
+    """The time a request has left, from its arrival (``clock`` seconds)."""
+
+    total_ms: float
+    started: float | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
+
+    def remaining_ms(self, reserve_ms: float = 0.0) -> float:
+        return self.total_ms - (self.clock() - self.started) * 1000 - reserve_ms
+
+
+@dataclass
+class LadderOutcome:
+    """Scores (None: the rules decide), the path, the degradation codes met on the way
+    (the same for every row of the batch) and the seconds waited on each model."""
+
+    scores: np.ndarray | None
+    path: str
+    reasons: list[str] = field(default_factory=list)
+    primary_wait_s: float = 0.0
+    fallback_wait_s: float = 0.0
+
+
+def default_breakers(clock: Callable[[], float] = time.monotonic) -> dict[str, CircuitBreaker]:
+    # Short cooldowns: a probe is cheap with the fallback beside it, and recovery after a
+    # fault waits for the probe.
+    return {
+        "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=2, clock=clock),
+        "fallback": CircuitBreaker("fallback", slow_ms=30, cooldown_s=2, clock=clock),
+    }
+
+
+class ModelLadder:
+    """Primary -> fallback -> rules for one batch of model inputs.
+
+    ``fallback_in_process``: the fallback runs in this process (it shares no queue or fate
+    with the primary), so it is called only after the primary failed, even after a timeout,
+    and never hedged. Otherwise ``hedge`` says when the fallback is sent beside the primary:
+    ``always``; ``auto``, only while the primary is troubled (circuit not closed, or a bad
+    outcome within ``hedge_window_s``), since a remote fallback sent after a hung primary
+    waits behind it and comes too late; ``never``.
+
+    The primary may wait at most ``primary_timeout_ms`` (and never into the
+    ``fallback_reserve_ms`` kept for the fallback and the rules); the fallback never into
+    ``rules_reserve_ms``.
+    """
+
+    def __init__(
+        self,
+        primary: ModelCaller,
+        fallback: ModelCaller,
+        *,
+        fallback_in_process: bool,
+        hedge: str = "always",
+        hedge_window_s: float = 10.0,
+        primary_timeout_ms: float = float("inf"),
+        fallback_reserve_ms: float | None = None,
+        rules_reserve_ms: float = RULES_RESERVE_MS,
+        breakers: dict[str, CircuitBreaker] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        if hedge not in HEDGES:
+            raise ValueError(f"HEDGE_FALLBACK: must be one of {HEDGES}, got {hedge!r}")
+        self.callers = {"primary": primary, "fallback": fallback}
+        self.fallback_in_process = fallback_in_process
+        self.hedge = "never" if fallback_in_process else hedge
+        self.hedge_window_s = hedge_window_s
+        self.primary_timeout_ms = primary_timeout_ms
+        if fallback_reserve_ms is None:
+            fallback_reserve_ms = (
+                IN_PROCESS_FALLBACK_RESERVE_MS if fallback_in_process else FALLBACK_RESERVE_MS
+            )
+        self.fallback_reserve_ms = fallback_reserve_ms
+        self.rules_reserve_ms = rules_reserve_ms
+        self.breakers = breakers or default_breakers()
+        self.clock = clock
+        self.log = log
+
+    async def run(self, inputs: ModelInputs, budget: Budget) -> LadderOutcome:
+        out = LadderOutcome(None, "rules")
+        primary = self.breakers["primary"]
+        hedged = self.hedge == "always" or (
+            self.hedge == "auto" and primary.troubled(self.hedge_window_s)
+        )
+        fallback = self._start_fallback(inputs, budget, out) if hedged else None
+        primary_timed_out = False
+        if not primary.allow():
+            out.reasons.append("PRIMARY_CIRCUIT_OPEN")
+        else:
+            timeout = min(self.primary_timeout_ms, budget.remaining_ms(self.fallback_reserve_ms))
+            started = self.clock()
+            scores, problem = await self._timed("primary", inputs, timeout)
+            out.primary_wait_s = self.clock() - started
+            if problem is None:  # a hedged fallback, if any, finishes unread
+                out.scores, out.path = scores, "primary"
+                return out
+            out.reasons.append(problem)
+            primary_timed_out = problem.endswith("_TIMEOUT")
+        if not hedged:
+            if primary_timed_out and not self.fallback_in_process:
+                # The remote primary may still hold the call: a fallback now would wait
+                # behind it.
+                out.reasons.append("FALLBACK_NOT_HEDGED")
+                return out
+            fallback = self._start_fallback(inputs, budget, out)
+        if fallback is None:
+            return out
+        started = self.clock()
+        scores, problem = await fallback
+        out.fallback_wait_s = self.clock() - started
+        if problem is None:
+            out.scores, out.path = scores, "fallback"
+        else:
+            out.reasons.append(problem)
+        return out
+
+    def _start_fallback(self, inputs, budget, out):
+        """The fallback call under way, or None (reason added) while its circuit is open.
+        Asked only when the call is really made: a half-open breaker lets one probe out."""
+        if not self.breakers["fallback"].allow():
+            out.reasons.append("FALLBACK_CIRCUIT_OPEN")
+            return None
+        call = self._timed("fallback", inputs, budget.remaining_ms(self.rules_reserve_ms))
+        return call if self.fallback_in_process else asyncio.ensure_future(call)
+
+    async def _timed(self, name: str, inputs: ModelInputs, timeout_ms: float):
+        """(scores, None) or (None, reason code); feeds the model's breaker."""
+        code = name.upper()
+        breaker = self.breakers[name]
+        if timeout_ms < 1:
+            breaker.cancel()  # allowed but not called: a half-open probe must not stay out
+            return None, f"{code}_NO_BUDGET"
+        started = self.clock()
+        try:
+            scores = await self.callers[name](inputs, timeout_ms)
+        except TimeoutError:
+            breaker.record(False)
+            return None, f"{code}_TIMEOUT"
+        except ModelCallError as err:
+            breaker.record(False)
+            self.log(f"fraud_scoring: {name} failed: {err}")
+            return None, f"{code}_ERROR"
+        except Exception as err:  # anything else is a failed call too, never a lost outcome
+            breaker.record(False)
+            self.log(f"fraud_scoring: {name} call raised {err!r}")
+            return None, f"{code}_ERROR"
+        breaker.record(True, (self.clock() - started) * 1000)
+        return scores, None

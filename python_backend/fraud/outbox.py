@@ -1,0 +1,80 @@
+"""What leaves the BLS after a batch is answered, off the hot path: each scored transaction
+to the ``transactions`` topic (so live features follow live traffic) and each decision to
+the decision log (``python_backend.decision_log``, spooled while the broker is away)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from python_backend.decision_log import TOPIC_DECISIONS, DecisionLog
+from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
+from python_backend.fraud.service import Batch
+
+
+class Outbox:
+    """One producer for the scored transactions, one decision log, per BLS instance."""
+
+    def __init__(self, bootstrap: str, instance: str, count: Callable, log: Callable) -> None:
+        from confluent_kafka import Producer
+
+        # Asynchronous: produce() only queues; a broker that is away never slows a decision,
+        # and a full queue drops the event (counted) rather than block. linger 20 ms: fewer,
+        # larger produce requests (the broker's CPU is the cost).
+        self.publisher = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 20,
+                "queue.buffering.max.messages": 100_000,
+            }
+        )
+        self.topic = os.environ.get("SCORED_TOPIC", TOPIC_TRANSACTIONS)
+        self.count = count
+        self.decision_log = None
+        if os.environ.get("DECISION_LOG", "on") != "off":
+            spool = Path(
+                os.environ.get(
+                    "DECISION_SPOOL_DIR", Path(tempfile.gettempdir()) / "fraud-decision-spool"
+                )
+            )
+            self.decision_log = DecisionLog(
+                bootstrap,
+                spool / f"spool-{instance}.jsonl",
+                topic=os.environ.get("DECISIONS_TOPIC", TOPIC_DECISIONS),
+                log=log,
+            )
+
+    @classmethod
+    def from_env(cls, instance: str, count: Callable, log: Callable) -> Outbox | None:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        return cls(bootstrap, instance, count, log) if bootstrap else None
+
+    def send(self, batch: Batch) -> None:
+        tx = batch.transactions
+        if tx is not None:
+            sent = 0
+            for i in range(len(tx)):
+                event = TransactionEvent(
+                    tx.transaction_id[i],
+                    int(tx.card_id[i]),
+                    int(tx.terminal_id[i]),
+                    float(tx.amount[i]),
+                    int(tx.timestamp_ms[i]),
+                )
+                try:
+                    self.publisher.produce(self.topic, key=event.key, value=event.encode())
+                    sent += 1
+                except BufferError:
+                    pass
+            self.publisher.poll(0)
+            self.count("published", sent, outcome="queued")
+            self.count("published", len(tx) - sent, outcome="dropped")
+        if self.decision_log is not None:
+            self.decision_log.append(rec for a in batch.answers for rec in a.records())
+
+    def close(self) -> None:
+        self.publisher.flush(5)
+        if self.decision_log is not None:
+            self.decision_log.close()

@@ -1,0 +1,240 @@
+"""One batch of ``fraud_scoring`` requests, from their input arrays to their output arrays.
+
+Triton's dynamic batcher hands the BLS several requests at once. Each is validated alone (a
+bad request is refused alone, with a message naming the input and the rule; bad rows are
+answered INVALID); the valid rows of all of them are decided together: one feature read, one
+ladder run (:class:`~python_backend.fraud.ladder.ModelLadder`), one rules pass, one decision
+pass, within the tightest budget among them. Outputs are built per batch with numpy, and the
+JSON of each distinct set of reason codes once, not per row.
+
+No Triton here: ``model.py`` turns arrays into tensors; the tests and the in-process peers
+call :meth:`FraudService.handle` directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from python_backend import decision_log, scoring
+from python_backend.breaker import CircuitBreaker
+from python_backend.contract import DECISIONS, INVALID, INVALID_PATH, STAGES
+from python_backend.fraud.ladder import Budget, ModelLadder
+from python_backend.online_features import OnlineFeatureReader
+from python_backend.rules import RuleSet
+
+#: DECISION bytes by decision code: DECISIONS in order, then INVALID.
+DECISION_BYTES = np.array([d.encode() for d in (*DECISIONS, INVALID)], dtype=np.object_)
+INVALID_CODE = len(DECISIONS)
+_REASONS_JSON: dict[tuple[str, ...], bytes] = {}
+
+
+def reasons_bytes(reasons: list[str]) -> bytes:
+    """The REASONS JSON of one row, encoded once per distinct set of codes."""
+    key = tuple(reasons)
+    found = _REASONS_JSON.get(key)
+    if found is None:
+        if len(_REASONS_JSON) > 4096:  # bounded: rows with row-specific messages
+            _REASONS_JSON.clear()
+        found = _REASONS_JSON[key] = scoring.reasons_json(reasons)
+    return found
+
+
+@dataclass
+class ScoringRequest:
+    """What the BLS takes from one Triton request."""
+
+    arrays: dict[str, np.ndarray | None]
+    parameters: str | None = None
+    request_id: str = ""
+
+
+@dataclass
+class Decided:
+    """The decisions of a batch of valid rows."""
+
+    scores: np.ndarray  # [B] float32
+    path: str
+    codes: np.ndarray  # [B] int: index into DECISIONS
+    reasons: list[list[str]]
+    stage_us: np.ndarray  # features, primary, fallback, rules (µs; total added per request)
+    degradations: list[str]  # ladder and feature-read codes, the same for every row
+
+    @property
+    def decisions(self) -> list[str]:
+        return [DECISIONS[c] for c in self.codes]
+
+
+class Answer:
+    """The outputs of one request (or its error), filled in as its rows are decided."""
+
+    def __init__(self, transaction_ids: list[str], row_errors: list[str | None], request_id=""):
+        n = len(row_errors)
+        self.error: str | None = None
+        self.transaction_ids = transaction_ids
+        self.request_id = request_id
+        self.valid = [i for i, e in enumerate(row_errors) if e is None]
+        self.score = np.full(n, np.nan, dtype=np.float32)
+        self.codes = np.full(n, INVALID_CODE, dtype=np.int64)
+        self.path = np.full(n, INVALID_PATH.encode(), dtype=np.object_)
+        self.reasons = [["INVALID_INPUT", e] if e else [] for e in row_errors]
+        self.stages = np.zeros((n, len(STAGES)), dtype=np.int64)
+
+    @classmethod
+    def refused(cls, message: str) -> Answer:
+        answer = cls([], [])
+        answer.error = message
+        return answer
+
+    def fill(self, decided: Decided, offset: int) -> None:
+        rows = self.valid
+        taken = slice(offset, offset + len(rows))
+        self.score[rows] = decided.scores[taken]
+        self.codes[rows] = decided.codes[taken]
+        self.path[rows] = decided.path.encode()
+        self.stages[rows, :-1] = decided.stage_us
+        for j, i in enumerate(rows, start=offset):
+            self.reasons[i] = decided.reasons[j]
+
+    def outputs(self, total_us: int) -> dict[str, np.ndarray]:
+        """SCORING's outputs by name."""
+        self.stages[:, -1] = total_us
+        return {
+            "SCORE": self.score.reshape(-1, 1),
+            "DECISION": DECISION_BYTES[self.codes].reshape(-1, 1),
+            "PATH": self.path.reshape(-1, 1),
+            "REASONS": np.array([[reasons_bytes(r)] for r in self.reasons], dtype=np.object_),
+            "STAGE_US": self.stages,
+        }
+
+    def records(self, model: str = "fraud_scoring") -> list[dict]:
+        """Decision-log records of the rows decided (refused rows are not decisions)."""
+        return [
+            decision_log.record(
+                self.transaction_ids[i],
+                DECISIONS[self.codes[i]],
+                float(self.score[i]),
+                self.path[i].decode(),
+                self.reasons[i],
+                self.request_id,
+                model,
+            )
+            for i in self.valid
+        ]
+
+
+@dataclass
+class Batch:
+    """One ``handle`` call: an answer per request, in order, and what was decided."""
+
+    answers: list[Answer]
+    transactions: scoring.Transactions | None
+    decided: Decided | None
+    started: float
+
+
+class FraudService:
+    """Features, the ladder, rules and the decision policy for batches of requests."""
+
+    def __init__(
+        self,
+        policy: scoring.DecisionPolicy,
+        rules: RuleSet,
+        reader: OnlineFeatureReader | None,
+        ladder: ModelLadder,
+        budget_ms: float = scoring.DEFAULT_BUDGET_MS,
+        clock: Callable[[], float] = time.perf_counter,
+        features_breaker: CircuitBreaker | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.policy = policy
+        self.rules = rules
+        self.reader = reader
+        self.ladder = ladder
+        self.budget_ms = budget_ms
+        self.clock = clock
+        self.features_breaker = features_breaker or CircuitBreaker(
+            "features", slow_ms=20, cooldown_s=2
+        )
+        self.log = log
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        return {"features": self.features_breaker, **self.ladder.breakers}
+
+    async def handle(self, requests: Sequence[ScoringRequest]) -> Batch:
+        started = self.clock()
+        answers, parts, owners = [], [], []
+        budget_ms = self.budget_ms
+        for request in requests:
+            try:
+                every_row, row_errors = scoring.validate(request.arrays)
+            except scoring.InvalidRequest as err:
+                answers.append(Answer.refused(str(err)))
+                continue
+            budget_ms = min(
+                budget_ms, scoring.budget_from_parameters(request.parameters, self.budget_ms)
+            )
+            answer = Answer(every_row.transaction_id, row_errors, request.request_id)
+            answers.append(answer)
+            if answer.valid:
+                whole = len(answer.valid) == len(row_errors)
+                parts.append(every_row if whole else every_row.take(answer.valid))
+                owners.append(answer)
+        tx = decided = None
+        if parts:
+            tx = parts[0] if len(parts) == 1 else scoring.Transactions.concat(parts)
+            decided = await self.decide(tx, Budget(budget_ms, started, self.clock))
+            offset = 0
+            for answer in owners:
+                answer.fill(decided, offset)
+                offset += len(answer.valid)
+        return Batch(answers, tx, decided, started)
+
+    def total_us(self, batch: Batch) -> int:
+        return int((self.clock() - batch.started) * 1e6)
+
+    async def decide(self, tx: scoring.Transactions, budget: Budget) -> Decided:
+        """Features, models, rules and decisions for valid rows."""
+        started = self.clock()
+        reasons: list[list[str]] = [[] for _ in range(len(tx))]
+        degradations: list[str] = []
+        breaker = self.features_breaker
+        reader = self.reader if self.reader is not None and breaker.allow() else None
+        if self.reader is not None and reader is None:
+            degradations.append("FEATURES_CIRCUIT_OPEN")
+        features, ok = scoring.read_features(reader, tx, reasons, on_error=self._feature_error)
+        if reader is not None:
+            breaker.record(ok, (self.clock() - started) * 1000)
+        if not ok:
+            degradations.append("FEATURES_UNAVAILABLE")
+        inputs = scoring.model_inputs(tx, features)
+        features_done = self.clock()
+
+        outcome = await self.ladder.run(inputs, budget)
+        models_done = self.clock()
+        rule_scores, rule_reasons = scoring.rules_outcome(self.rules, inputs)
+        scores = rule_scores if outcome.scores is None else outcome.scores
+        codes = self.policy.decide_codes(scores, outcome.path)
+        done = self.clock()
+
+        stage = np.array(
+            [
+                (features_done - started) * 1e6,
+                outcome.primary_wait_s * 1e6,
+                outcome.fallback_wait_s * 1e6,
+                (done - models_done) * 1e6,
+            ],
+            dtype=np.int64,
+        )
+        shared = degradations + outcome.reasons
+        rows = [r + shared + rr for r, rr in zip(reasons, rule_reasons, strict=True)]
+        return Decided(
+            np.asarray(scores, dtype=np.float32), outcome.path, codes, rows, stage, shared
+        )
+
+    def _feature_error(self, err: Exception) -> None:
+        self.log(f"fraud_scoring: features: {err!r}")

@@ -1,0 +1,246 @@
+"""The model ladder and the batch service with fake callers, a fake reader and a fake
+clock: every way down the ladder, pinned without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from python_backend.breaker import CLOSED, HALF_OPEN, OPEN
+from python_backend.fraud import (
+    Budget,
+    FraudService,
+    ModelCallError,
+    ModelLadder,
+    ScoringRequest,
+    default_breakers,
+    run_now,
+)
+from python_backend.online_features import empty_features
+from python_backend.rules import load_rules
+from python_backend.scoring import DecisionPolicy
+
+NOW = 1_780_000_000_000
+HUNG = float("inf")
+
+
+class Clock:
+    """Seconds, moved only by the fakes."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance_ms(self, ms: float) -> None:
+        self.t += ms / 1000
+
+
+class FakeModel:
+    """Answers ``score`` after ``latency_ms`` (a timeout past the caller's deadline, as
+    ``asyncio.wait_for`` gives), or raises ``error``."""
+
+    def __init__(self, clock: Clock, score: float, latency_ms: float = 2.0, error=None):
+        self.clock, self.score, self.latency_ms, self.error = clock, score, latency_ms, error
+        self.timeouts: list[float] = []
+
+    async def __call__(self, inputs, timeout_ms: float) -> np.ndarray:
+        self.timeouts.append(timeout_ms)
+        if self.latency_ms > timeout_ms:
+            self.clock.advance_ms(timeout_ms)
+            raise TimeoutError
+        self.clock.advance_ms(self.latency_ms)
+        if self.error:
+            raise ModelCallError(self.error)
+        return np.full(len(inputs.tabular), self.score, dtype=np.float32)
+
+
+def _inputs(n: int = 3):
+    from python_backend.features import assemble_model_inputs
+
+    features = empty_features(n)
+    return assemble_model_inputs(
+        features.stored, np.full(n, 10.0, dtype=np.float32), np.full(n, NOW), np.arange(1, n + 1)
+    )
+
+
+def _ladder(clock, primary, fallback, **kw) -> ModelLadder:
+    return ModelLadder(primary, fallback, clock=clock, breakers=default_breakers(clock), **kw)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_healthy_primary_decides_and_the_in_process_fallback_is_not_called(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.9)
+    out = run_now(
+        _ladder(clock, primary, fallback, fallback_in_process=True).run(
+            _inputs(), Budget(95, clock=clock)
+        )
+    )
+    assert out.path == "primary" and out.reasons == [] and fallback.timeouts == []
+    assert out.scores.tolist() == pytest.approx([0.1] * 3)
+
+
+def test_hung_primary_falls_back_in_process_within_budget(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1, latency_ms=HUNG), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
+    budget = Budget(95, clock=clock)
+    out = run_now(ladder.run(_inputs(), budget))
+    assert out.path == "fallback" and out.reasons == ["PRIMARY_TIMEOUT"]
+    assert primary.timeouts == [40], "the primary waits at most PRIMARY_TIMEOUT_MS"
+    assert budget.remaining_ms() > 50, "decided long before the 95 ms deadline"
+    assert out.primary_wait_s == pytest.approx(0.040)
+
+
+def test_primary_never_waits_into_the_fallbacks_reserve(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1, latency_ms=HUNG), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, fallback_reserve_ms=10)
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(30)  # features and queueing took 30 ms of the budget
+    out = run_now(ladder.run(_inputs(), budget))
+    assert primary.timeouts == [pytest.approx(55)] and out.path == "fallback"
+    assert budget.remaining_ms() >= 10 - 2
+
+
+def test_slow_primary_opens_its_circuit_then_a_half_open_probe_closes_it(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1, latency_ms=HUNG), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
+    for _ in range(5):
+        run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert ladder.breakers["primary"].state == OPEN
+    out = run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert out.reasons == ["PRIMARY_CIRCUIT_OPEN"] and out.path == "fallback"
+    assert len(primary.timeouts) == 5, "an open circuit skips the primary"
+    clock.advance_ms(2_000)  # the cooldown
+    primary.latency_ms = 2.0
+    out = run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert out.path == "primary" and ladder.breakers["primary"].state == CLOSED
+
+
+def test_erroring_fallback_leaves_the_rules(clock) -> None:
+    primary = FakeModel(clock, 0.1, error="stub gone")
+    fallback = FakeModel(clock, 0.7, error="bad model")
+    out = run_now(
+        _ladder(clock, primary, fallback, fallback_in_process=True).run(
+            _inputs(), Budget(95, clock=clock)
+        )
+    )
+    assert out.scores is None and out.path == "rules"
+    assert out.reasons == ["PRIMARY_ERROR", "FALLBACK_ERROR"]
+
+
+def test_no_budget_left_goes_to_the_rules_and_releases_a_half_open_probe(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True)
+    breaker = ladder.breakers["primary"]
+    breaker.state, breaker.opened_at = OPEN, clock() - 10  # cooled down: next allow probes
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(94.5)
+    out = run_now(ladder.run(_inputs(), budget))
+    assert out.path == "rules" and out.reasons == ["PRIMARY_NO_BUDGET", "FALLBACK_NO_BUDGET"]
+    assert primary.timeouts == [] and fallback.timeouts == []
+    assert breaker.state == HALF_OPEN and breaker.allow(), "the unsent probe is not held"
+
+
+def test_remote_fallback_is_hedged_beside_the_primary(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=False, hedge="always")
+    out = asyncio.run(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert out.path == "primary" and len(fallback.timeouts) == 1
+
+
+def test_remote_fallback_not_hedged_is_not_sent_behind_a_timed_out_primary(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1, latency_ms=HUNG), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=False, hedge="auto")
+    out = asyncio.run(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert out.path == "rules" and out.reasons == ["PRIMARY_TIMEOUT", "FALLBACK_NOT_HEDGED"]
+    # Troubled now: the next batch has the fallback under way beside the primary.
+    out = asyncio.run(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert out.path == "fallback" and len(fallback.timeouts) == 1
+
+
+def test_unknown_hedge_is_refused_with_the_parameter_named(clock) -> None:
+    with pytest.raises(ValueError, match="HEDGE_FALLBACK"):
+        _ladder(clock, None, None, fallback_in_process=False, hedge="sometimes")
+
+
+# -- the batch service ---------------------------------------------------------------------
+class FakeReader:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.reads = fail, 0
+
+    def read(self, cards, terminals, with_tx_ids=False):
+        self.reads += 1
+        if self.fail:
+            raise ConnectionError("store away")
+        features = empty_features(len(cards))
+        features.card_found[:] = cards != 99
+        features.terminal_found[:] = True
+        return features
+
+
+def _service(clock, reader, primary_score=0.95) -> FraudService:
+    ladder = _ladder(
+        clock, FakeModel(clock, primary_score), FakeModel(clock, 0.2), fallback_in_process=True
+    )
+    policy = DecisionPolicy(
+        {p: {"review": 0.5, "decline": 0.9} for p in ("primary", "fallback", "rules")}
+    )
+    return FraudService(policy, load_rules(), reader, ladder, clock=clock)
+
+
+def _request(cards, amounts=None, **overrides) -> ScoringRequest:
+    n = len(cards)
+    arrays = {
+        "TRANSACTION_ID": np.array([[f"t{i}".encode()] for i in range(n)], dtype=np.object_),
+        "CARD_ID": np.array(cards, dtype=np.int64).reshape(-1, 1),
+        "TERMINAL_ID": np.ones((n, 1), dtype=np.int64),
+        "AMOUNT": np.array(amounts or [10.0] * n, dtype=np.float32).reshape(-1, 1),
+        "TIMESTAMP_MS": np.full((n, 1), int(__import__("time").time() * 1000), dtype=np.int64),
+    }
+    arrays.update(overrides)
+    return ScoringRequest(arrays, None, "r")
+
+
+def test_batch_bad_request_refused_alone_bad_row_invalid_rest_decided_in_one_read(clock) -> None:
+    reader = FakeReader()
+    service = _service(clock, reader)
+    batch = run_now(
+        service.handle(
+            [
+                _request([1, 2], amounts=[10.0, float("nan")]),
+                _request([3], AMOUNT=None),
+                _request([99]),
+            ]
+        )
+    )
+    first, refused, unknown = batch.answers
+    assert refused.error == "AMOUNT: missing input"
+    out = first.outputs(123)
+    assert out["DECISION"][:, 0].tolist() == [b"DECLINE", b"INVALID"]
+    assert out["PATH"][:, 0].tolist() == [b"primary", b"invalid"]
+    assert np.isnan(out["SCORE"][1, 0]) and out["STAGE_US"][:, -1].tolist() == [123, 123]
+    assert json.loads(out["REASONS"][1, 0])[0] == "INVALID_INPUT"
+    assert "UNKNOWN_CARD" in json.loads(unknown.outputs(1)["REASONS"][0, 0])
+    assert reader.reads == 1, "the valid rows of every request share one feature read"
+    assert [r["transaction_id"] for r in first.records()] == ["t0"], "refused rows are not logged"
+
+
+def test_store_away_decides_on_defaults_and_opens_the_features_circuit(clock) -> None:
+    service = _service(clock, FakeReader(fail=True))
+    for _ in range(5):
+        batch = run_now(service.handle([_request([1])]))
+    reasons = json.loads(batch.answers[0].outputs(0)["REASONS"][0, 0])
+    assert "FEATURES_UNAVAILABLE" in reasons
+    assert service.features_breaker.state == OPEN
+    batch = run_now(service.handle([_request([1])]))
+    reasons = json.loads(batch.answers[0].outputs(0)["REASONS"][0, 0])
+    assert reasons[:2] == ["FEATURES_CIRCUIT_OPEN", "FEATURES_UNAVAILABLE"]
+    assert batch.decided.path == "primary", "the models still decide, on defaults"

@@ -1,0 +1,69 @@
+"""``make serve`` heals itself: the launcher runs the stub watchdog beside Triton, so a
+primary whose stub process was killed is reloaded and decides again, without the chaos
+harness."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.conftest import serving_repository
+
+
+def test_killed_primary_stub_is_reloaded_under_the_serve_launcher(
+    tiny_build, tmp_path, redis_service
+) -> None:
+    from client.launcher import start_in_background, stop
+    from client.scoring import FraudClient
+    from client.triton_server import Ports
+    from perf.chaos import stub_pids
+
+    repository = serving_repository(tiny_build, tmp_path)
+    env = {"FEATURE_STORE": "redis", "REDIS_URL": f"redis://127.0.0.1:{redis_service.port}/2"}
+    server = start_in_background(Ports.free(), env, repository, state_dir=tmp_path, log=print)
+    client = FraudClient(server.grpc_url)
+    row = {"card_id": 1, "terminal_id": 1, "amount": 12.0, "ts_ms": int(time.time() * 1000)}
+
+    def path(i: int) -> str:
+        return client.score([{**row, "transaction_id": f"heal-{i}"}])[0].path
+
+    try:
+        assert path(0) == "primary"
+        stubs = stub_pids("fraud_primary", server.process.pid)
+        assert stubs, "the primary's stub processes were found"
+        for pid in stubs:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        paths = []
+        while time.monotonic() - killed_at < 10:
+            paths.append(path(len(paths) + 1))
+            if paths[-1] == "primary" and "fraud_primary reloaded" in _log(tmp_path):
+                break
+            time.sleep(0.2)
+        back_s = time.monotonic() - killed_at
+        assert paths[-1] == "primary", f"primary not back 10 s after the kill: {paths[-10:]}"
+        assert "fallback" in paths, "the kill was seen: decisions fell back meanwhile"
+        assert "fraud_primary reloaded" in _log(tmp_path)
+        print(f"primary back {back_s:.1f} s after its stubs were killed")
+    finally:
+        client.close()
+        watchdog_pid = server.watchdog.pid
+        assert stop(log=print, state_dir=tmp_path)
+    assert server.process.poll() is not None and not (tmp_path / "server.pid").exists()
+    assert _gone(watchdog_pid), "make stop stops the watchdog too"
+
+
+def _log(state_dir) -> str:
+    path = state_dir / "watchdog.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (this test's child, not yet reaped) is gone for our purpose.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] == "Z"
