@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.run import COMPOSING, SYSTEMS, max_rps_within
+from perf.run import COMPOSING, MODEL_OF, SYSTEMS, _within_budget, max_rps_within
+
+#: Systems that do the same work as ours (``hop_floor`` does none: it is the floor).
+PEERS = ("plain_service", "fused_triton", "floor")
 
 #: Stacked segments of the breakdown, in order from the client inwards.
 SEGMENTS = (
@@ -72,6 +75,56 @@ def _pa_at_rate(pa: dict, model: str, rate: float) -> dict | None:
     return next((p for p in pa[model]["request_rate"] if p["offered_rps"] == rate), None)
 
 
+def cpu_by_rate(rates: list[dict]) -> dict:
+    """CPU per decision at each offered rate (keyed by the rate), and ``peak``: at the
+    highest rate served within budget."""
+    out = {f"{r['target_rps']:g}": r["cpu"] for r in rates if r.get("cpu")}
+    within = [r for r in rates if r.get("cpu") and _within_budget(r)]
+    if within:
+        out["peak"] = {"offered_rps": within[-1]["target_rps"], **within[-1]["cpu"]}
+    return out
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def cost_targets(systems: dict, pa: dict, ratios: dict) -> dict:
+    """The lean-path targets: CPU per decision and P99 against the one-hop floor measured
+    in the same run, and throughput against the in-process floor and every peer."""
+    out = {}
+    for rate in ("200", "500"):
+        ours = systems["triton_bls"]["cpu_ms_per_decision"].get(rate, {})
+        hop = systems["hop_floor"]["cpu_ms_per_decision"].get(rate, {})
+        value = _ratio(ours.get("cpu_ms_per_decision"), hop.get("cpu_ms_per_decision"))
+        ratios[f"cpu_vs_hop_floor_{rate}rps"] = value
+        out[f"cpu_per_decision_vs_one_hop_floor_{rate}rps"] = {
+            "value": value,
+            "ours_ms": ours.get("cpu_ms_per_decision"),
+            "floor_ms": hop.get("cpu_ms_per_decision"),
+            "target": 1.3,
+            "met": value is not None and value <= 1.3,
+        }
+    ours, hop = _pa_at_rate(pa, "fraud_scoring", 500.0), _pa_at_rate(pa, "perf_hop", 500.0)
+    good = ours and hop and "error" not in ours and "error" not in hop
+    value = _ratio(ours["p99_ms"], hop["p99_ms"]) if good else None
+    out["perf_analyzer_p99_500rps_vs_one_hop_floor"] = {
+        "value": value,
+        "ours_ms": ours.get("p99_ms") if good else None,
+        "floor_ms": hop.get("p99_ms") if good else None,
+        "target": 1.5,
+        "met": value is not None and value <= 1.5,
+    }
+    value = ratios.get("max_rps_vs_floor")
+    out["max_rps_vs_in_process_floor"] = {"value": value, "target": 1.25,
+                                          "met": value is not None and value >= 1.25}  # fmt: skip
+    others = [ratios.get(f"max_rps_vs_{p}") for p in PEERS if p != "floor"]
+    value = min(others) if all(v is not None for v in others) else None
+    out["max_rps_vs_every_other_peer"] = {"value": value, "target": 2.0,
+                                          "met": value is not None and value >= 2.0}  # fmt: skip
+    return out
+
+
 def summarize(plan, scale: str, pa: dict, python: dict, floor_ms: np.ndarray, config) -> dict:
     systems = {}
     for name in SYSTEMS:
@@ -80,6 +133,7 @@ def summarize(plan, scale: str, pa: dict, python: dict, floor_ms: np.ndarray, co
             "rates": rates,
             "max_rps_within_95ms": max_rps_within(rates),
             "stage_means_us": python[name]["stages"],
+            "cpu_ms_per_decision": cpu_by_rate(rates),
         }
     systems["floor"]["service_ms"] = {
         "p50": round(float(np.percentile(floor_ms, 50)), 3),
@@ -87,7 +141,7 @@ def summarize(plan, scale: str, pa: dict, python: dict, floor_ms: np.ndarray, co
         "mean": round(float(np.mean(floor_ms)), 3),
         "capacity_rps": round(1000 / float(np.mean(floor_ms)), 1),
     }
-    for name, model in (("triton_bls", "fraud_scoring"), ("fused_triton", "fraud_fused")):
+    for name, model in MODEL_OF.items():
         ok = [
             p["achieved_rps"]
             for p in pa[model]["request_rate"]
@@ -102,10 +156,10 @@ def summarize(plan, scale: str, pa: dict, python: dict, floor_ms: np.ndarray, co
         f"max_rps_vs_{peer}": round(ours / systems[peer]["max_rps_within_95ms"], 2)
         if systems[peer]["max_rps_within_95ms"]
         else None
-        for peer in ("plain_service", "fused_triton", "floor")
+        for peer in PEERS
     }
     low = {name: systems[name]["rates"][0] for name in SYSTEMS if systems[name]["rates"]}
-    for peer in ("plain_service", "fused_triton", "floor"):
+    for peer in PEERS:
         if peer in low and "triton_bls" in low:
             ratios[f"p50_low_load_vs_{peer}"] = round(
                 low["triton_bls"]["p50_ms"] / low[peer]["p50_ms"], 2
@@ -142,6 +196,7 @@ def summarize(plan, scale: str, pa: dict, python: dict, floor_ms: np.ndarray, co
             "met": bool(p50_low is not None and p50_low <= p50_limit),
         },
     }
+    targets.update(cost_targets(systems, pa, ratios))
     rates = python["triton_bls"]["rates"]
     within = [i for i, r in enumerate(rates) if r["within_95ms"] >= 0.99 and not r["errors"]]
     breakdown = {"low": breakdown_at(python, 0)} if rates else {}
@@ -195,6 +250,28 @@ def markdown(s: dict) -> str:
         )
     lines += ["", "Ratios (ours / peer): " + ", ".join(
         f"{k} {_fmt(v, 2)}" for k, v in s["ratios"].items())]  # fmt: skip
+    lines += [
+        "",
+        "## Cost: CPU per decision (same windows as the latency)",
+        "",
+        "Serving processes only (Triton, its stubs, uvicorn workers; the floor's own loop); "
+        "the load generator's CPU is the last column, never counted as the service's.",
+        "",
+        "| system | offered rps | achieved rps | p99 ms | CPU ms / decision | decisions / "
+        "core-s | split (ms / decision) | load generator ms |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name in SYSTEMS:
+        for r in s["systems"][name]["rates"]:
+            c = r.get("cpu") or {}
+            split = ", ".join(f"{k} {v:.2f}" for k, v in (c.get("processes_ms") or {}).items()
+                              if v >= 0.005)  # fmt: skip
+            lines.append(
+                f"| {name} | {_fmt(r['target_rps'], 0)} | {_fmt(r['achieved_rps'])} | "
+                f"{_fmt(r['p99_ms'], 2)} | {_fmt(c.get('cpu_ms_per_decision'), 3)} | "
+                f"{_fmt(c.get('decisions_per_core_second'), 0)} | {split} | "
+                f"{_fmt(c.get('load_generator_ms_per_decision'), 3)} |"
+            )
     lines += ["", "## Targets", "", "| target | value | goal | met |", "|---|---:|---:|---|"]
     for name, t in s["targets"].items():
         lines.append(f"| {name} | {_fmt(t['value'], 2)} | {_fmt(t['target'], 2)} | {t['met']} |")
@@ -202,8 +279,9 @@ def markdown(s: dict) -> str:
         "",
         "## perf_analyzer (gRPC, P99 stability, count windows)",
         "",
-        "| model | load | achieved rps | p50 ms | p99 ms | server queue µs | compute µs |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | load | achieved rps | p50 ms | p99 ms | server queue µs | compute µs "
+        "| CPU ms / decision |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, sweeps in s["perf_analyzer"].items():
         for kind, points in sweeps.items():
@@ -212,12 +290,13 @@ def markdown(s: dict) -> str:
                     f"c={p['concurrency']}" if kind == "concurrency" else f"{p['offered_rps']:g}/s"
                 )
                 if "error" in p:
-                    lines.append(f"| {model} | {load} | error | | | | |")
+                    lines.append(f"| {model} | {load} | error | | | | | |")
                     continue
                 lines.append(
                     f"| {model} | {load} | {_fmt(p['achieved_rps'])} | {_fmt(p['p50_ms'], 2)} | "
                     f"{_fmt(p['p99_ms'], 2)} | {_fmt(p['server_queue_us'], 0)} | "
-                    f"{_fmt(p['server_compute_infer_us'], 0)} |"
+                    f"{_fmt(p['server_compute_infer_us'], 0)} | "
+                    f"{_fmt((p.get('cpu') or {}).get('cpu_ms_per_decision'), 3)} |"
                 )
     lines += ["", "## Where the time goes (triton_bls, mean µs per request)", ""]
     if s["breakdown"]:
@@ -232,7 +311,12 @@ def markdown(s: dict) -> str:
         lines.append(f"| **end to end** | {vals} |")
         vals = " | ".join(_fmt(s["breakdown"][k]["primary_avg_batch"], 2) for k in keys)
         lines.append(f"| primary's average batch | {vals} |")
-    lines += ["", "Plots: `latency_vs_throughput.png`, `breakdown.png`. Raw CSV: `raw/`.", ""]
+    lines += [
+        "",
+        "Plots: `latency_vs_throughput.png`, `cpu_per_decision.png`, `breakdown.png`. "
+        "Raw CSV: `raw/`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -243,7 +327,7 @@ def plots(s: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = dict(zip(SYSTEMS, ("C0", "C1", "C3", "C2"), strict=True))
+    colors = dict(zip(SYSTEMS, ("C0", "C1", "C3", "C2", "C7"), strict=True))
     for name in SYSTEMS:
         rates = [r for r in s["systems"][name]["rates"] if r["p99_ms"] is not None]
         x = [r["achieved_rps"] for r in rates]
@@ -262,6 +346,21 @@ def plots(s: dict, out: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "latency_vs_throughput.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in SYSTEMS:
+        rates = [r for r in s["systems"][name]["rates"] if (r.get("cpu") or {}).get("decisions")]
+        ax.plot([r["achieved_rps"] for r in rates],
+                [r["cpu"]["cpu_ms_per_decision"] for r in rates], "o-", color=colors[name],
+                label=name)  # fmt: skip
+    ax.set_xlabel("achieved requests/s (one transaction each)")
+    ax.set_ylabel("serving CPU ms per decision")
+    ax.set_ylim(bottom=0)
+    ax.set_title("What a decision costs, same machine, same run (load generator excluded)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "cpu_per_decision.png", dpi=120)
     plt.close(fig)
 
     if not s["breakdown"]:

@@ -31,14 +31,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from perf import loadgen, workload
+from perf import cpu, loadgen, workload
 from perf.tools import ensure_perf_analyzer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "perf" / "results"
 PERF_MODELS = Path(__file__).resolve().parent / "models"
-SYSTEMS = ("triton_bls", "fused_triton", "plain_service", "floor")
-MODEL_OF = {"triton_bls": "fraud_scoring", "fused_triton": "fraud_fused"}
+SYSTEMS = ("triton_bls", "fused_triton", "plain_service", "floor", "hop_floor")
+MODEL_OF = {"triton_bls": "fraud_scoring", "fused_triton": "fraud_fused", "hop_floor": "perf_hop"}
+#: The systems served by this run's Triton (their CPU is the server's and its stubs').
+ON_TRITON = tuple(MODEL_OF)
 COMPOSING = ("fraud_primary", "fraud_fallback")
 PA_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
             "Server Compute Infer", "Server Compute Output", "Client Recv")  # fmt: skip
@@ -64,13 +66,13 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, (1, 8), (100, 500), 300, (50, 200, 500), 2.0, 600)
+            return cls(True, (1, 8), (100, 500), 300, (100, 200, 500), 2.0, 600)
         return cls(
             False,
             (1, 2, 4, 8, 16),
             (100, 200, 300, 400, 500, 600, 800),
             1000,
-            (50, 100, 200, 300, 400, 500, 600, 800, 1000),
+            (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000),
             6.0,
             2000,
         )
@@ -103,12 +105,20 @@ def perf_repository(out: Path, repository: Path) -> Path:
         'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
         "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
     )
+    hop = root / "perf_hop"
+    (hop / "1").mkdir(parents=True)
+    shutil.copy(PERF_MODELS / "perf_hop" / "1" / "model.py", hop / "1" / "model.py")
+    # fraud_scoring's batcher and instances: the floor differs from it only in the work.
+    (hop / "config.pbtxt").write_text(scoring_config(name="perf_hop"))
     return root
 
 
 @contextlib.contextmanager
-def plain_service(env: dict[str, str], repository: Path, log_path: Path) -> Iterator[str]:
-    """The FastAPI peer under uvicorn, one worker per core; yields its ``/score`` URL."""
+def plain_service(
+    env: dict[str, str], repository: Path, log_path: Path
+) -> Iterator[tuple[str, int]]:
+    """The FastAPI peer under uvicorn, one worker per core; yields its ``/score`` URL and
+    the master's pid."""
     from feature_repo.local_services import free_port, stop_process
 
     port = free_port()
@@ -133,7 +143,7 @@ def plain_service(env: dict[str, str], repository: Path, log_path: Path) -> Iter
             if time.monotonic() > deadline:
                 raise TimeoutError(f"plain_service not ready in 120 s; see {log_path}")
             time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/score"
+        yield f"http://127.0.0.1:{port}/score", process.pid
     finally:
         stop_process(process, grace_s=10)
 
@@ -173,6 +183,11 @@ def statistics_delta(before: dict, after: dict) -> dict[str, dict]:
             row[f"{k}_us"] = round((a[k][1] - b[k][1]) / n / 1000, 1) if n else None
         out[name] = row
     return out
+
+
+def served(client, model: str) -> int:
+    """Requests ``model`` has answered successfully so far."""
+    return model_statistics(client, (model,))[model]["success"][0]
 
 
 # ---------------------------------------------------------------- perf_analyzer
@@ -259,6 +274,7 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
     csv_dir = out / "raw"
     csv_dir.mkdir(parents=True, exist_ok=True)
     models = (*MODEL_OF.values(), "perf_empty")
+    meter = cpu.CpuMeter(server.process.pid)
     for model in models:
         results[model] = {"concurrency": [], "request_rate": []}
         model_data = data if model != "perf_empty" else None
@@ -273,16 +289,22 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
             before = model_statistics(client, watched)
             path = csv_dir / f"{model}_{kind}_{level}.csv"
             if model_data is None:
-                row = perf_analyzer(
-                    binary, env, server.grpc_url, model, None, path, plan.pa_window,
-                    concurrency=level, shape="INPUT:1",
-                )  # fmt: skip
-                point = pa_point(row, None, level)
+
+                def run(model=model, path=path, level=level):
+                    row = perf_analyzer(
+                        binary, env, server.grpc_url, model, None, path, plan.pa_window,
+                        concurrency=level, shape="INPUT:1",
+                    )  # fmt: skip
+                    return pa_point(row, None, level)
             else:
-                point = measure(
-                    binary, env, server.grpc_url, model, model_data, path, plan.pa_window,
-                    kind, level,
-                )  # fmt: skip
+
+                def run(model=model, path=path, kind=kind, level=level):
+                    return measure(
+                        binary, env, server.grpc_url, model, data, path, plan.pa_window,
+                        kind, level,
+                    )  # fmt: skip
+
+            point = cpu.measured(meter, lambda m=model: served(client, m), run)
             point["triton"] = statistics_delta(before, model_statistics(client, watched))
             results[model][kind].append(point)
             progress.update(1)
@@ -300,10 +322,12 @@ def _within_budget(row: dict) -> bool:
     )
 
 
-def sweep_python(plan, loop, calls: dict, floor, n_rows: int, stats, progress) -> dict:
+def sweep_python(plan, loop, calls: dict, floor, n_rows: int, stats, meters, progress) -> dict:
     """Every system at each rate in turn; a system leaves the sweep after a rate it failed.
-    ``stats()`` reads Triton's statistics, kept per rate for ``triton_bls``."""
-    results = {name: {"rates": [], "stages": [], "triton": []} for name in SYSTEMS}
+    ``stats()`` reads Triton's statistics, kept per rate for ``triton_bls``; ``meters`` maps
+    each networked system to the :class:`~perf.cpu.CpuMeter` of its processes, whose CPU
+    per decision is kept per rate (the floor's is this process's)."""
+    results = {name: {"rates": [], "stages": [], "triton": [], "cpu": []} for name in SYSTEMS}
     active = set(SYSTEMS)
     for k, rate in enumerate(plan.py_rates):
         requests = max(100, int(rate * plan.py_seconds))
@@ -313,20 +337,25 @@ def sweep_python(plan, loop, calls: dict, floor, n_rows: int, stats, progress) -
                 progress.update(1)
                 continue
             progress.set_description(f"poisson {name} {rate}/s")
+            meter = meters.get(name) or cpu.CpuMeter()
             # A rate that fails is run once more before the system leaves the sweep: on this
             # shared machine one stall (a GC pause, a neighbour) can sink a single run.
             for attempt in (1, 2):
                 before = stats() if name == "triton_bls" else None
+                cpu_before = meter.sample()
                 if name == "floor":
                     result = floor.poisson_run(rate, requests, seed=k)
                 else:
                     result = loop.run_until_complete(
                         loadgen.poisson_run(calls[name], rate, requests, n_rows, seed=k)
                     )
+                cpu_after = meter.sample()
                 row = result.row(target_rps=rate)
                 row["attempt"] = attempt
                 if _within_budget(row):
                     break
+            cost = cpu.in_process if name == "floor" else cpu.per_decision
+            row["cpu"] = cost(cpu_before, cpu_after, result.ok)
             results[name]["rates"].append(row)
             results[name]["stages"].append(
                 {s: round(float(np.mean(v)), 1) for s, v in result.stage_us.items()}
@@ -405,11 +434,15 @@ def run(
             env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
             log_path=work / "server.log",
             extra_repositories=(extra,),
-            models=[*FRAUD_MODELS, "fraud_fused", "perf_empty"],
+            models=[*FRAUD_MODELS, "fraud_fused", "perf_empty", "perf_hop"],
         )
         try:
             warm_up(server, requests=100)
-            with plain_service(env, repository, work / "plain_service.log") as plain_url:
+            with plain_service(env, repository, work / "plain_service.log") as (plain_url, pid):
+                from perf.cpu import CpuMeter
+
+                meters = {name: CpuMeter(server.process.pid) for name in ON_TRITON}
+                meters["plain_service"] = CpuMeter(pid)
                 reader = open_reader("redis", redis_url)
                 floor = Floor(repository, reader, rows)
                 reader.close()
@@ -426,7 +459,7 @@ def run(
 
                 loop.run_until_complete(make_clients())
                 # Warm every path once (first calls load sessions and open connections).
-                for name in ("fused_triton", "plain_service", "triton_bls"):
+                for name in ("fused_triton", "plain_service", "triton_bls", "hop_floor"):
                     for i in range(50):
                         loop.run_until_complete(calls[name](i % len(rows)))
                 floor.service_times_ms(200)
@@ -442,7 +475,9 @@ def run(
                 )
                 with tqdm(total=steps, unit="run", desc="perf", file=sys.stderr) as progress:
                     pa = sweep_perf_analyzer(plan, server, data, out, progress)
-                    python = sweep_python(plan, loop, calls, floor, len(rows), stats, progress)
+                    python = sweep_python(
+                        plan, loop, calls, floor, len(rows), stats, meters, progress
+                    )
                 floor_service = floor.service_times_ms(2000 if not plan.quick else 300)
                 for close in closers:
                     loop.run_until_complete(close())

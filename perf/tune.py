@@ -1,13 +1,16 @@
 """``python -m perf tune``: what each serving change bought, measured side by side in one run.
 
 Each variant is the committed ``fraud_scoring`` code loaded under its own name with its own
-configuration, cumulative from ``v0`` (the design before tuning: the fallback hedged beside
-every primary call, metrics handed to Triton on every execute, no dynamic batching, the
-primary's batcher waiting up to 500 µs). The primary's queue delay is a property of the
-shared ``fraud_primary``, so it is reloaded with the variant's value before each measurement.
-Every variant gets the same perf_analyzer runs (concurrency 1, 8 and 16);
-the variants take turns, twice, in alternating order, and the better run of each is kept
-(once with ``--quick``).
+configuration, cumulative from ``v0`` (the design before tuning: the fallback a Triton model
+hedged beside every primary call, metrics handed to Triton on every execute, no dynamic
+batching, the primary's batcher waiting up to 500 µs); the last row is the floor this
+architecture sets (``perf/models/perf_hop``: one BLS hop to an empty model, no work). The
+primary's queue delay is a property of the shared ``fraud_primary``, so it is reloaded with
+the variant's value before each measurement. Every variant gets the same perf_analyzer runs
+(concurrency 1, 8 and 16, Poisson 200/s and, with the batcher, 500/s), with the serving
+processes' CPU per decision over each run (perf_analyzer's own apart); the variants take
+turns, twice, in alternating order, and the run with the better P99 of each is kept (once
+with ``--quick``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from build_engines.triton_config import PRIMARY_QUEUE_DELAY_US
-from perf.run import RESULTS, ROOT, measure
+from perf import cpu
+from perf.cpu import CpuMeter
+from perf.run import PERF_MODELS, RESULTS, ROOT, measure, perf_repository, served
 from perf.tools import ensure_perf_analyzer
 
 
@@ -32,41 +37,66 @@ class Variant:
     change: str
     parameters: dict = field(default_factory=dict)
     batching: bool = True
-    instances: int = 4
-    primary_delay_us: int = 500
+    instances: int = 2
+    primary_delay_us: int = 0
+    #: Poisson rates perf_analyzer offers (open loop) besides the closed loops.
+    rates: tuple[int, ...] = (200, 500)
+    #: The model's code: the committed fraud_scoring, or a stand-in from perf/models.
+    code: Path = ROOT / "model_repository" / "fraud_scoring" / "1" / "model.py"
 
 
+#: The design before this round: the fallback a Triton model hedged beside every primary
+#: call, the primary's wait bounded by the budget alone, the collector left alone.
+BEFORE = {"FALLBACK": "triton", "HEDGE_FALLBACK": "always", "PRIMARY_TIMEOUT_MS": "1000",
+          "GC_FREEZE": "0"}  # fmt: skip
 VARIANTS = (
     Variant(
         "v0_before",
         "before tuning",
-        {"HEDGE_FALLBACK": "always", "METRICS_FLUSH_S": "0"},
+        {**BEFORE, "METRICS_FLUSH_S": "0"},
         batching=False,
+        instances=4,
+        primary_delay_us=500,
+        rates=(200,),
     ),
     Variant(
         "v1_metrics",
         "metrics counted in process, flushed each second",
-        {"HEDGE_FALLBACK": "always"},
+        BEFORE,
         batching=False,
-    ),
-    Variant(
-        "v2_lazy_fallback",
-        "fallback only after a failure or while the primary is troubled (not adopted)",
-        {"HEDGE_FALLBACK": "auto"},
-        batching=False,
+        instances=4,
+        primary_delay_us=500,
+        rates=(200,),
     ),
     Variant(
         "v3_batching",
         "v1 + dynamic batching of the BLS: one feature read, one primary call per batch",
+        BEFORE,
+        instances=4,
+        primary_delay_us=500,
     ),
-    Variant("v4_primary_delay_0", "primary's batcher adds no delay", primary_delay_us=0),
     Variant(
-        "v5_two_instances", "two BLS instances instead of four", instances=2, primary_delay_us=0
+        "v5_two_instances",
+        "v3 + the primary's batcher adds no delay, two BLS instances instead of four "
+        "(the design before this round)",
+        BEFORE,
+    ),
+    Variant(
+        "v6_in_process_fallback",
+        "v5 + the fallback in the BLS (ONNX Runtime): no third request per decision",
+        {**BEFORE, "FALLBACK": "in_process"},
+    ),
+    Variant(
+        "v7_gc_freeze",
+        "v6 + gc.freeze() after initialize, the primary's wait capped at 40 ms (shipped)",
+        {},
+    ),
+    Variant(
+        "floor_one_hop",
+        "the floor: a BLS with one async_exec hop to an empty model, no work",
+        code=PERF_MODELS / "perf_hop" / "1" / "model.py",
     ),
 )
-#: Closed loops only: an open-loop 500/s against the slower variants queues without bound, and
-#: one such run ended with the server aborting ("malloc(): unaligned fastbin chunk detected",
-#: Triton 2.51, right after fraud_primary was reloaded). Open-loop rates are `make perf`'s.
 LOADS = (("concurrency", 1), ("concurrency", 8), ("concurrency", 16))
 
 
@@ -75,14 +105,16 @@ def variant_repository(root: Path, repository: Path) -> Path:
 
     shutil.rmtree(root, ignore_errors=True)
     source = repository / "fraud_scoring" / "1"
+    fallback_onnx = repository / "fraud_fallback" / "1" / "model.onnx"
     for v in VARIANTS:
         version = root / v.name / "1"
         version.mkdir(parents=True)
-        shutil.copy(ROOT / "model_repository" / "fraud_scoring" / "1" / "model.py", version)
+        shutil.copy(v.code, version / "model.py")
         shutil.copy(source / "decision_policy.json", version)
+        parameters = {"FALLBACK_ONNX": str(fallback_onnx), **v.parameters}
         (root / v.name / "config.pbtxt").write_text(
             scoring_config(
-                instances=v.instances, name=v.name, parameters=v.parameters, batching=v.batching
+                instances=v.instances, name=v.name, parameters=parameters, batching=v.batching
             )
         )
     return root
@@ -126,25 +158,31 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
             ports=Ports.free(),
             env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
             log_path=work / "tuning_server.log",
-            extra_repositories=(variants,),
-            models=[*FRAUD_MODELS, *(v.name for v in VARIANTS)],
+            extra_repositories=(variants, perf_repository(work, MODEL_REPOSITORY)),
+            models=[*FRAUD_MODELS, "perf_empty", *(v.name for v in VARIANTS)],
         )
         try:
             warm_up(server, requests=50)
             admin = grpcclient.InferenceServerClient(server.grpc_url)
             rounds = [list(VARIANTS)] if quick else [list(VARIANTS), list(reversed(VARIANTS))]
-            total = sum(len(r) for r in rounds) * len(LOADS)
+            total = sum(len(LOADS) + len(v.rates) for r in rounds for v in r)
+            meter = CpuMeter(server.process.pid)
             with tqdm(total=total, unit="run", desc="tune", file=sys.stderr) as progress:
                 for order in rounds:
                     for v in order:
                         set_primary_delay(admin, v.primary_delay_us)
-                        for kind, level in LOADS:
+                        loads = [*LOADS, *(("request_rate", r) for r in v.rates)]
+                        for kind, level in loads:
                             progress.set_description(f"tune {v.name} {kind} {level}")
                             path = out / f"{v.name}_{kind}_{level}.csv"
-                            point = measure(
-                                binary, env, server.grpc_url, v.name, data, path, 500,
-                                kind, level, trials=4,
-                            )  # fmt: skip
+
+                            def run(v=v, path=path, kind=kind, level=level):
+                                return measure(
+                                    binary, env, server.grpc_url, v.name, data, path, 500,
+                                    kind, level, trials=4,
+                                )  # fmt: skip
+
+                            point = cpu.measured(meter, lambda v=v: served(admin, v.name), run)
                             key = f"{kind}_{level}"
                             best = results[v.name].get(key)
                             if "error" not in point and (
@@ -161,9 +199,13 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
         "variants": [{"name": v.name, "change": v.change, **results[v.name]} for v in VARIANTS],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    base = summary["variants"][0]
+    base, floor = summary["variants"][0], summary["variants"][-1]
     for entry in summary["variants"]:
         entry["ratios_to_v0"] = _ratios(entry, base)
+        entry["cpu_vs_one_hop_floor"] = {
+            key: _cpu_ratio(entry, floor, key)
+            for key in ("concurrency_8", "request_rate_200", "request_rate_500")
+        }
     (out / "tuning.json").write_text(json.dumps(summary, indent=2))
     (out / "tuning.md").write_text(markdown(summary))
     log(markdown(summary))
@@ -187,10 +229,21 @@ def _ratios(entry: dict, base: dict) -> dict:
     return out
 
 
+def _cpu(entry: dict, key: str) -> float | None:
+    return ((entry.get(key) or {}).get("cpu") or {}).get("cpu_ms_per_decision")
+
+
+def _cpu_ratio(entry: dict, floor: dict, key: str) -> float | None:
+    a, b = _cpu(entry, key), _cpu(floor, key)
+    return round(a / b, 2) if a and b else None
+
+
 def markdown(summary: dict) -> str:
     lines = [
-        "| variant | change | p50 c=1 ms | rps c=8 | rps c=16 | p99 c=16 ms | rps c=16 / v0 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| variant | change | p50 c=1 ms | rps c=8 | rps c=16 | p99 c=16 ms | rps c=16 / v0 "
+        "| CPU ms/decision c=8 | at 200/s | at 500/s | p99 500/s ms | CPU / floor 200/s "
+        "| CPU / floor 500/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in summary["variants"]:
 
@@ -203,6 +256,16 @@ def markdown(summary: dict) -> str:
             f"| {v['name']} | {v['change']} | {cell('concurrency_1', 'p50_ms', 2)} | "
             f"{cell('concurrency_8', 'achieved_rps', 0)} | "
             f"{cell('concurrency_16', 'achieved_rps', 0)} | "
-            f"{cell('concurrency_16', 'p99_ms', 2)} | {ratio if ratio else 'n/a'} |"
+            f"{cell('concurrency_16', 'p99_ms', 2)} | {ratio if ratio else 'n/a'} | "
+            + " | ".join(
+                "n/a" if _cpu(v, k) is None else f"{_cpu(v, k):.2f}"
+                for k in ("concurrency_8", "request_rate_200", "request_rate_500")
+            )
+            + f" | {cell('request_rate_500', 'p99_ms', 2)} | "
+            + " | ".join(
+                str(v["cpu_vs_one_hop_floor"].get(k) or "n/a")
+                for k in ("request_rate_200", "request_rate_500")
+            )
+            + " |"
         )
     return "\n".join(lines) + "\n"
