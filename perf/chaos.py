@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from client.triton_server import FRAUD_MODELS, ROOT, Ports
+from python_backend.fraud.ladder import DEGRADATIONS
 
 REPORTS = ROOT / "build" / "reports"
 FAULTY_MODEL = ROOT / "perf" / "models" / "faulty" / "model.py"
@@ -58,8 +59,7 @@ FAILOVER_S = 1.0
 #: How long a replica taken out of the pool gets to finish its in-flight requests.
 DRAIN_S = 1.5
 #: Reason codes that mean a dependency failed (the path taken is a degraded one).
-DEGRADED = ("_ERROR", "_TIMEOUT", "_CIRCUIT_OPEN", "_UNAVAILABLE", "_NO_BUDGET",
-            "_NOT_HEDGED")  # fmt: skip
+DEGRADED = (*DEGRADATIONS, "_NOT_HEDGED")
 #: gRPC reconnects at most a second after the server went away (its default backs off to
 #: two minutes, so a restarted server would be found late).
 CHANNEL_ARGS = [

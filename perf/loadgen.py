@@ -118,8 +118,11 @@ def grpc_call(url: str, model: str, rows: list[dict]) -> tuple[Call, Callable]:
     return call, client.close
 
 
-def http_call(url: str, rows: list[dict]) -> tuple[Call, Callable]:
-    """A call that POSTs row ``i`` to the plain service's ``/score``."""
+def http_call(
+    url: str, rows: list[dict], answer: Callable = lambda body: body["decisions"][0]
+) -> tuple[Call, Callable]:
+    """A call that POSTs row ``i`` as ``{"transactions": [row]}`` to an HTTP peer's
+    ``/score``; ``answer`` picks the row's decision out of the reply."""
     import aiohttp
 
     session: dict = {}
@@ -135,7 +138,7 @@ def http_call(url: str, rows: list[dict]) -> tuple[Call, Callable]:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}")
             body = await response.json()
-        return body["decisions"][0]["stage_us"]
+        return answer(body)["stage_us"]
 
     async def close() -> None:
         if "s" in session:

@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from feature_repo.bench import FEATURE_REFS
 from python_backend import scoring
-from python_backend.contract import STAGES
 from python_backend.features import CARD_DAILY, MODEL_STORED, TERMINAL_DAILY
 from python_backend.fraud import Budget, in_process_service, run_now
 from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, left_padded
@@ -96,34 +95,9 @@ class Scorer:
 
     def score(self, rows: list[Transaction]) -> list[dict]:
         t0 = time.perf_counter()
-        tx = scoring.Transactions(
-            [r.transaction_id for r in rows],
-            np.array([r.card_id for r in rows], dtype=np.int64),
-            np.array([r.terminal_id for r in rows], dtype=np.int64),
-            np.array([r.amount for r in rows], dtype=np.float32),
-            np.array([r.ts_ms for r in rows], dtype=np.int64),
-        )
+        tx = scoring.Transactions.from_rows([r.model_dump() for r in rows])
         decided = run_now(self.service.decide(tx, Budget(self.service.budget_ms, t0)))
-        stage = dict(
-            zip(
-                STAGES,
-                [*decided.stage_us.tolist(), int((time.perf_counter() - t0) * 1e6)],
-                strict=True,
-            )
-        )
-        return [
-            {
-                "transaction_id": r.transaction_id,
-                "score": float(s),
-                "decision": d,
-                "path": decided.path,
-                "reasons": list(dict.fromkeys(reason)),
-                "stage_us": stage,
-            }
-            for r, s, d, reason in zip(
-                rows, decided.scores, decided.decisions, decided.reasons, strict=True
-            )
-        ]
+        return decided.as_dicts(tx.transaction_id, int((time.perf_counter() - t0) * 1e6))
 
 
 app = FastAPI(title="plain fraud service (benchmark peer)")

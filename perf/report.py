@@ -22,7 +22,7 @@ import numpy as np
 from perf.run import COMPOSING, MODEL_OF, SYSTEMS, _within_budget, max_rps_within
 
 #: Systems that do the same work as ours (``hop_floor`` does none: it is the floor).
-PEERS = ("plain_service", "fused_triton", "floor")
+PEERS = ("plain_service", "bentoml", "fused_triton", "floor")
 
 #: Stacked segments of the breakdown, in order from the client inwards.
 SEGMENTS = (
@@ -327,7 +327,7 @@ def plots(s: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = dict(zip(SYSTEMS, ("C0", "C1", "C3", "C2", "C7"), strict=True))
+    colors = dict(zip(SYSTEMS, ("C0", "C1", "C3", "C4", "C2", "C7"), strict=True))
     for name in SYSTEMS:
         rates = [r for r in s["systems"][name]["rates"] if r["p99_ms"] is not None]
         x = [r["achieved_rps"] for r in rates]

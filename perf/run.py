@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import csv
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ from perf.tools import ensure_perf_analyzer
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "perf" / "results"
 PERF_MODELS = Path(__file__).resolve().parent / "models"
-SYSTEMS = ("triton_bls", "fused_triton", "plain_service", "floor", "hop_floor")
+SYSTEMS = ("triton_bls", "fused_triton", "plain_service", "bentoml", "floor", "hop_floor")
 MODEL_OF = {"triton_bls": "fraud_scoring", "fused_triton": "fraud_fused", "hop_floor": "perf_hop"}
 #: The systems served by this run's Triton (their CPU is the server's and its stubs').
 ON_TRITON = tuple(MODEL_OF)
@@ -132,17 +131,47 @@ def plain_service(
             cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"plain_service exited at start; see {log_path}")
-            health = f"http://127.0.0.1:{port}/health"
-            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as r:
-                if json.loads(r.read()).get("ready"):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"plain_service not ready in 120 s; see {log_path}")
-            time.sleep(0.3)
+        _wait_http(f"http://127.0.0.1:{port}/health", process, "plain_service", log_path)
+        yield f"http://127.0.0.1:{port}/score", process.pid
+    finally:
+        stop_process(process, grace_s=10)
+
+
+def _wait_http(url: str, process: subprocess.Popen, name: str, log_path: Path, timeout_s=180):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start; see {log_path}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready in {timeout_s} s; see {log_path}")
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def bento_service(
+    env: dict[str, str], repository: Path, log_path: Path, log=print
+) -> Iterator[tuple[str, int]]:
+    """The BentoML peer (``perf.bento_service``) under ``bentoml serve``, in its own
+    environment; yields its ``/score`` URL and the server's pid."""
+    from feature_repo.local_services import free_port, stop_process
+    from perf.tools import ensure_bentoml
+
+    bentoml = ensure_bentoml(log=log)
+    port = free_port()
+    cmd = [str(bentoml), "serve", "perf.bento_service:FraudBento", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    full_env = {**os.environ, **env, "BENTO_REPOSITORY": str(repository),
+                "BENTOML_HOME": str(log_path.parent / "bentoml"),
+                "BENTOML_DO_NOT_TRACK": "True"}  # fmt: skip
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", process, "bento_service", log_path)
         yield f"http://127.0.0.1:{port}/score", process.pid
     finally:
         stop_process(process, grace_s=10)
@@ -438,11 +467,13 @@ def run(
         )
         try:
             warm_up(server, requests=100)
-            with plain_service(env, repository, work / "plain_service.log") as (plain_url, pid):
-                from perf.cpu import CpuMeter
-
-                meters = {name: CpuMeter(server.process.pid) for name in ON_TRITON}
-                meters["plain_service"] = CpuMeter(pid)
+            with (
+                plain_service(env, repository, work / "plain_service.log") as (plain_url, pid),
+                bento_service(env, repository, work / "bento_service.log", log) as (bento, b_pid),
+            ):
+                meters = {name: cpu.CpuMeter(server.process.pid) for name in ON_TRITON}
+                meters["plain_service"] = cpu.CpuMeter(pid)
+                meters["bentoml"] = cpu.CpuMeter(b_pid)
                 reader = open_reader("redis", redis_url)
                 floor = Floor(repository, reader, rows)
                 reader.close()
@@ -456,10 +487,12 @@ def run(
                         closers.append(close)
                     calls["plain_service"], close = loadgen.http_call(plain_url, rows)
                     closers.append(close)
+                    calls["bentoml"], close = loadgen.http_call(bento, rows, answer=lambda b: b[0])
+                    closers.append(close)
 
                 loop.run_until_complete(make_clients())
                 # Warm every path once (first calls load sessions and open connections).
-                for name in ("fused_triton", "plain_service", "triton_bls", "hop_floor"):
+                for name in ("fused_triton", "plain_service", "bentoml", "triton_bls", "hop_floor"):
                     for i in range(50):
                         loop.run_until_complete(calls[name](i % len(rows)))
                 floor.service_times_ms(200)

@@ -64,3 +64,25 @@ def ensure_perf_analyzer(log=print) -> tuple[Path, dict[str, str]]:
             "`apt-get install libb64-0d`)"
         )
     return binary, env
+
+
+BENTO_VENV = ROOT / ".venv-bentoml"
+BENTO_REQUIREMENTS = ROOT / "requirements-bentoml.txt"
+
+
+def ensure_bentoml(log=print) -> Path:
+    """The ``bentoml`` command of the BentoML peer's own environment (``.venv-bentoml``,
+    pinned by ``requirements-bentoml.txt``), made on first use: BentoML's web stack and its
+    pins stay out of the tools environment, as Feast's stay out of the serving one."""
+    bentoml = BENTO_VENV / "bin" / "bentoml"
+    stamp = BENTO_VENV / ".installed"
+    if bentoml.exists() and stamp.exists() and stamp.read_text() == BENTO_REQUIREMENTS.read_text():
+        return bentoml
+    log(f"bentoml: installing its environment into {BENTO_VENV.name} (about a minute, once)")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENTO_VENV)], check=True)
+    pip = [str(BENTO_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]  # fmt: skip
+    subprocess.run([*pip, "-r", str(BENTO_REQUIREMENTS)], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    stamp.write_text(BENTO_REQUIREMENTS.read_text())
+    return bentoml

@@ -83,13 +83,14 @@ VARIANTS = (
     ),
     Variant(
         "v6_in_process_fallback",
-        "v5 + the fallback in the BLS (ONNX Runtime): no third request per decision",
-        {**BEFORE, "FALLBACK": "in_process"},
+        "v5 + the fallback in the BLS (ONNX Runtime): no third request per decision; the "
+        "primary's wait capped at 40 ms (shipped)",
+        {},
     ),
     Variant(
         "v7_gc_freeze",
-        "v6 + gc.freeze() after initialize, the primary's wait capped at 40 ms (shipped)",
-        {},
+        "v6 + gc.freeze() after initialize (not adopted: no measurable change)",
+        {"GC_FREEZE": "1"},
     ),
     Variant(
         "floor_one_hop",

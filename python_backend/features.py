@@ -199,6 +199,8 @@ TABULAR_COLUMNS: tuple[tuple[str, str], ...] = (
     ),
     *((name, "log1p") for name in RECENT_DERIVED),
 )
+#: Which tabular columns are log1p-transformed (the rest are used as they are).
+_LOG1P = np.array([how == "log1p" for _name, how in TABULAR_COLUMNS])
 TABULAR_NAMES = tuple(name for name, _ in TABULAR_COLUMNS)
 #: Columns of the ``CATEGORICAL`` input and their cardinalities (embedding sizes).
 CATEGORICAL_COLUMNS: tuple[tuple[str, int], ...] = (
@@ -298,10 +300,12 @@ def derive_recent(
     return columns, sequence
 
 
-def _transform(values: np.ndarray, how: str) -> np.ndarray:
-    if how == "log1p":
-        return np.log1p(np.maximum(values, 0.0))
-    return values
+def _tabular(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``TABULAR_COLUMNS`` side by side, each transformed (``log1p`` of the non-negative
+    part, or as is): one stack and one transform for the whole batch, not one per column."""
+    tabular = np.stack([columns[n] for n, _how in TABULAR_COLUMNS], axis=1).astype(np.float64)
+    tabular[:, _LOG1P] = np.log1p(np.maximum(tabular[:, _LOG1P], 0.0))
+    return tabular
 
 
 def assemble_model_inputs(
@@ -332,7 +336,7 @@ def assemble_model_inputs(
         columns[f"amount_to_card_mean_{window}d"] = columns["amount"] / (
             columns[f"card_amount_mean_{window}d"] + 1.0
         )
-    tabular = np.stack([_transform(columns[n], how) for n, how in TABULAR_COLUMNS], axis=1)
+    tabular = _tabular(columns)
     category = np.asarray(stored["terminal_category"], dtype=np.int64)
     category = np.where((category >= 0) & (category <= len(MERCHANT_CATEGORIES)), category, 0)
     categorical = np.stack([category, columns["hour"], columns["weekday"]], axis=1)

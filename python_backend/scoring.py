@@ -45,6 +45,18 @@ class Transactions:
         return len(self.card_id)
 
     @classmethod
+    def from_rows(cls, rows: list[dict]) -> Transactions:
+        """Rows as the JSON peers take them: ``transaction_id``, ``card_id``,
+        ``terminal_id``, ``amount``, ``ts_ms`` (already validated by their schema)."""
+        return cls(
+            [str(r["transaction_id"]) for r in rows],
+            np.array([r["card_id"] for r in rows], dtype=np.int64),
+            np.array([r["terminal_id"] for r in rows], dtype=np.int64),
+            np.array([r["amount"] for r in rows], dtype=np.float32),
+            np.array([r["ts_ms"] for r in rows], dtype=np.int64),
+        )
+
+    @classmethod
     def concat(cls, parts: list[Transactions]) -> Transactions:
         """The rows of several requests as one batch, in order."""
         return cls(

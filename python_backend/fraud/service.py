@@ -67,6 +67,22 @@ class Decided:
     def decisions(self) -> list[str]:
         return [DECISIONS[c] for c in self.codes]
 
+    def as_dicts(self, transaction_ids: list[str], total_us: int) -> list[dict]:
+        """One JSON-ready decision per row, as the HTTP peers answer."""
+        stage = dict(zip(STAGES, [*self.stage_us.tolist(), total_us], strict=True))
+        rows = zip(transaction_ids, self.scores, self.decisions, self.reasons, strict=True)
+        return [
+            {
+                "transaction_id": t,
+                "score": float(s),
+                "decision": d,
+                "path": self.path,
+                "reasons": list(dict.fromkeys(r)),
+                "stage_us": stage,
+            }
+            for t, s, d, r in rows
+        ]
+
 
 class Answer:
     """The outputs of one request (or its error), filled in as its rows are decided."""

@@ -1,0 +1,54 @@
+"""bento_service: the peer a Python team would most likely pick instead of Triton today.
+
+The same decisions served by BentoML (``bentoml serve``) with its adaptive batching: one
+batchable API whose batches the dispatcher forms from concurrent requests, each batch
+decided by the same ``FraudService`` as ``fraud_scoring`` (the project's own online-feature
+reader, the ladder with the ONNX Runtime primary and fallback in process, the rules and the
+decision policy). Never served to callers; ``perf`` starts it in its own environment
+(``.venv-bentoml``, ``requirements-bentoml.txt``) with these variables:
+
+    BENTO_REPOSITORY   the model repository (primary, fallback ONNX files, decision policy)
+    FEATURE_STORE, REDIS_URL   the online store, as for the Triton models
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import bentoml
+
+from python_backend import scoring
+from python_backend.fraud import Budget, in_process_service, run_now
+from python_backend.online_features import open_reader
+
+#: The largest batch the dispatcher forms, and how long it may hold a request to form one.
+MAX_BATCH = 64
+MAX_LATENCY_MS = 95
+
+
+@bentoml.service(
+    # One worker per core, as the plain peer's uvicorn; no access log (neither has one).
+    workers=int(os.environ.get("BENTO_WORKERS", os.cpu_count() or 1)),
+    traffic={"timeout": 10},
+    logging={"access": {"enabled": False}},
+)
+class FraudBento:
+    def __init__(self) -> None:
+        repository = Path(os.environ["BENTO_REPOSITORY"])
+        self.service = in_process_service(
+            repository / "fraud_primary" / "1" / "model.onnx",
+            repository / "fraud_fallback" / "1" / "model.onnx",
+            repository / "fraud_scoring" / "1" / "decision_policy.json",
+            open_reader(),
+        )
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+    def score(self, transactions: list[dict]) -> list[dict]:
+        """One decision per transaction (``transaction_id``, ``card_id``, ``terminal_id``,
+        ``amount``, ``ts_ms``), in order."""
+        t0 = time.perf_counter()
+        tx = scoring.Transactions.from_rows(transactions)
+        decided = run_now(self.service.decide(tx, Budget(self.service.budget_ms, t0)))
+        return decided.as_dicts(tx.transaction_id, int((time.perf_counter() - t0) * 1e6))
