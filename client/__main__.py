@@ -111,20 +111,41 @@ def cmd_demo(args) -> int:
         failed = replay(server.grpc_url, outage, args.concurrency)
         admin.load_model("fraud_primary")
         print(failed.table())
-        ok = failed.decided == failed.sent and normal.decided == normal.sent
         print(
-            f"== 5. every request got a decision: {'yes' if ok else 'NO'} "
-            f"({normal.decided + failed.decided:,} of {normal.sent + failed.sent:,}); "
-            f"paths during the outage: {dict(failed.paths)}"
+            "== 5. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
+            f"{args.outage:,} more at 100/s while the stub watchdog reloads it"
+        )
+        _kill_stubs("fraud_primary", server.process.pid)
+        killed = replay(server.grpc_url, outage, args.concurrency, rate_per_s=100)
+        print(killed.table())
+        runs = (normal, failed, killed)
+        ok = all(r.decided == r.sent for r in runs)
+        print(
+            f"== 6. every request got a decision: {'yes' if ok else 'NO'} "
+            f"({sum(r.decided for r in runs):,} of {sum(r.sent for r in runs):,}); "
+            f"paths with the primary unloaded: {dict(failed.paths)}; after the stub kill: "
+            f"{dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
         )
         report = ROOT / "build" / "reports" / "demo.json"
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(
-            json.dumps({"normal": normal.as_dict(), "primary_unloaded": failed.as_dict()}, indent=2)
-            + "\n"
-        )
-        print(f"== 6. stopping the server; summary in {report.relative_to(ROOT)}")
+        runs_by_name = {
+            "normal": normal.as_dict(),
+            "primary_unloaded": failed.as_dict(),
+            "primary_stub_killed": killed.as_dict(),
+        }
+        report.write_text(json.dumps(runs_by_name, indent=2) + "\n")
+        print(f"== 7. stopping the server; summary in {report.relative_to(ROOT)}")
     return 0 if ok else 1
+
+
+def _kill_stubs(model: str, server_pid: int) -> None:
+    import signal
+
+    from perf.chaos import stub_pids
+
+    for pid in stub_pids(model, server_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def cmd_image_api(args) -> int:

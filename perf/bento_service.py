@@ -37,12 +37,7 @@ MAX_LATENCY_MS = 95
 class FraudBento:
     def __init__(self) -> None:
         repository = Path(os.environ["BENTO_REPOSITORY"])
-        self.service = in_process_service(
-            repository / "fraud_primary" / "1" / "model.onnx",
-            repository / "fraud_fallback" / "1" / "model.onnx",
-            repository / "fraud_scoring" / "1" / "decision_policy.json",
-            open_reader(),
-        )
+        self.service = in_process_service(repository, open_reader())
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def score(self, transactions: list[dict]) -> list[dict]:

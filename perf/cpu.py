@@ -28,6 +28,8 @@ def label(process: psutil.Process) -> str:
         return f"stub:{parts[-3]}" if len(parts) >= 3 else "stub"
     if cmd and "uvicorn" in " ".join(cmd[:3]):
         return "uvicorn"
+    if cmd and "bentoml" in " ".join(cmd):
+        return "bentoml"
     if cmd and "multiprocessing" in " ".join(cmd):
         return "worker"  # uvicorn's workers are multiprocessing children
     return os.path.basename(cmd[0]) if cmd else process.name()

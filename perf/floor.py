@@ -35,12 +35,7 @@ class _Preloaded(OnlineFeatureReader):
 class Floor:
     def __init__(self, repository: Path, reader: OnlineFeatureReader, rows: list[dict]) -> None:
         self.preloaded = _Preloaded()
-        self.service = in_process_service(
-            repository / "fraud_primary" / "1" / "model.onnx",
-            repository / "fraud_fallback" / "1" / "model.onnx",
-            repository / "fraud_scoring" / "1" / "decision_policy.json",
-            self.preloaded,
-        )
+        self.service = in_process_service(repository, self.preloaded)
         self.rows = rows
         self.tx = [
             scoring.Transactions(

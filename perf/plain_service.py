@@ -86,12 +86,7 @@ class FeastSdkReader(OnlineFeatureReader):
 class Scorer:
     def __init__(self) -> None:
         repository = Path(os.environ["PLAIN_REPOSITORY"])
-        self.service = in_process_service(
-            repository / "fraud_primary" / "1" / "model.onnx",
-            repository / "fraud_fallback" / "1" / "model.onnx",
-            repository / "fraud_scoring" / "1" / "decision_policy.json",
-            FeastSdkReader(),
-        )
+        self.service = in_process_service(repository, FeastSdkReader())
 
     def score(self, rows: list[Transaction]) -> list[dict]:
         t0 = time.perf_counter()

@@ -87,11 +87,7 @@ def perf_repository(out: Path, repository: Path) -> Path:
     fused = root / "fraud_fused"
     (fused / "1").mkdir(parents=True)
     shutil.copy(PERF_MODELS / "fraud_fused" / "1" / "model.py", fused / "1" / "model.py")
-    params = {
-        "PRIMARY_ONNX": str(repository / "fraud_primary" / "1" / "model.onnx"),
-        "FALLBACK_ONNX": str(repository / "fraud_fallback" / "1" / "model.onnx"),
-        "DECISION_POLICY": str(repository / "fraud_scoring" / "1" / "decision_policy.json"),
-    }
+    params = {"REPOSITORY": str(repository)}
     (fused / "config.pbtxt").write_text(
         scoring_config(name="fraud_fused", parameters=params, instances=2)
     )

@@ -2,7 +2,10 @@
 
 Closed: calls go through; outcomes (errors, and calls slower than ``slow_ms``) fill a sliding
 window. When at least ``min_calls`` outcomes are in it and the share of bad ones reaches
-``failure_rate``, the breaker opens: calls are skipped for ``cooldown_s``. Then it is
+``failure_rate``, or the last ``consecutive`` outcomes were all bad, the breaker opens: calls
+are skipped for ``cooldown_s``. (A window full of successes needs ten bad outcomes to reach
+half; against a hung dependency each bad outcome is a full timeout, so a short run of them
+opens it sooner.) Then it is
 half-open: one probe goes through; an answer closes it (however slow), an error or a timeout
 opens it again.
 """
@@ -27,6 +30,7 @@ class CircuitBreaker:
         slow_ms: float | None = None,
         cooldown_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        consecutive: int | None = None,
     ) -> None:
         self.name = name
         self.window: deque[bool] = deque(maxlen=window)
@@ -35,6 +39,8 @@ class CircuitBreaker:
         self.slow_ms = slow_ms
         self.cooldown_s = cooldown_s
         self.clock = clock
+        self.consecutive = consecutive
+        self._bad_in_a_row = 0
         self.state = CLOSED
         self.opened_at = 0.0
         self.last_bad_at = float("-inf")
@@ -67,6 +73,7 @@ class CircuitBreaker:
     def record(self, ok: bool, latency_ms: float = 0.0) -> None:
         """The outcome of a call that ``allow`` let through."""
         good = ok and (self.slow_ms is None or latency_ms <= self.slow_ms)
+        self._bad_in_a_row = 0 if good else self._bad_in_a_row + 1
         if not good:
             self.last_bad_at = self.clock()
         if self.state == HALF_OPEN:
@@ -81,10 +88,15 @@ class CircuitBreaker:
             return
         self.window.append(good)
         bad = self.window.count(False)
-        if len(self.window) >= self.min_calls and bad / len(self.window) >= self.failure_rate:
+        too_many = (
+            len(self.window) >= self.min_calls and bad / len(self.window) >= self.failure_rate
+        )
+        in_a_row = self.consecutive is not None and self._bad_in_a_row >= self.consecutive
+        if too_many or in_a_row:
             self._open()
 
     def _open(self) -> None:
+        self._bad_in_a_row = 0
         self.state = OPEN
         self.opened_at = self.clock()
         self.window.clear()

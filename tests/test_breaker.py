@@ -77,3 +77,18 @@ def test_a_probe_without_outcome_does_not_hold_the_breaker_half_open() -> None:
     assert breaker.allow(), "a cancelled probe frees the slot at once"
     breaker.record(True, latency_ms=500)
     assert breaker.state == "closed", "a slow answer to the probe still closes it"
+
+
+def test_a_run_of_bad_outcomes_opens_a_window_full_of_successes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("primary", window=20, consecutive=3, clock=clock)
+    for _ in range(20):
+        breaker.record(True)
+    breaker.record(False)
+    breaker.record(False)
+    breaker.record(True)  # the run is broken: two in a row do not count
+    breaker.record(False)
+    breaker.record(False)
+    assert breaker.state == CLOSED, "4 bad of 20, never 3 in a row"
+    breaker.record(False)
+    assert breaker.state == OPEN

@@ -112,13 +112,21 @@ def test_primary_never_waits_into_the_fallbacks_reserve(clock) -> None:
 def test_slow_primary_opens_its_circuit_then_a_half_open_probe_closes_it(clock) -> None:
     primary, fallback = FakeModel(clock, 0.1, latency_ms=HUNG), FakeModel(clock, 0.7)
     ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
-    for _ in range(5):
+    for _ in range(20):  # a window full of successes
+        primary.latency_ms = 2.0
         run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
-    assert ladder.breakers["primary"].state == OPEN
+    primary.latency_ms, primary.timeouts = HUNG, []
+    for _ in range(3):
+        run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert ladder.breakers["primary"].state == OPEN, "three timeouts in a row open it"
     out = run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
     assert out.reasons == ["PRIMARY_CIRCUIT_OPEN"] and out.path == "fallback"
-    assert len(primary.timeouts) == 5, "an open circuit skips the primary"
-    clock.advance_ms(2_000)  # the cooldown
+    assert primary.timeouts == [40] * 3, "an open circuit skips the primary"
+    clock.advance_ms(2_000)  # the cooldown: one probe, on a short leash
+    out = run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+    assert primary.timeouts[-1] == 20 and out.path == "fallback"
+    assert ladder.breakers["primary"].state == OPEN, "a probe that timed out reopens it"
+    clock.advance_ms(2_000)
     primary.latency_ms = 2.0
     out = run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
     assert out.path == "primary" and ladder.breakers["primary"].state == CLOSED

@@ -61,21 +61,22 @@ def run_now(coroutine: Coroutine):
     raise RuntimeError("run_now: the coroutine suspended; it needs an event loop")
 
 
-def in_process_service(
-    primary_onnx: str | Path, fallback_onnx: str | Path, policy_json: str | Path, reader
-):
-    """The service with both models as ONNX Runtime sessions in this process: the
-    benchmark's in-process peers run exactly the decisions ``fraud_scoring`` makes."""
+def in_process_service(repository: str | Path, reader):
+    """The service with the primary and the fallback of ``repository`` (a Triton model
+    repository as ``make engines`` lays it out) as ONNX Runtime sessions in this process:
+    the benchmark's in-process peers run exactly the decisions ``fraud_scoring`` makes."""
     from python_backend import scoring
     from python_backend.contract import FALLBACK, PRIMARY
     from python_backend.fraud.ladder import ModelLadder
     from python_backend.fraud.service import FraudService
     from python_backend.rules import load_rules
 
+    repository = Path(repository)
     ladder = ModelLadder(
-        OnnxCaller(primary_onnx, PRIMARY),
-        OnnxCaller(fallback_onnx, FALLBACK),
+        OnnxCaller(repository / PRIMARY.name / "1" / "model.onnx", PRIMARY),
+        OnnxCaller(repository / FALLBACK.name / "1" / "model.onnx", FALLBACK),
         fallback_in_process=True,
     )
-    policy = scoring.DecisionPolicy.load(Path(policy_json))
+    policy_json = repository / "fraud_scoring" / "1" / "decision_policy.json"
+    policy = scoring.DecisionPolicy.load(policy_json)
     return FraudService(policy, load_rules(), reader, ladder)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from python_backend.breaker import CircuitBreaker
+from python_backend.breaker import HALF_OPEN, CircuitBreaker
 from python_backend.features import ModelInputs
 
 #: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
@@ -66,11 +66,17 @@ class LadderOutcome:
     fallback_wait_s: float = 0.0
 
 
+#: A half-open probe asks "does the primary answer again?": it waits at most this long, so a
+#: probe at a primary still hung holds its batch 20 ms, not a full timeout.
+PROBE_TIMEOUT_MS = 20.0
+
+
 def default_breakers(clock: Callable[[], float] = time.monotonic) -> dict[str, CircuitBreaker]:
     # Short cooldowns: a probe is cheap with the fallback beside it, and recovery after a
-    # fault waits for the probe.
+    # fault waits for the probe. Three bad primary calls in a row open it: each may have
+    # held a batch for a full timeout.
     return {
-        "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=2, clock=clock),
+        "primary": CircuitBreaker("primary", slow_ms=60, cooldown_s=2, clock=clock, consecutive=3),
         "fallback": CircuitBreaker("fallback", slow_ms=30, cooldown_s=2, clock=clock),
     }
 
@@ -134,6 +140,8 @@ class ModelLadder:
             out.reasons.append("PRIMARY_CIRCUIT_OPEN")
         else:
             timeout = min(self.primary_timeout_ms, budget.remaining_ms(self.fallback_reserve_ms))
+            if primary.state == HALF_OPEN:
+                timeout = min(timeout, PROBE_TIMEOUT_MS)
             started = self.clock()
             scores, problem = await self._timed("primary", inputs, timeout)
             out.primary_wait_s = self.clock() - started

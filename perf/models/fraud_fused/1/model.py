@@ -19,10 +19,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.service = in_process_service(
-            params["PRIMARY_ONNX"], params["FALLBACK_ONNX"], params["DECISION_POLICY"],
-            open_reader(),
-        )  # fmt: skip
+        self.service = in_process_service(params["REPOSITORY"], open_reader())
 
     def execute(self, requests):
         batch = run_now(self.service.handle(scoring_requests(pb_utils, requests)))
