@@ -1,13 +1,15 @@
 """``make perf``: every system measured side by side in one run, on one machine.
 
 1. Builds what is missing, starts Redis (filled from the offline store), Triton (the served
-   models plus the benchmark's ``fraud_fused`` and ``perf_empty``) and the plain FastAPI peer.
-2. perf_analyzer against ``fraud_scoring`` and ``fraud_fused``: a concurrency sweep and a
-   Poisson request-rate sweep, P99 as the stability percentile, count windows, one
+   models plus the benchmark's ``fraud_fused``, ``perf_hop`` and ``perf_empty``), the plain
+   FastAPI peer and the BentoML peer.
+2. perf_analyzer against ``fraud_scoring``, ``fraud_fused`` and ``perf_hop``: a concurrency
+   sweep and a Poisson request-rate sweep, P99 as the stability percentile, count windows, one
    invocation per load level with Triton's statistics read before and after it.
-3. One Python Poisson generator against ``triton_bls``, ``fused_triton`` and
-   ``plain_service``, the systems taking turns at each rate; the in-process ``floor`` at the
-   same rates.
+3. One Python Poisson generator against ``triton_bls``, ``fused_triton``, ``plain_service``,
+   ``bentoml`` and ``hop_floor``, the systems taking turns at each rate; the in-process
+   ``floor`` at the same rates. Every level also measures the serving processes' CPU per
+   decision (``perf.cpu``), the load generator's apart.
 4. ``summary.json``, ``report.md`` and plots in ``perf/results`` (see ``perf.report``).
 """
 
