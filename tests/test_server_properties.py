@@ -90,7 +90,9 @@ def test_every_row_answered_over_the_server(client, arrays) -> None:
 def test_wrong_dtype_shape_or_missing_input_refused_over_the_server(
     client, data, field, dtype, shape
 ) -> None:
-    arrays = data.draw(well_typed_requests().filter(lambda a: len(a["CARD_ID"]) <= 8))
+    # At most 8 rows drawn, not filtered: filtering a 1..70 draw tripped Hypothesis's
+    # filter_too_much health check now and then.
+    arrays = data.draw(well_typed_requests(max_rows=8))
     if data.draw(st.booleans()):
         del arrays[field]
     else:

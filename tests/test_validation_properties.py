@@ -23,8 +23,8 @@ FIELDS = [spec.name for spec in SCORING.inputs]
 
 
 @st.composite
-def well_typed_requests(draw):
-    rows = draw(st.integers(min_value=1, max_value=70))
+def well_typed_requests(draw, max_rows: int = 70):
+    rows = draw(st.integers(min_value=1, max_value=max_rows))
     ids = draw(st.lists(st.binary(min_size=0, max_size=200), min_size=rows, max_size=rows))
     plausible_ts = st.integers(min_value=scoring.MIN_TIMESTAMP_MS - 10, max_value=NOW_MS + 10**9)
     return {
