@@ -233,7 +233,8 @@ def markdown(s: dict) -> str:
     lines = [
         "# Fraud scoring: performance",
         "",
-        f"Scale `{s['scale']}`, {s['machine']['cpus']} CPUs, quick={s['quick']}. Every system "
+        f"Scale `{s['scale']}`, online store `{s.get('store', 'redis')}`, "
+        f"{s['machine']['cpus']} CPUs, quick={s['quick']}. Every system "
         "ran in the same run on this machine; the load generator shares its cores.",
         "",
         "## Systems (one Python Poisson generator, one transaction per request)",

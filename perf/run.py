@@ -441,16 +441,22 @@ def run(
         f"{int(frame['is_fraud'].sum())} frauds, {frame['card_id'].nunique():,} cards, "
         f"{frame['terminal_id'].nunique():,} terminals"
     )
-    with redis_server() as redis:
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    # The online store every system reads: Redis (as in production) or the embedded SQLite
+    # store (PERF_STORE=sqlite), filled from the same offline data.
+    store = os.environ.get("PERF_STORE", "redis")
+    with redis_server() if store == "redis" else contextlib.nullcontext() as redis:
         settings = StoreSettings.from_env(
-            kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=work / "features"
+            kind=store,
+            data_dir=data_dir,
+            repo_dir=work / "features",
+            **({"redis_url": f"redis://127.0.0.1:{redis.port}/0"} if redis else {}),
         )
-        log(f"features: materializing the {scale} store into Redis on port {redis.port}")
+        log(f"features: materializing the {scale} store into {store} ({settings.reader_location})")
         materialize(feature_store(settings), settings, log=log)
+        location = "REDIS_URL" if store == "redis" else "FEATURE_SQLITE_PATH"
         env = {
-            "FEATURE_STORE": "redis",
-            "REDIS_URL": redis_url,
+            "FEATURE_STORE": store,
+            location: settings.reader_location,
             "FEATURE_REPO_DIR": str(settings.repo_dir),
             "FEATURE_DATA": str(data_dir),
         }
@@ -458,7 +464,7 @@ def run(
         server = start_triton(
             repository=repository,
             ports=Ports.free(),
-            env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
+            env=env,
             log_path=work / "server.log",
             extra_repositories=(extra,),
             models=[*FRAUD_MODELS, "fraud_fused", "perf_empty", "perf_hop"],
@@ -472,7 +478,7 @@ def run(
                 meters = {name: cpu.CpuMeter(server.process.pid) for name in ON_TRITON}
                 meters["plain_service"] = cpu.CpuMeter(pid)
                 meters["bentoml"] = cpu.CpuMeter(b_pid)
-                reader = open_reader("redis", redis_url)
+                reader = open_reader(store, settings.reader_location)
                 floor = Floor(repository, reader, rows)
                 reader.close()
                 loop = asyncio.new_event_loop()
@@ -523,6 +529,7 @@ def run(
         finally:
             server.stop()
     summary = report.summarize(plan, scale, pa, python, floor_service, config)
+    summary["store"] = store
     summary["seconds"] = round(time.perf_counter() - started, 1)
     report.write(summary, out)
     log(report.console(summary))
