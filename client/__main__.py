@@ -111,12 +111,13 @@ def cmd_demo(args) -> int:
         failed = replay(server.grpc_url, outage, args.concurrency)
         admin.load_model("fraud_primary")
         print(failed.table())
+        after_kill = day.sample(min(len(day), 2 * args.outage), random_state=2)
         print(
             "== 5. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
-            f"{args.outage:,} more at 100/s while the stub watchdog reloads it"
+            f"{len(after_kill):,} more at 100/s while the stub watchdog reloads it"
         )
         _kill_stubs("fraud_primary", server.process.pid)
-        killed = replay(server.grpc_url, outage, args.concurrency, rate_per_s=100)
+        killed = replay(server.grpc_url, after_kill, args.concurrency, rate_per_s=100)
         print(killed.table())
         runs = (normal, failed, killed)
         ok = all(r.decided == r.sent for r in runs)
