@@ -14,13 +14,11 @@ decision policy). Never served to callers; ``perf`` starts it in its own environ
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import bentoml
 
-from python_backend import scoring
-from python_backend.fraud import Budget, in_process_service, run_now
+from python_backend.fraud import decide_rows, in_process_service
 from python_backend.online_features import open_reader
 
 #: The largest batch the dispatcher forms, and how long it may hold a request to form one.
@@ -43,7 +41,4 @@ class FraudBento:
     def score(self, transactions: list[dict]) -> list[dict]:
         """One decision per transaction (``transaction_id``, ``card_id``, ``terminal_id``,
         ``amount``, ``ts_ms``), in order."""
-        t0 = time.perf_counter()
-        tx = scoring.Transactions.from_rows(transactions)
-        decided = run_now(self.service.decide(tx, Budget(self.service.budget_ms, t0)))
-        return decided.as_dicts(tx.transaction_id, int((time.perf_counter() - t0) * 1e6))
+        return decide_rows(self.service, transactions)

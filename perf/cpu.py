@@ -81,22 +81,28 @@ class CpuMeter:
         return out
 
 
+def _figures(cpu_s: float, wall_s: float, decisions: int, split: dict, generator_s) -> dict:
+    return {
+        "decisions": decisions,
+        "cpu_ms_per_decision": round(cpu_s * 1000 / decisions, 3),
+        "decisions_per_core_second": round(decisions / cpu_s, 1) if cpu_s else None,
+        "processes_ms": {k: round(v * 1000 / decisions, 3) for k, v in sorted(split.items())},
+        "cores_busy": round(cpu_s / wall_s, 2) if wall_s else None,
+        "load_generator_ms_per_decision": None
+        if generator_s is None
+        else round(generator_s * 1000 / decisions, 3),
+    }
+
+
 def per_decision(before: Sample, after: Sample, decisions: int) -> dict:
     """CPU milliseconds per decision of the watched processes, split by label, with the
     load generator's own CPU apart (never counted as the service's)."""
     if decisions <= 0:
         return {"decisions": 0}
     split = CpuMeter.window(before, after)
-    total = sum(split.values())
-    wall = after.at - before.at
-    return {
-        "decisions": decisions,
-        "cpu_ms_per_decision": round(total * 1000 / decisions, 3),
-        "decisions_per_core_second": round(decisions / total, 1) if total else None,
-        "processes_ms": {k: round(v * 1000 / decisions, 3) for k, v in sorted(split.items())},
-        "cores_busy": round(total / wall, 2) if wall else None,
-        "load_generator_ms_per_decision": round((after.own - before.own) * 1000 / decisions, 3),
-    }
+    return _figures(
+        sum(split.values()), after.at - before.at, decisions, split, after.own - before.own
+    )
 
 
 def in_process(before: Sample, after: Sample, decisions: int) -> dict:
@@ -104,15 +110,8 @@ def in_process(before: Sample, after: Sample, decisions: int) -> dict:
     floor): its CPU is this process's."""
     if decisions <= 0:
         return {"decisions": 0}
-    total = after.own - before.own
-    return {
-        "decisions": decisions,
-        "cpu_ms_per_decision": round(total * 1000 / decisions, 3),
-        "decisions_per_core_second": round(decisions / total, 1) if total else None,
-        "processes_ms": {"in_process": round(total * 1000 / decisions, 3)},
-        "cores_busy": round(total / (after.at - before.at), 2),
-        "load_generator_ms_per_decision": None,
-    }
+    own = after.own - before.own
+    return _figures(own, after.at - before.at, decisions, {"in_process": own}, None)
 
 
 def children_seconds() -> float:

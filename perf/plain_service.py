@@ -12,7 +12,6 @@ model and store locations in the environment:
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from feature_repo.bench import FEATURE_REFS
-from python_backend import scoring
 from python_backend.features import CARD_DAILY, MODEL_STORED, TERMINAL_DAILY
-from python_backend.fraud import Budget, in_process_service, run_now
+from python_backend.fraud import decide_rows, in_process_service
 from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, left_padded
 
 
@@ -89,10 +87,7 @@ class Scorer:
         self.service = in_process_service(repository, FeastSdkReader())
 
     def score(self, rows: list[Transaction]) -> list[dict]:
-        t0 = time.perf_counter()
-        tx = scoring.Transactions.from_rows([r.model_dump() for r in rows])
-        decided = run_now(self.service.decide(tx, Budget(self.service.budget_ms, t0)))
-        return decided.as_dicts(tx.transaction_id, int((time.perf_counter() - t0) * 1e6))
+        return decide_rows(self.service, [r.model_dump() for r in rows])
 
 
 app = FastAPI(title="plain fraud service (benchmark peer)")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -129,19 +130,29 @@ def plain_service(
             cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", process, "plain_service", log_path)
+        _wait_http(
+            f"http://127.0.0.1:{port}/health",
+            process,
+            "plain_service",
+            log_path,
+            ready=lambda body: json.loads(body).get("ready"),
+            timeout_s=120,
+        )
         yield f"http://127.0.0.1:{port}/score", process.pid
     finally:
         stop_process(process, grace_s=10)
 
 
-def _wait_http(url: str, process: subprocess.Popen, name: str, log_path: Path, timeout_s=180):
+def _wait_http(
+    url: str, process: subprocess.Popen, name: str, log_path: Path, ready=None, timeout_s=180
+):
+    """Until ``url`` answers 200 (and ``ready(body)``, where given)."""
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited at start; see {log_path}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
+            if r.status == 200 and (ready is None or ready(r.read())):
                 return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} not ready in {timeout_s} s; see {log_path}")
@@ -159,15 +170,32 @@ def bento_service(
 
     bentoml = ensure_bentoml(log=log)
     port = free_port()
-    cmd = [str(bentoml), "serve", "perf.bento_service:FraudBento", "--host", "127.0.0.1",
-           "--port", str(port)]  # fmt: skip
-    full_env = {**os.environ, **env, "BENTO_REPOSITORY": str(repository),
-                "BENTOML_HOME": str(log_path.parent / "bentoml"),
-                "BENTOML_DO_NOT_TRACK": "True"}  # fmt: skip
+    cmd = [
+        str(bentoml),
+        "serve",
+        "perf.bento_service:FraudBento",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    full_env = {
+        **os.environ,
+        **env,
+        "BENTO_REPOSITORY": str(repository),
+        "BENTOML_HOME": str(log_path.parent / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log_path.open("wb") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/readyz", process, "bento_service", log_path)
         yield f"http://127.0.0.1:{port}/score", process.pid
@@ -354,7 +382,7 @@ def sweep_python(plan, loop, calls: dict, floor, n_rows: int, stats, meters, pro
     ``stats()`` reads Triton's statistics, kept per rate for ``triton_bls``; ``meters`` maps
     each networked system to the :class:`~perf.cpu.CpuMeter` of its processes, whose CPU
     per decision is kept per rate (the floor's is this process's)."""
-    results = {name: {"rates": [], "stages": [], "triton": [], "cpu": []} for name in SYSTEMS}
+    results = {name: {"rates": [], "stages": [], "triton": []} for name in SYSTEMS}
     active = set(SYSTEMS)
     for k, rate in enumerate(plan.py_rates):
         requests = max(100, int(rate * plan.py_seconds))

@@ -2,7 +2,7 @@
 metrics and outbox. ``model_repository/fraud_scoring/1/model.py`` is glue around these; the
 benchmark's in-process peers run the same service with ONNX Runtime callers."""
 
-from python_backend.fraud.callers import OnnxCaller, in_process_service, run_now
+from python_backend.fraud.callers import OnnxCaller, decide_rows, in_process_service, run_now
 from python_backend.fraud.ladder import (
     DEGRADATIONS,
     Budget,
@@ -27,6 +27,7 @@ __all__ = [
     "ModelLadder",
     "OnnxCaller",
     "ScoringRequest",
+    "decide_rows",
     "default_breakers",
     "in_process_service",
     "run_now",

@@ -80,3 +80,17 @@ def in_process_service(repository: str | Path, reader):
     policy_json = repository / "fraud_scoring" / "1" / "decision_policy.json"
     policy = scoring.DecisionPolicy.load(policy_json)
     return FraudService(policy, load_rules(), reader, ladder)
+
+
+def decide_rows(service, rows: list[dict]) -> list[dict]:
+    """The HTTP peers' request: JSON rows in (already checked by their schema), one
+    JSON-ready decision per row out, decided in process by ``service``."""
+    import time
+
+    from python_backend import scoring
+    from python_backend.fraud.ladder import Budget
+
+    started = time.perf_counter()
+    tx = scoring.Transactions.from_rows(rows)
+    decided = run_now(service.decide(tx, Budget(service.budget_ms, started)))
+    return decided.as_dicts(tx.transaction_id, int((time.perf_counter() - started) * 1e6))
