@@ -20,6 +20,7 @@ import pandas as pd
 
 from python_backend.features import (
     CARD_DAILY,
+    FEATURE_GROUPS,
     LABEL_DELAY_DAYS,
     MS_PER_DAY,
     RECENT_BUFFER,
@@ -67,6 +68,27 @@ class _EventIndex:
             name: prefix[hi] - prefix[lo] for name, prefix in self.prefix.items()
         }
 
+    def seen(self, entity: np.ndarray, day_ms: np.ndarray) -> dict[str, np.ndarray]:
+        """Per (entity, midnight): whether the entity has any event before that midnight,
+        and the days from its first and from its last such event to the midnight."""
+        first = self.position(entity, np.full_like(day_ms, self.origin))
+        end = self.position(entity, day_ms)
+        seen = end > first
+
+        def days_before(idx: np.ndarray) -> np.ndarray:
+            ts = self.keys[np.clip(idx, 0, len(self.keys) - 1)] - entity * self.span + self.origin
+            return np.where(seen, (day_ms - ts) / MS_PER_DAY, 0.0)
+
+        return {"seen": seen, "since_first": days_before(first), "since_last": days_before(end - 1)}
+
+
+def _add_ages(out: dict[str, np.ndarray], features, seen: dict[str, np.ndarray]) -> None:
+    """The presence / age columns of a daily snapshot (capped as declared)."""
+    for feature in features:
+        if feature.aggregate in ("days_since_first", "days_since_last"):
+            days = seen["since_first" if feature.aggregate == "days_since_first" else "since_last"]
+            out[feature.name] = np.minimum(days, feature.window_days)
+
 
 def _origin(tx: pd.DataFrame) -> int:
     return int(tx["ts_ms"].min() // MS_PER_DAY * MS_PER_DAY) - 60 * MS_PER_DAY
@@ -80,7 +102,9 @@ def day_starts(tx: pd.DataFrame) -> np.ndarray:
 
 
 def card_daily_snapshots(events: pd.DataFrame, days_ms: np.ndarray) -> pd.DataFrame:
-    """``card_daily`` for every card in ``events`` and every midnight in ``days_ms``."""
+    """``card_daily`` for every card in ``events`` and every midnight in ``days_ms`` after
+    its first transaction: a card the store has not seen has no row (it is *unknown*, and
+    the reader says so), never a row of zeros that reads like a quiet card."""
     cards = np.unique(events["card_id"].to_numpy())
     index = _EventIndex.build(
         events["card_id"].to_numpy(),
@@ -101,7 +125,9 @@ def card_daily_snapshots(events: pd.DataFrame, days_ms: np.ndarray) -> pd.DataFr
         out[f"card_amount_mean_{w}d"] = np.divide(
             sums["amount"], count, out=np.zeros_like(count), where=count > 0
         )
-    frame = pd.DataFrame(out)
+    seen = index.seen(card, day)
+    _add_ages(out, CARD_DAILY.features, seen)
+    frame = pd.DataFrame(out)[seen["seen"]].reset_index(drop=True)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp_ms"], unit="ms", utc=True)
     for name in CARD_DAILY.names:
         frame[name] = frame[name].astype(np.float32)
@@ -111,8 +137,9 @@ def card_daily_snapshots(events: pd.DataFrame, days_ms: np.ndarray) -> pd.DataFr
 def terminal_daily_snapshots(
     events: pd.DataFrame, days_ms: np.ndarray, terminal_category: pd.Series
 ) -> pd.DataFrame:
-    """``terminal_daily`` for every terminal and midnight; windows end at the label-delay
-    cut-off so only labels known by that midnight are used."""
+    """``terminal_daily`` for every terminal and midnight after its first transaction;
+    the count and fraud-rate windows end at the label-delay cut-off so only labels known by
+    that midnight are used (how long the terminal has been seen needs no label)."""
     terminals = terminal_category.index.to_numpy(dtype=np.int64)
     index = _EventIndex.build(
         events["terminal_id"].to_numpy(),
@@ -133,12 +160,14 @@ def terminal_daily_snapshots(
         out[f"terminal_fraud_rate_{w}d"] = np.divide(
             sums["fraud"], count, out=np.zeros_like(count), where=count > 0
         )
-    frame = pd.DataFrame(out)
+    seen = index.seen(terminal, day)
+    _add_ages(out, TERMINAL_DAILY.features, seen)
+    out["terminal_category"] = terminal_category.loc[terminal].to_numpy(dtype=np.int64)
+    frame = pd.DataFrame(out)[seen["seen"]].reset_index(drop=True)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp_ms"], unit="ms", utc=True)
     for name in TERMINAL_DAILY.names:
         if name != "terminal_category":
             frame[name] = frame[name].astype(np.float32)
-    frame["terminal_category"] = terminal_category.loc[terminal].to_numpy(dtype=np.int64)
     return frame
 
 
@@ -212,12 +241,25 @@ def stored_features(
     return out
 
 
-def model_inputs(tables: FeatureTables, events: pd.DataFrame, queries: pd.DataFrame) -> ModelInputs:
-    """Model tensors for the query transactions, point-in-time correct."""
+def model_inputs(
+    tables: FeatureTables,
+    events: pd.DataFrame,
+    queries: pd.DataFrame,
+    unavailable: dict[str, np.ndarray] | None = None,
+) -> ModelInputs:
+    """Model tensors for the query transactions, point-in-time correct; ``unavailable``
+    marks per view the rows decided without it (as serving does with a stale view)."""
     stored = stored_features(tables, events, queries)
     return assemble_model_inputs(
         stored,
         queries["amount"].to_numpy(),
         queries["ts_ms"].to_numpy(),
         queries["terminal_id"].to_numpy(),
+        unavailable,
     )
+
+
+def view_dropout(n: int, rate: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per view, a random ``rate`` of ``n`` rows marked unavailable: training rows that
+    teach the models to decide when a view is stale or missing."""
+    return {g.name: rng.random(n) < rate for g in FEATURE_GROUPS}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from build_engines import baseline, fallback, primary, report
-from build_engines.featurize import FeatureTables, model_inputs
+from build_engines import baseline, fallback, primary, report, slices
+from build_engines.featurize import FeatureTables, model_inputs, view_dropout
 from build_engines.metrics import microseconds_per_row, quality
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.simulate import SimulatedData, SimulationConfig, describe, simulate
@@ -38,7 +38,7 @@ from build_engines.triton_config import (
     scoring_config,
 )
 from python_backend.contract import FALLBACK, PRIMARY
-from python_backend.features import LABEL_DELAY_DAYS, TABULAR_NAMES, ModelInputs
+from python_backend.features import FEATURE_GROUPS, LABEL_DELAY_DAYS, TABULAR_NAMES, ModelInputs
 from python_backend.onnx_runner import OnnxModel
 from python_backend.rules import RuleSet, load_rules
 
@@ -52,6 +52,17 @@ PARITY_TOLERANCE = 1e-4
 #: INT8 is served on CPU only when it loses at most this much PR-AUC (and is faster).
 INT8_MAX_PR_AUC_DROP = 0.005
 MODEL_NAMES = ("primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline")
+#: Share of training rows per view decided as if that view were unavailable (stale or
+#: missing), so the models know how to decide without it; serving masks a stale view so.
+VIEW_DROPOUT = 0.05
+#: Which served thresholds each model of the report is judged at.
+THRESHOLD_PATH = {
+    "primary_fp32": "primary",
+    "primary_int8": "primary",
+    "fallback": "fallback",
+    "rules": "rules",
+    "gbdt_baseline": "gbdt_baseline",
+}
 
 
 def log(message: str) -> None:
@@ -71,6 +82,10 @@ class Split:
     test_day: np.ndarray
     test_card: np.ndarray
     days: dict[str, list[int]]
+    #: The test rows decided with every view unavailable (the ``stale_store`` slice).
+    test_stale: ModelInputs | None = None
+    #: Open-world slice masks over the test rows.
+    test_slices: dict[str, np.ndarray] | None = None
 
 
 def split_days(n_days: int) -> dict[str, list[int]]:
@@ -99,11 +114,15 @@ def make_split(data: SimulatedData, tables: FeatureTables) -> Split:
     tx = data.transactions
     days = split_days(data.config.n_days)
     parts = {}
+    rng = np.random.default_rng(data.config.seed)
     for name in ("train", "valid", "test"):
         lo, hi = days[name]
         rows = tx[(tx["day"] >= lo) & (tx["day"] < hi)]
-        parts[name] = (model_inputs(tables, tx, rows), rows)
+        dropout = view_dropout(len(rows), VIEW_DROPOUT, rng) if name == "train" else None
+        parts[name] = (model_inputs(tables, tx, rows, dropout), rows)
     test_rows = parts["test"][1]
+    everything = np.ones(len(test_rows), dtype=bool)
+    stale = model_inputs(tables, tx, test_rows, {g.name: everything for g in FEATURE_GROUPS})
     return Split(
         train=parts["train"][0],
         valid=parts["valid"][0],
@@ -114,6 +133,8 @@ def make_split(data: SimulatedData, tables: FeatureTables) -> Split:
         test_day=test_rows["day"].to_numpy(),
         test_card=test_rows["card_id"].to_numpy(),
         days=days,
+        test_stale=stale,
+        test_slices=slices.slice_masks(tx, test_rows),
     )
 
 
@@ -162,14 +183,12 @@ def train_and_evaluate(
     scores["primary_int8"] = int8.predict(split.test)
     scorers["primary_int8"] = _onnx_scorer(int8, split.test)
 
-    log("training the fallback (logistic regression on tabular features)")
-    lr = fallback.train(split.train.tabular, split.y_train)
-    fallback_path = out_dir / "fallback.onnx"
-    fallback.export_onnx(lr, fallback_path)
-    fb = OnnxModel(fallback_path, FALLBACK)
+    fb, fb_layers, facts["fallback_candidates"] = train_fallback(
+        split, out_dir, net, fp32, scorers["primary_fp32"]
+    )
     scores["fallback"] = fb.predict(split.test)
     facts["fallback_parity_max_abs_diff"] = float(
-        np.abs(scores["fallback"] - fallback.predict(lr, split.test.tabular)).max()
+        np.abs(scores["fallback"] - fb_layers.predict(split.test.tabular)).max()
     )
     scorers["fallback"] = _onnx_scorer(fb, split.test)
 
@@ -177,6 +196,14 @@ def train_and_evaluate(
     booster = baseline.train(split.train, split.y_train, split.valid, split.y_valid)
     booster.save_model(str(out_dir / "gbdt_baseline.txt"))
     scores["gbdt_baseline"] = baseline.predict(booster, split.test)
+    stale: dict[str, np.ndarray] = {}
+    if split.test_stale is not None:
+        stale = {
+            "primary_fp32": fp32.predict(split.test_stale),
+            "primary_int8": int8.predict(split.test_stale),
+            "fallback": fb.predict(split.test_stale),
+            "gbdt_baseline": baseline.predict(booster, split.test_stale),
+        }
     facts["gbdt_trees"] = int(booster.best_iteration)
     gbdt_x = baseline.features(split.test)
     # One thread like the other models: LightGBM's idle OpenMP workers otherwise spin and
@@ -187,6 +214,8 @@ def train_and_evaluate(
 
     if rules is not None:
         scores["rules"] = rules.evaluate(split.test.columns).scores
+        if split.test_stale is not None:
+            stale["rules"] = rules.evaluate(split.test_stale.columns).scores
         cols = split.test.columns
         scorers["rules"] = lambda start, batch: rules.evaluate(
             {k: v[start : start + batch] for k, v in cols.items()}
@@ -206,6 +235,7 @@ def train_and_evaluate(
             continue
         models[name] = {
             **quality(split.y_test, scores[name], split.test_day, split.test_card),
+            "ece": slices.expected_calibration_error(split.y_test, scores[name]),
             **timings[name],
         }
     facts["test_scores"] = scores
@@ -214,10 +244,75 @@ def train_and_evaluate(
     valid_scores = {"primary": fp32.predict(split.valid), "fallback": fb.predict(split.valid)}
     if rules is not None:
         valid_scores["rules"] = rules.evaluate(split.valid.columns).scores
-    facts["thresholds"] = {
+    valid_scores["gbdt_baseline"] = baseline.predict(booster, split.valid)
+    thresholds = {
         path: decision_thresholds(values, split.y_valid) for path, values in valid_scores.items()
     }
+    facts["thresholds"] = {k: v for k, v in thresholds.items() if k != "gbdt_baseline"}
+    by_model = {m: thresholds[path] for m, path in THRESHOLD_PATH.items() if path in thresholds}
+    facts["slices"] = (
+        slices.evaluate(split.y_test, split.test_slices, scores, stale, by_model)
+        if split.test_slices is not None
+        else None
+    )
     return models, facts
+
+
+def train_fallback(
+    split: Split, out_dir: Path, net: primary.FraudNet, fp32: OnnxModel, primary_scorer
+) -> tuple[OnnxModel, fallback.Layers, dict]:
+    """Train the fallback candidates side by side and keep the best on the validation days
+    among those at least ``fallback.MIN_COST_RATIO`` times cheaper per row than the primary
+    (batch 64, measured here in one run)."""
+    candidates: dict[str, fallback.Layers] = {}
+    facts: dict[str, dict] = {}
+    log("training the fallback candidates: logistic, MLP, MLP distilled from the primary")
+    candidates["logistic"] = fallback.logistic_layers(
+        fallback.train(split.train.tabular, split.y_train)
+    )
+    candidates["mlp"], facts["mlp"] = fallback.train_mlp(
+        split.train.tabular, split.y_train, split.valid.tabular, split.y_valid
+    )
+    teacher = primary.predict(net, split.train)
+    candidates["distilled"], facts["distilled"] = fallback.train_mlp(
+        split.train.tabular, split.y_train, split.valid.tabular, split.y_valid, teacher=teacher
+    )
+    models, scorers = {}, {"primary_fp32": primary_scorer}
+    for name, layers in candidates.items():
+        path = out_dir / f"fallback_{name}.onnx"
+        fallback.export_onnx(layers, path)
+        models[name] = OnnxModel(path, FALLBACK)
+        scorers[name] = _onnx_scorer(models[name], split.test)
+    cost = microseconds_per_row(scorers, len(split.y_test), 64)
+    for name, model in models.items():
+        facts.setdefault(name, {})
+        facts[name].update(
+            valid_pr_auc=round(_pr_auc(split.y_valid, model.predict(split.valid)), 4),
+            test_pr_auc=round(_pr_auc(split.y_test, model.predict(split.test)), 4),
+            us_per_row_b64=cost[name],
+            cheaper_than_primary_b64=round(cost["primary_fp32"] / max(cost[name], 1e-9), 1),
+        )
+    eligible = [
+        n for n in models if facts[n]["cheaper_than_primary_b64"] >= fallback.MIN_COST_RATIO
+    ] or ["logistic"]
+    chosen = max(eligible, key=lambda n: facts[n]["valid_pr_auc"])
+    log(
+        "fallback candidates (valid PR-AUC, x cheaper than the primary at b64): "
+        + ", ".join(
+            f"{n} {facts[n]['valid_pr_auc']:.3f} {facts[n]['cheaper_than_primary_b64']}x"
+            for n in models
+        )
+        + f"; serving {chosen}"
+    )
+    facts["chosen"] = chosen
+    shutil.copyfile(out_dir / f"fallback_{chosen}.onnx", out_dir / "fallback.onnx")
+    return OnnxModel(out_dir / "fallback.onnx", FALLBACK), candidates[chosen], facts
+
+
+def _pr_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, scores))
 
 
 def decision_thresholds(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -435,6 +530,12 @@ def build_all(
             models["primary_fp32"]["us_per_row_b64"] / models["primary_int8"]["us_per_row_b64"], 2
         ),
         "decision_thresholds": facts["thresholds"],
+        "slices": facts["slices"],
+        "slice_targets": slices.targets(facts["slices"]),
+        "fallback_candidates": facts["fallback_candidates"],
+        "fallback_pr_auc_ratio": round(
+            models["fallback"]["pr_auc"] / max(models["primary_fp32"]["pr_auc"], 1e-9), 3
+        ),
         "fallback_cost_ratio_b64": round(
             models["primary_fp32"]["us_per_row_b64"] / models["fallback"]["us_per_row_b64"], 1
         ),

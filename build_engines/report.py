@@ -17,6 +17,7 @@ COLUMNS = (
     ("pr_auc", "PR-AUC"),
     ("recall_at_1pct_fpr", "Recall@1%FPR"),
     ("card_precision_at_100", "Card P@100/day"),
+    ("ece", "ECE"),
     ("us_per_row_b1", "µs/row b1"),
     ("us_per_row_b64", "µs/row b64"),
 )
@@ -30,8 +31,63 @@ def markdown_table(models: dict[str, dict | None]) -> str:
         if metrics is None:
             rows.append(f"| {name} | " + " | ".join("n/a" for _ in COLUMNS) + " |")
             continue
-        rows.append(f"| {name} | " + " | ".join(f"{metrics[k]:g}" for k, _ in COLUMNS) + " |")
+        cells = [_cell(metrics.get(k)) for k, _ in COLUMNS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows])
+
+
+def _cell(value, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}%" if percent else f"{value:g}"
+
+
+SLICE_COLUMNS = (
+    ("rows", "rows", False),
+    ("frauds", "frauds", False),
+    ("pr_auc", "PR-AUC", False),
+    ("recall_at_1pct_fpr", "Recall@1%FPR", False),
+    ("genuine_declined", "genuine declined", True),
+    ("genuine_flagged", "genuine flagged", True),
+)
+
+
+def slice_table(slices: dict[str, dict[str, dict]]) -> str:
+    """One row per (slice, model): the open-world table of the report."""
+    head = "| slice | model | " + " | ".join(label for _, label, _ in SLICE_COLUMNS) + " |"
+    rule = "|---|---|" + "---:|" * len(SLICE_COLUMNS)
+    rows = [
+        f"| {name} | {model} | "
+        + " | ".join(_cell(m[k], pct) for k, _, pct in SLICE_COLUMNS)
+        + " |"
+        for name, models in slices.items()
+        for model, m in models.items()
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def slice_plot(slices: dict[str, dict[str, dict]], path: Path, title: str) -> None:
+    """PR-AUC and the share of genuine transactions flagged, per slice and model."""
+    names = list(slices)
+    models = list(next(iter(slices.values())))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(names))
+    for panel, (key, label) in zip(
+        axes, (("pr_auc", "PR-AUC"), ("genuine_flagged", "genuine flagged (%)")), strict=True
+    ):
+        for i, model in enumerate(models):
+            values = [slices[n].get(model, {}).get(key) for n in names]
+            values = [np.nan if v is None else v * (100 if "%" in label else 1) for v in values]
+            panel.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        panel.set_xticks(x, names, rotation=20, ha="right")
+        panel.set(ylabel=label, title=f"{label} by slice")
+        panel.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}: open-world slices of the test days")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write(
@@ -48,19 +104,33 @@ def write(
     notes = [
         f"- {k}: {v}"
         for k, v in result.items()
-        if k not in ("models", "data", "split_days", "tensorrt") and not isinstance(v, dict)
+        if k not in ("models", "data", "split_days", "tensorrt", "slices")
+        and not isinstance(v, dict)
     ]
     notes += [f"- {k}: {v}" for k, v in result.get("notes", {}).items()]
     trt = result.get("tensorrt")
     if trt:
         notes.append(f"- tensorrt: {'built' if trt['built'] else 'skipped'} ({trt['reason']})")
+    open_world = ""
+    if result.get("slices"):
+        paths["slices_plot"] = folder / f"{stem}_slices.png"
+        slice_plot(result["slices"], paths["slices_plot"], title)
+        open_world = (
+            "## Open-world slices of the test days\n\n"
+            "new_terminal / new_card: first transaction under 7 days before the day's midnight "
+            "(on the first day the store has no row at all); returning_card: previous "
+            "transaction 30+ days before; stale_store: "
+            "every test row decided with the daily views and recent buffers unavailable. "
+            "Declined / flagged: share of genuine transactions at the served thresholds.\n\n"
+            f"{slice_table(result['slices'])}\n\n"
+            f"![slices]({paths['slices_plot'].name})\n\n"
+        )
     paths["table"].write_text(
         f"# {title}: model quality on held-out days\n\n"
         f"{markdown_table(result['models'])}\n\n"
         "Card P@100/day: share of compromised cards among the day's 100 riskiest cards, "
-        "averaged over test days. µs/row: median CPU time of one call (1 thread) / batch.\n\n"
-        + "\n".join(notes)
-        + "\n"
+        "averaged over test days. ECE: expected calibration error (15 bins). µs/row: median "
+        "CPU time of one call (1 thread) / batch.\n\n" + open_world + "\n".join(notes) + "\n"
     )
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for name, s in scores.items():

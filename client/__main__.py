@@ -1,9 +1,11 @@
-"""``python -m client {score,replay,serve,stop,demo,image-api,classify,recommend,click,
-watchdog}``:
+"""``python -m client {score,replay,open-world,serve,stop,demo,image-api,classify,recommend,
+click,watchdog}``:
 call and operate the services.
 
 - ``score``: one transaction, the decision as JSON.
 - ``replay``: simulated transactions of the last day at a concurrency or a rate, summary.
+- ``open-world``: genuine purchases as they were, at terminals and from cards the store has
+  never seen, and 45 days later: the shares declined and flagged.
 - ``serve`` / ``stop``: the server in the background (``make serve`` / ``make stop``).
 - ``demo``: ``make demo`` (build, serve, replay, fail the primary on purpose, stop).
 - ``image-api``: ``make image-api`` (the image classification web API and its server).
@@ -69,6 +71,20 @@ def cmd_replay(args) -> int:
     return 0 if summary.decided == summary.sent else 1
 
 
+def cmd_open_world(args) -> int:
+    from client.launcher import built_scale
+    from client.open_world import score_variants, table
+
+    scale = args.scale or built_scale() or "small"
+    day = _last_day(scale, None)
+    genuine = day[day["is_fraud"] == 0].head(args.limit)
+    outcomes = score_variants(_url(args), genuine)
+    print(table(outcomes))
+    if args.json:
+        print(json.dumps({k: o.as_dict() for k, o in outcomes.items()}, indent=2))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from client.launcher import serve
 
@@ -87,6 +103,7 @@ def cmd_demo(args) -> int:
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_features, ensure_models, warm_up
+    from client.open_world import score_variants, table
     from client.replay import replay
     from client.triton_server import running
 
@@ -104,8 +121,15 @@ def cmd_demo(args) -> int:
         )
         normal = replay(server.grpc_url, day, args.concurrency)
         print(normal.table())
+        genuine = day[day["is_fraud"] == 0].head(400)
+        print(
+            f"== 4. the open world: {len(genuine)} of those genuine purchases again, at "
+            "terminals and from cards the store has never seen, and 45 days later"
+        )
+        open_world = score_variants(server.grpc_url, genuine)
+        print(table(open_world))
         outage = day.sample(min(len(day), args.outage), random_state=1)
-        print(f"== 4. unload fraud_primary on purpose, replay {len(outage):,} more")
+        print(f"== 5. unload fraud_primary on purpose, replay {len(outage):,} more")
         admin = grpcclient.InferenceServerClient(server.grpc_url)
         admin.unload_model("fraud_primary")
         failed = replay(server.grpc_url, outage, args.concurrency)
@@ -113,7 +137,7 @@ def cmd_demo(args) -> int:
         print(failed.table())
         after_kill = day.sample(min(len(day), 2 * args.outage), random_state=2)
         print(
-            "== 5. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
+            "== 6. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
             f"{len(after_kill):,} more at 100/s while the stub watchdog reloads it"
         )
         _kill_stubs("fraud_primary", server.process.pid)
@@ -122,7 +146,7 @@ def cmd_demo(args) -> int:
         runs = (normal, failed, killed)
         ok = all(r.decided == r.sent for r in runs)
         print(
-            f"== 6. every request got a decision: {'yes' if ok else 'NO'} "
+            f"== 7. every request got a decision: {'yes' if ok else 'NO'} "
             f"({sum(r.decided for r in runs):,} of {sum(r.sent for r in runs):,}); "
             f"paths with the primary unloaded: {dict(failed.paths)}; after the stub kill: "
             f"{dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
@@ -133,9 +157,10 @@ def cmd_demo(args) -> int:
             "normal": normal.as_dict(),
             "primary_unloaded": failed.as_dict(),
             "primary_stub_killed": killed.as_dict(),
+            "open_world": {k: o.as_dict() for k, o in open_world.items()},
         }
         report.write_text(json.dumps(runs_by_name, indent=2) + "\n")
-        print(f"== 7. stopping the server; summary in {report.relative_to(ROOT)}")
+        print(f"== 8. stopping the server; summary in {report.relative_to(ROOT)}")
     return 0 if ok else 1
 
 
@@ -245,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         help="requests per second (default: as fast as the concurrency allows)",
     )
     rep.add_argument("--json", action="store_true")
+    world = sub.add_parser(
+        "open-world",
+        help="genuine purchases as they were, at new terminals, from new cards, and 45 days later",
+    )
+    world.add_argument("--scale", help="data to take them from (default: the built one)")
+    world.add_argument("--limit", type=int, default=400)
+    world.add_argument("--json", action="store_true")
     serve = sub.add_parser("serve", help="start the server in the background")
     serve.add_argument("--scale", default="small", help="scale to build if nothing is built")
     sub.add_parser("stop", help="stop the background server")
@@ -276,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "classify": cmd_classify,
         "score": cmd_score,
         "replay": cmd_replay,
+        "open-world": cmd_open_world,
         "serve": cmd_serve,
         "stop": cmd_stop,
         "demo": cmd_demo,

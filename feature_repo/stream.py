@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
-from python_backend.features import CARD_RECENT, RECENT_BUFFER
+from python_backend.features import CARD_RECENT, RECENT_BUFFER, STREAM_HEARTBEAT_ID
 from python_backend.online_features import OnlineFeatureReader
 
 #: Buffer entry: (ts_ms, ..., event_id), oldest first; the middle follows the spec's features.
@@ -328,8 +328,13 @@ class BufferConsumer:
         batch_size: int = 1000,
         log=print,
         gap_wait_s: float = 2.0,
+        heartbeat_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.consumer = Consumer(consumer_config(bootstrap, group))
+        self.heartbeat_s = heartbeat_s
+        self.clock = clock
+        self._beat_at = float("-inf")
         self.assigned = False
         self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.gaps = OffsetGaps(gap_wait_s)
@@ -371,6 +376,7 @@ class BufferConsumer:
         ``commit=False`` leaves the offsets uncommitted, as a crash between the write and
         the commit would (for tests of the at-least-once path).
         """
+        self._heartbeat()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
         if not messages:
             return 0
@@ -431,6 +437,24 @@ class BufferConsumer:
         self.stats.batches += 1
         self.stats.seconds += time.perf_counter() - started
         return len(messages)
+
+    def _heartbeat(self) -> None:
+        """Every ``heartbeat_s``: this poll's wall-clock time as the buffer of entity
+        ``STREAM_HEARTBEAT_ID``, so serving tells a live stream from one that stopped (a
+        buffer's own time is its entity's last event, which may rightly be weeks old)."""
+        if self.heartbeat_s is None:
+            return
+        now = self.clock()
+        if now - self._beat_at < self.heartbeat_s:
+            return
+        self._beat_at = now
+        ms = int(now * 1000)
+        middle = [0.0 if kind == "float_list" else 0 for _, kind in self.spec.features[1:-1]]
+        try:
+            base = self.read_buffers([STREAM_HEARTBEAT_ID])
+            self.writer.write({STREAM_HEARTBEAT_ID: [(ms, *middle, f"heartbeat-{ms}")]}, base)
+        except Exception as err:  # the store is away: the next beat tries again
+            self.log(f"heartbeat not written ({err!r})")
 
     def _write_with_retry(self, events: dict[int, list[Entry]]) -> dict[int, int]:
         """Merge and write, waiting out an online store that is away (nothing is committed
@@ -495,6 +519,7 @@ class TransactionConsumer(BufferConsumer):
         topic: str = TOPIC_TRANSACTIONS,
         batch_size: int = 1000,
         log=print,
+        heartbeat_s: float | None = 5.0,
     ) -> None:
         self.reader = reader
         super().__init__(
@@ -506,6 +531,7 @@ class TransactionConsumer(BufferConsumer):
             topic,
             batch_size,
             log,
+            heartbeat_s=heartbeat_s,
         )
 
 

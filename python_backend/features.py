@@ -6,13 +6,24 @@ and the serving models all read this module, so a feature means the same thing e
 Three groups of stored features, each one Feast feature view:
 
 * ``card_daily`` (batch, entity ``card``): the card's count / sum / mean of amounts over the
-  1, 7 and 30 days before the start of the transaction's day (a daily snapshot).
+  1, 7, 30 and 120 days before the start of the transaction's day (a daily snapshot), and how
+  long the store has known the card: days since its first and since its last transaction.
 * ``terminal_daily`` (batch, entity ``terminal``): the terminal's transaction count and fraud
   rate over 7 and 30 days, shifted by the label delay: at day ``D`` only labels of transactions
-  before ``D - LABEL_DELAY_DAYS`` are known. Also the terminal's merchant category.
+  before ``D - LABEL_DELAY_DAYS`` are known. Also its merchant category and the days since
+  its first transaction.
 * ``card_recent`` (stream, entity ``card``): a buffer of the card's last ``RECENT_BUFFER``
   transactions (timestamp, amount, terminal). Velocity features and the last-N sequence are
   derived from it at scoring time by :func:`derive_recent`, offline and online alike.
+
+The world is open: cards and terminals appear every day, go quiet and come back, and a view
+can be stale. So the features say what the store does not know instead of passing a default
+off as data (0 transactions, fraud rate 0, category 0 all occur in real rows): a daily row
+exists only for an entity seen before that midnight, the age features store ``NOT_SEEN`` for
+one never seen, and the models read explicit flags (:data:`PRESENCE`): ``card_known``,
+``terminal_known``, ``card_has_recent``, and ``<view>_available``, 0 for a view the service
+could not use (stale or unreachable; training drops views at random so the models learn to
+decide without them).
 
 Point-in-time rule: a feature for a transaction at time ``t`` uses only events strictly before
 ``t`` (and, for labels, before the label-delay cut-off).
@@ -83,31 +94,74 @@ class FeatureGroup:
     features: tuple[StoredFeature, ...]
     #: How long a stored row stays valid (Feast TTL).
     ttl_days: int
+    #: A row older than this (event time to the transaction's time) is stale: the view is
+    #: treated as unavailable, and the decision says ``FEATURES_STALE:<view>``. None for the
+    #: stream view, whose rows are as old as the card's last transaction, legitimately.
+    freshness_ms: int | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
 
-CARD_WINDOWS_DAYS = (1, 7, 30)
+#: The 120-day window keeps a card's habits known across a dormant month or two.
+CARD_WINDOWS_DAYS = (1, 7, 30, 120)
 TERMINAL_WINDOWS_DAYS = (7, 30)
+#: A daily snapshot is written at midnight and read all day: older than a day plus two hours
+#: of grace means the day's materialization did not happen.
+DAILY_FRESHNESS_MS = 26 * MS_PER_HOUR
+#: Stored value of an age feature for an entity the store has never seen. Never a real age,
+#: and never fed to a model as it is: the models see a ``*_known`` flag and the age clamped
+#: at 0 (see :func:`assemble_model_inputs`).
+NOT_SEEN = -1.0
+#: "Seen for N days" saturates here (the training period must cover the whole range).
+SEEN_FOR_CAP_DAYS = 30
+#: "Days since the last transaction" saturates here.
+SINCE_LAST_CAP_DAYS = 120
+
+
+def _age_feature(name: str, what: str, cap: int, aggregate: str) -> StoredFeature:
+    return StoredFeature(
+        name=name,
+        dtype="float32",
+        default=NOT_SEEN,
+        description=f"{what} as of today's midnight, capped at {cap}; {NOT_SEEN:g} = not seen",
+        window_days=cap,
+        aggregate=aggregate,
+    )
+
 
 CARD_DAILY = FeatureGroup(
     name="card_daily",
     entity="card_id",
     source="batch",
     ttl_days=2,
-    features=tuple(
-        StoredFeature(
-            name=f"card_amount_{agg}_{w}d" if agg != "count" else f"card_tx_count_{w}d",
-            dtype="float32",
-            default=0.0,
-            description=f"{agg} of the card's amounts over the {w} days before today",
-            window_days=w,
-            aggregate=agg,
-        )
-        for w in CARD_WINDOWS_DAYS
-        for agg in ("count", "sum", "mean")
+    freshness_ms=DAILY_FRESHNESS_MS,
+    features=(
+        *(
+            StoredFeature(
+                name=f"card_amount_{agg}_{w}d" if agg != "count" else f"card_tx_count_{w}d",
+                dtype="float32",
+                default=0.0,
+                description=f"{agg} of the card's amounts over the {w} days before today",
+                window_days=w,
+                aggregate=agg,
+            )
+            for w in CARD_WINDOWS_DAYS
+            for agg in ("count", "sum", "mean")
+        ),
+        _age_feature(
+            "card_days_since_first_tx",
+            "days since the card's first transaction",
+            SEEN_FOR_CAP_DAYS,
+            "days_since_first",
+        ),
+        _age_feature(
+            "card_days_since_last_tx",
+            "days since the card's last transaction",
+            SINCE_LAST_CAP_DAYS,
+            "days_since_last",
+        ),
     ),
 )
 
@@ -116,6 +170,7 @@ TERMINAL_DAILY = FeatureGroup(
     entity="terminal_id",
     source="batch",
     ttl_days=2,
+    freshness_ms=DAILY_FRESHNESS_MS,
     features=(
         *(
             StoredFeature(
@@ -131,6 +186,12 @@ TERMINAL_DAILY = FeatureGroup(
             )
             for w in TERMINAL_WINDOWS_DAYS
             for stat in ("tx_count", "fraud_rate")
+        ),
+        _age_feature(
+            "terminal_days_since_first_tx",
+            "days since the terminal's first transaction",
+            SEEN_FOR_CAP_DAYS,
+            "days_since_first",
         ),
         StoredFeature(
             name="terminal_category",
@@ -160,6 +221,11 @@ CARD_RECENT = FeatureGroup(
 )
 
 FEATURE_GROUPS = (CARD_DAILY, TERMINAL_DAILY, CARD_RECENT)
+#: Card id 0 is never a real card (requests need positive ids): its ``card_recent`` row is the
+#: stream consumer's heartbeat, stamped with the wall-clock time of its latest poll.
+STREAM_HEARTBEAT_ID = 0
+#: A heartbeat older than this means the consumer stopped: every recent buffer is stale.
+STREAM_MAX_SILENCE_MS = 60 * MS_PER_SECOND
 #: Buffer entries at least this old are ignored (the ``card_recent`` TTL).
 RECENT_MAX_AGE_MS = CARD_RECENT.ttl_days * MS_PER_DAY
 #: Stored features the models read (everything but bookkeeping such as transaction ids).
@@ -181,6 +247,15 @@ RECENT_DERIVED = (
     "seconds_since_last_tx",
     "terminal_seen_recently",
 )
+#: What the models are told about what the store did not know: whether each entity was
+#: found in its daily view, whether the card has any recent transaction in the buffer, and
+#: whether each view was usable at all (not stale, not unreachable).
+PRESENCE = (
+    "card_known",
+    "terminal_known",
+    "card_has_recent",
+    *(f"{g}_available" for g in ("card_daily", "terminal_daily", "card_recent")),
+)
 
 #: Columns of the primary model's ``TABULAR`` input, in order, with their transform.
 TABULAR_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -190,14 +265,14 @@ TABULAR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("is_night", "identity"),
     ("is_weekend", "identity"),
     *((name, "identity" if "fraud_rate" in name else "log1p") for name in CARD_DAILY.names),
-    ("amount_to_card_mean_7d", "log1p"),
-    ("amount_to_card_mean_30d", "log1p"),
+    *((f"amount_to_card_mean_{w}d", "log1p") for w in CARD_WINDOWS_DAYS[1:]),
     *(
         (name, "identity" if "fraud_rate" in name else "log1p")
         for name in TERMINAL_DAILY.names
         if name != "terminal_category"
     ),
     *((name, "log1p") for name in RECENT_DERIVED),
+    *((name, "identity") for name in PRESENCE),
 )
 #: Which tabular columns are log1p-transformed (the rest are used as they are).
 _LOG1P = np.array([how == "log1p" for _name, how in TABULAR_COLUMNS])
@@ -283,6 +358,7 @@ def derive_recent(
             NO_PREVIOUS_TX_SECONDS,
         ),
         "terminal_seen_recently": same_terminal.any(axis=1).astype(np.float64),
+        "card_has_recent": valid.any(axis=1).astype(np.float64),
     }
     # The last SEQUENCE_LENGTH valid entries, oldest first, left-padded with zeros: rank each
     # valid entry by counting valid entries from the newest end of the buffer.
@@ -308,18 +384,48 @@ def _tabular(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     return tabular
 
 
+def without_views(
+    stored: Mapping[str, np.ndarray], unavailable: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``stored`` with the rows of each unavailable view set to that view's defaults (a copy
+    where anything changes): what the models see of a view that is stale or missing is
+    "not known", never the old values. ``unavailable`` maps view names to ``[B]`` masks."""
+    out = dict(stored)
+    for group in FEATURE_GROUPS:
+        rows = unavailable.get(group.name)
+        if rows is None or not np.any(rows):
+            continue
+        for feature in group.features:
+            if feature.name not in out or feature.dtype == "string_list":
+                continue
+            column = np.array(out[feature.name], copy=True)
+            column[np.asarray(rows, dtype=bool)] = (
+                0 if feature.dtype.endswith("_list") else feature.default
+            )
+            out[feature.name] = column
+    return out
+
+
 def assemble_model_inputs(
     stored: Mapping[str, np.ndarray],
     amount: np.ndarray,
     ts_ms: np.ndarray,
     terminal_id: np.ndarray,
+    unavailable: Mapping[str, np.ndarray] | None = None,
 ) -> ModelInputs:
     """Build the model tensors from the request and the stored features of a batch.
 
     ``stored`` maps every name of :data:`FEATURE_GROUPS` to a column (``[B]`` or, for the
-    ``card_recent`` lists, ``[B, RECENT_BUFFER]``), defaults already filled in. Training and
-    serving both call this function, so they cannot disagree on a transform.
+    ``card_recent`` lists, ``[B, RECENT_BUFFER]``), defaults already filled in.
+    ``unavailable`` marks, per view, the rows whose view could not be used (stale, or the
+    store away): they are decided as the models were taught to decide without that view
+    (:func:`without_views`, and ``<view>_available`` = 0). Training and serving both call this
+    function, so they cannot disagree on a transform.
     """
+    batch = len(amount)
+    unavailable = {k: v for k, v in (unavailable or {}).items() if v is not None}
+    if unavailable:
+        stored = without_views(stored, unavailable)
     columns: dict[str, np.ndarray] = dict(request_features(amount, ts_ms))
     for group in (CARD_DAILY, TERMINAL_DAILY):
         for name in group.names:
@@ -332,9 +438,16 @@ def assemble_model_inputs(
         terminal_id,
     )
     columns.update(recent)
-    for window in (7, 30):
+    for window in CARD_WINDOWS_DAYS[1:]:
         columns[f"amount_to_card_mean_{window}d"] = columns["amount"] / (
             columns[f"card_amount_mean_{window}d"] + 1.0
+        )
+    columns["card_known"] = (columns["card_days_since_first_tx"] >= 0).astype(np.float64)
+    columns["terminal_known"] = (columns["terminal_days_since_first_tx"] >= 0).astype(np.float64)
+    for group in FEATURE_GROUPS:
+        rows = unavailable.get(group.name)
+        columns[f"{group.name}_available"] = (
+            np.ones(batch) if rows is None else 1.0 - np.asarray(rows, dtype=np.float64)
         )
     tabular = _tabular(columns)
     category = np.asarray(stored["terminal_category"], dtype=np.int64)
@@ -367,8 +480,8 @@ RULE_COLUMNS = (
     "hour",
     "is_night",
     *CARD_DAILY.names,
-    "amount_to_card_mean_7d",
-    "amount_to_card_mean_30d",
+    *(f"amount_to_card_mean_{w}d" for w in CARD_WINDOWS_DAYS[1:]),
     *(name for name in TERMINAL_DAILY.names if name != "terminal_category"),
     *RECENT_DERIVED,
+    *PRESENCE,
 )

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from python_backend.contract import DECISIONS, PATHS, SCORING
-from python_backend.features import ModelInputs, assemble_model_inputs
+from python_backend.features import (
+    CARD_RECENT,
+    FEATURE_GROUPS,
+    STREAM_HEARTBEAT_ID,
+    STREAM_MAX_SILENCE_MS,
+    ModelInputs,
+    assemble_model_inputs,
+)
 from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, empty_features
 from python_backend.rules import RuleSet
 
@@ -203,8 +210,81 @@ def read_features(
     return features, True
 
 
-def model_inputs(tx: Transactions, features: OnlineFeatures) -> ModelInputs:
-    return assemble_model_inputs(features.stored, tx.amount, tx.timestamp_ms, tx.terminal_id)
+def stale_views(tx: Transactions, features: OnlineFeatures) -> dict[str, np.ndarray]:
+    """Per view with a freshness limit, the rows whose stored row is older than it at the
+    transaction's time (a materialization missed): ``[B]`` masks, only views with any."""
+    out = {}
+    for group in FEATURE_GROUPS:
+        event_ms = features.event_ms.get(group.name)
+        if group.freshness_ms is None or event_ms is None:
+            continue
+        stale = (event_ms > 0) & (tx.timestamp_ms - event_ms > group.freshness_ms)
+        if stale.any():
+            out[group.name] = stale
+    return out
+
+
+class StreamHeartbeat:
+    """Whether the stream consumer that keeps ``card_recent`` current is alive: it stamps
+    the row of card ``STREAM_HEARTBEAT_ID`` with the wall-clock time of each poll (every
+    5 s); older than ``max_silence_ms`` means it stopped, and every recent buffer is stale.
+    No heartbeat at all (no consumer ever ran: the buffers are a materialized snapshot)
+    is not judged. Read at most every ``check_every_s``, not per request."""
+
+    def __init__(
+        self,
+        reader: OnlineFeatureReader,
+        max_silence_ms: float = STREAM_MAX_SILENCE_MS,
+        check_every_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.max_silence_ms = max_silence_ms
+        self.check_every_s = check_every_s
+        self.clock = clock
+        self.beat_ms = 0
+        self._checked_at = float("-inf")
+
+    def stale(self) -> bool:
+        now = self.clock()
+        if now - self._checked_at >= self.check_every_s:
+            self._checked_at = now
+            try:
+                read = self.reader.read(np.array([STREAM_HEARTBEAT_ID], dtype=np.int64), None)
+                self.beat_ms = int(read.event_ms[CARD_RECENT.name][0])
+            except Exception:  # the store is away: the feature read itself will say so
+                pass
+        return self.beat_ms > 0 and now * 1000 - self.beat_ms > self.max_silence_ms
+
+
+def unavailable_views(
+    tx: Transactions,
+    features: OnlineFeatures,
+    ok: bool,
+    reasons: list[list[str]],
+    stream_stale: bool = False,
+) -> dict[str, np.ndarray]:
+    """What the models must decide without: every view when the store did not answer,
+    else the stale views (``stream_stale``: the recent buffers, all rows), each stale row
+    told so (``FEATURES_STALE:<view>``)."""
+    if not ok:
+        everything = np.ones(len(tx), dtype=bool)
+        return {g.name: everything for g in FEATURE_GROUPS}
+    stale = stale_views(tx, features)
+    if stream_stale:
+        stale[CARD_RECENT.name] = np.ones(len(tx), dtype=bool)
+    for view, rows in stale.items():
+        for i in np.flatnonzero(rows):
+            reasons[i].append(f"FEATURES_STALE:{view}")
+    return stale
+
+
+def model_inputs(
+    tx: Transactions, features: OnlineFeatures, unavailable: dict[str, np.ndarray] | None = None
+) -> ModelInputs:
+    return assemble_model_inputs(
+        features.stored, tx.amount, tx.timestamp_ms, tx.terminal_id, unavailable
+    )
 
 
 def rules_outcome(rules: RuleSet, inputs: ModelInputs) -> tuple[np.ndarray, list[list[str]]]:

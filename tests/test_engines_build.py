@@ -74,6 +74,41 @@ def test_quality_report_has_every_model_and_metric(tiny_build) -> None:
     assert (reports / "model_quality_pr.png").stat().st_size > 10_000
 
 
+def test_quality_report_judges_every_model_on_the_open_world_slices(tiny_build) -> None:
+    """``slices.<slice>.<model>``: rows, frauds, PR-AUC, recall at 1% FPR and the genuine
+    declined / flagged shares at the served thresholds; the table and the plot beside."""
+    from build_engines.slices import SLICES
+
+    report = tiny_build.report
+    assert list(report["slices"]) == list(SLICES)
+    judged = {"primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline"}
+    for name, models in report["slices"].items():
+        assert set(models) == judged, name
+        for model, row in models.items():
+            assert set(row) == {
+                "rows",
+                "frauds",
+                "pr_auc",
+                "recall_at_1pct_fpr",
+                "genuine_declined",
+                "genuine_flagged",
+            }
+            if name in ("all", "new_terminal", "new_card", "stale_store"):
+                assert row["rows"] > 0 and row["genuine_flagged"] is not None, (name, model)
+            if row["genuine_flagged"] is not None:
+                assert 0 <= row["genuine_declined"] <= row["genuine_flagged"] <= 1, (name, model)
+    whole = report["slices"]["all"]["primary_fp32"]
+    assert whole["rows"] == report["test_rows"] and whole["frauds"] == report["test_frauds"]
+    assert whole["pr_auc"] == report["models"]["primary_fp32"]["pr_auc"]
+    # The stale store is decided without the daily views: its ranking is worse, not absent.
+    assert report["slices"]["stale_store"]["primary_fp32"]["pr_auc"] < whole["pr_auc"]
+    assert 0 <= report["models"]["primary_fp32"]["ece"] < 0.05
+    assert report["fallback_candidates"]["chosen"] in ("logistic", "mlp", "distilled")
+    reports = tiny_build.build_dir / "reports"
+    assert "| new_terminal | primary_fp32 |" in (reports / "model_quality.md").read_text()
+    assert (reports / "model_quality_slices.png").stat().st_size > 10_000
+
+
 def _multiply_adds_per_row(model: onnx.ModelProto) -> int:
     """Multiply-adds one row costs: weights read by each MatMul/Gemm node (each unrolled
     GRU step counts)."""

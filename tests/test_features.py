@@ -14,9 +14,12 @@ from python_backend.features import (
     MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_MINUTE,
+    NOT_SEEN,
     RECENT_BUFFER,
     RECENT_MAX_AGE_MS,
+    SEEN_FOR_CAP_DAYS,
     SEQUENCE_LENGTH,
+    SINCE_LAST_CAP_DAYS,
     TABULAR_NAMES,
     default_stored,
     derive_recent,
@@ -137,6 +140,62 @@ def test_model_inputs_follow_the_declared_layout(data) -> None:
     assert inputs.tabular.shape == (500, len(TABULAR_NAMES))
     assert inputs.sequence.shape == (500, SEQUENCE_LENGTH, 4)
     assert np.isfinite(inputs.tabular).all()
-    # log1p(amount) is the first tabular column; category ids stay inside the vocabulary.
+    # log1p(amount) is the first tabular column; category ids stay inside the vocabulary,
+    # 0 (unknown) exactly for terminals the store has no row for yet.
     np.testing.assert_allclose(inputs.tabular[:, 0], np.log1p(queries["amount"]), rtol=1e-6)
-    assert inputs.categorical[:, 0].min() >= 1
+    known = inputs.columns["terminal_known"] == 1
+    assert inputs.categorical[known, 0].min() >= 1
+    assert (inputs.categorical[~known, 0] == 0).all()
+
+
+def test_presence_and_age_say_what_the_store_does_not_know(data) -> None:
+    """A card or terminal on its first day has no daily row: ``*_known`` is 0 and its age
+    is the declared NOT_SEEN (never a number that also occurs in real data); from the next
+    midnight on it is known, with the days since its first and last transaction."""
+    tx = data.transactions
+    inputs = model_inputs(FeatureTables.build(tx, data.terminals), tx, tx)
+    cols = inputs.columns
+    midnight = tx["ts_ms"].to_numpy() // MS_PER_DAY * MS_PER_DAY
+    for entity, known in (("card_id", "card_known"), ("terminal_id", "terminal_known")):
+        first = tx.groupby(entity)["ts_ms"].transform("min").to_numpy()
+        np.testing.assert_array_equal(cols[known], (first < midnight).astype(float), known)
+        age = cols[f"{entity.removesuffix('_id')}_days_since_first_tx"]
+        assert (age[first >= midnight] == NOT_SEEN).all()
+        expected = np.minimum((midnight - first) / MS_PER_DAY, SEEN_FOR_CAP_DAYS)
+        np.testing.assert_allclose(age[first < midnight], expected[first < midnight], rtol=1e-6)
+    # Days since the card's last transaction before today's midnight, row by row.
+    rng = np.random.default_rng(1)
+    for i in rng.choice(np.flatnonzero(cols["card_known"] == 1), 200, replace=False):
+        row = tx.iloc[i]
+        before = tx.loc[(tx["card_id"] == row["card_id"]) & (tx["ts_ms"] < midnight[i]), "ts_ms"]
+        days = min((midnight[i] - before.max()) / MS_PER_DAY, SINCE_LAST_CAP_DAYS)
+        assert cols["card_days_since_last_tx"][i] == pytest.approx(days, rel=1e-6)
+    # The open world is in the data: new cards and terminals appear every few days.
+    assert (cols["card_known"] == 0).sum() > 100 and (cols["terminal_known"] == 0).sum() > 100
+    # A card without recent transactions says so instead of "30 days since the last one".
+    np.testing.assert_array_equal(
+        cols["card_has_recent"] == 0, inputs.sequence[:, :, 3].sum(axis=1) == 0
+    )
+
+
+def test_an_unavailable_view_is_decided_as_not_known_and_says_so(data) -> None:
+    """Marking a view unavailable (stale at serving, dropped out in training) gives the
+    models that view's defaults and ``<view>_available`` = 0, for those rows only."""
+    tx = data.transactions
+    queries = tx.iloc[-300:]
+    tables = FeatureTables.build(tx, data.terminals)
+    fresh = model_inputs(tables, tx, queries)
+    rows = np.zeros(len(queries), dtype=bool)
+    rows[::3] = True
+    stale = model_inputs(tables, tx, queries, {"card_daily": rows, "card_recent": rows})
+    cols, base = stale.columns, fresh.columns
+    assert (cols["card_daily_available"][rows] == 0).all()
+    assert (cols["card_daily_available"][~rows] == 1).all()
+    assert (cols["card_recent_available"][rows] == 0).all()
+    assert (cols["terminal_daily_available"] == 1).all()
+    assert (cols["card_known"][rows] == 0).all() and (cols["card_tx_count_30d"][rows] == 0).all()
+    assert (cols["card_has_recent"][rows] == 0).all()
+    np.testing.assert_array_equal(stale.tabular[~rows], fresh.tabular[~rows])
+    np.testing.assert_array_equal(cols["terminal_fraud_rate_7d"], base["terminal_fraud_rate_7d"])
+    # The fresh rows really had something to lose: the check can fail.
+    assert base["card_known"][rows].any()

@@ -182,10 +182,13 @@ def test_unknown_hedge_is_refused_with_the_parameter_named(clock) -> None:
 # -- the batch service ---------------------------------------------------------------------
 class FakeReader:
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.reads = fail, 0
+        self.fail, self.reads, self.heartbeat_reads = fail, 0, 0
 
     def read(self, cards, terminals, with_tx_ids=False):
-        self.reads += 1
+        if terminals is None:  # the stream heartbeat, read at most once a second
+            self.heartbeat_reads += 1
+        else:
+            self.reads += 1
         if self.fail:
             raise ConnectionError("store away")
         features = empty_features(len(cards))

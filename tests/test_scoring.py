@@ -7,11 +7,16 @@ import json
 import numpy as np
 import pytest
 
+from python_backend.features import MS_PER_DAY, MS_PER_HOUR
+from python_backend.online_features import empty_features
 from python_backend.scoring import (
     DecisionPolicy,
     InvalidRequest,
+    StreamHeartbeat,
+    Transactions,
     budget_from_parameters,
     reasons_json,
+    unavailable_views,
     validate,
 )
 
@@ -97,3 +102,57 @@ def test_budget_parameter_is_used_only_when_sane() -> None:
 
 def test_reasons_are_a_json_list_without_duplicates() -> None:
     assert json.loads(reasons_json(["A", "B", "A"])) == ["A", "B"]
+
+
+def test_a_daily_row_past_its_freshness_is_stale_and_each_row_says_so() -> None:
+    tx = Transactions(["a", "b", "c"], np.array([1, 2, 3]), np.array([1, 2, 3]),
+                      np.ones(3, dtype=np.float32), np.full(3, 10 * MS_PER_DAY))  # fmt: skip
+    features = empty_features(3)
+    midnight = 10 * MS_PER_DAY
+    # a: today's snapshot; b: a materialization missed two days ago; c: never seen (0).
+    features.event_ms["card_daily"][:] = [midnight, midnight - 2 * MS_PER_DAY, 0]
+    features.event_ms["terminal_daily"][:] = midnight - MS_PER_HOUR
+    reasons: list[list[str]] = [[], [], []]
+    unavailable = unavailable_views(tx, features, True, reasons)
+    assert list(unavailable) == ["card_daily"]
+    assert unavailable["card_daily"].tolist() == [False, True, False]
+    assert reasons == [[], ["FEATURES_STALE:card_daily"], []]
+    # The store did not answer: every view is unavailable, and no row is called stale.
+    nothing = unavailable_views(tx, features, False, [[], [], []])
+    assert set(nothing) == {"card_daily", "terminal_daily", "card_recent"}
+    assert all(rows.all() for rows in nothing.values())
+    # The stream stopped: every row's recent buffer is stale.
+    reasons = [[], [], []]
+    stream = unavailable_views(tx, features, True, reasons, stream_stale=True)
+    assert stream["card_recent"].all()
+    assert all("FEATURES_STALE:card_recent" in r for r in reasons)
+
+
+class _HeartbeatStore:
+    """The store's answer for the heartbeat row: its event time, 0 for none."""
+
+    def __init__(self) -> None:
+        self.beat_ms = 0
+        self.reads = 0
+
+    def read(self, card_ids, terminal_ids, with_tx_ids=False):
+        self.reads += 1
+        features = empty_features(len(card_ids))
+        features.event_ms["card_recent"][:] = self.beat_ms
+        return features
+
+
+def test_stream_heartbeat_judges_silence_not_absence() -> None:
+    store, now = _HeartbeatStore(), [1_000.0]
+    heartbeat = StreamHeartbeat(store, max_silence_ms=60_000, clock=lambda: now[0])
+    assert not heartbeat.stale()  # no consumer ever ran: a materialized snapshot
+    store.beat_ms = int((now[0] - 10) * 1000)
+    now[0] += 1
+    assert not heartbeat.stale()
+    now[0] += 120  # the consumer has been silent for 130 s
+    assert heartbeat.stale()
+    store.beat_ms = int(now[0] * 1000)  # it is back...
+    assert heartbeat.stale()  # ...seen at the next check, not on every request
+    reads = store.reads
+    now[0] += 1
+    assert not heartbeat.stale() and store.reads == reads + 1

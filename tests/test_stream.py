@@ -155,6 +155,33 @@ def test_poison_message_is_counted_and_skipped(
     assert consumer.stats.applied == 20
 
 
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_consumer_stamps_a_heartbeat_serving_reads_as_alive_then_stopped(
+    kind, tiny_build, tmp_path, kafka_service, request
+) -> None:
+    """The consumer writes its heartbeat into the store on an idle topic too; the serving
+    side's check reads it as alive, and as stopped once it is older than the limit."""
+    from python_backend.features import STREAM_HEARTBEAT_ID
+    from python_backend.scoring import StreamHeartbeat
+
+    settings, fs, _tx, _day = _stream_store(kind, tiny_build, tmp_path, request)
+    bootstrap = f"127.0.0.1:{kafka_service.port}"
+    topic = f"transactions-{uuid.uuid4().hex[:8]}"
+    ensure_topic(bootstrap, topic, partitions=1)
+    reader = open_reader(settings.kind, settings.reader_location)
+    heartbeat = StreamHeartbeat(reader, check_every_s=0)
+    assert not heartbeat.stale() and heartbeat.beat_ms == 0, "no consumer yet: not judged"
+    consumer = _consumer(settings, fs, bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}")
+    before = time.time() * 1000
+    consumer.poll_once(0.1)
+    consumer.close()
+    beat = reader.read(np.array([STREAM_HEARTBEAT_ID]), None).event_ms["card_recent"][0]
+    assert before - 1000 <= beat <= time.time() * 1000
+    assert not heartbeat.stale() and heartbeat.beat_ms == beat
+    later = StreamHeartbeat(reader, check_every_s=0, clock=lambda: beat / 1000 + 61)
+    assert later.stale(), "silent for over a minute: the recent buffers are stale"
+
+
 def test_waves_never_hold_a_card_twice() -> None:
     cards = np.array([1, 2, 3, 1, 4, 2, 2, 5])
     slices = waves(cards)

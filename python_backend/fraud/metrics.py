@@ -21,6 +21,11 @@ FAMILIES = {
         "Transactions that met a degradation, by reason",
         "COUNTER",
     ),
+    "stale": (
+        "fraud_features_stale_total",
+        "Transactions decided without a feature view that was stale, by view",
+        "COUNTER",
+    ),
     "breakers": (
         "fraud_breaker_state",
         "Circuit breaker state: 0 closed, 1 half-open, 2 open",
@@ -82,6 +87,8 @@ class ServiceMetrics:
         for code in dict.fromkeys(decided.degradations):
             if code.endswith(DEGRADATIONS):
                 self.count("reasons", rows, reason=code)
+        for view, n in (decided.stale or {}).items():
+            self.count("stale", n, view=view)
 
     def _metric(self, family: str, labels: tuple):
         key = (family, labels)

@@ -62,6 +62,8 @@ class Decided:
     reasons: list[list[str]]
     stage_us: np.ndarray  # features, primary, fallback, rules (µs; total added per request)
     degradations: list[str]  # ladder and feature-read codes, the same for every row
+    #: Rows decided without each stale view, by view.
+    stale: dict[str, int] | None = None
 
     @property
     def decisions(self) -> list[str]:
@@ -165,6 +167,7 @@ class FraudService:
         clock: Callable[[], float] = time.perf_counter,
         features_breaker: CircuitBreaker | None = None,
         log: Callable[[str], None] = lambda _m: None,
+        heartbeat: scoring.StreamHeartbeat | None = None,
     ) -> None:
         self.policy = policy
         self.rules = rules
@@ -176,6 +179,9 @@ class FraudService:
             "features", slow_ms=20, cooldown_s=2
         )
         self.log = log
+        self.heartbeat = heartbeat or (
+            scoring.StreamHeartbeat(reader) if reader is not None else None
+        )
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -227,7 +233,10 @@ class FraudService:
             breaker.record(ok, (self.clock() - started) * 1000)
         if not ok:
             degradations.append("FEATURES_UNAVAILABLE")
-        inputs = scoring.model_inputs(tx, features)
+        # A stale view is not extrapolated from: the models decide without it, as trained to.
+        stream_stale = ok and self.heartbeat is not None and self.heartbeat.stale()
+        unavailable = scoring.unavailable_views(tx, features, ok, reasons, stream_stale)
+        inputs = scoring.model_inputs(tx, features, unavailable)
         features_done = self.clock()
 
         outcome = await self.ladder.run(inputs, budget)
@@ -248,8 +257,9 @@ class FraudService:
         )
         shared = degradations + outcome.reasons
         rows = [r + shared + rr for r, rr in zip(reasons, rule_reasons, strict=True)]
+        stale = {view: int(rows.sum()) for view, rows in unavailable.items()} if ok else None
         return Decided(
-            np.asarray(scores, dtype=np.float32), outcome.path, codes, rows, stage, shared
+            np.asarray(scores, dtype=np.float32), outcome.path, codes, rows, stage, shared, stale
         )
 
     def _feature_error(self, err: Exception) -> None:
