@@ -1,9 +1,9 @@
 """The primary deep model: embeddings + tabular MLP + a GRU over the last transactions.
 
 Trained with PyTorch on the time split, class imbalance handled with a positive-class
-weight, the best epoch chosen on the validation days by average precision. Exported to ONNX
-with a dynamic batch axis; the sigmoid is part of the graph, so every runtime returns a
-probability.
+weight, the best epoch chosen on the validation days by average precision, then calibrated
+(Platt scaling folded into the last layer). Exported to ONNX with a dynamic batch axis; the
+sigmoid is part of the graph, so every runtime returns a probability.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from python_backend.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS, Mode
 
 @dataclass(frozen=True)
 class PrimaryConfig:
-    hidden: int = 128
+    hidden: int = 256
     gru_hidden: int = 32
     epochs: int = 12
     batch_size: int = 1024
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     #: The positive class weighs (negatives / positives) ** this in the loss.
-    pos_weight_power: float = 0.5
+    pos_weight_power: float = 0.25
     seed: int = 0
 
 
@@ -122,7 +122,8 @@ def train(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     positives = max(float(y_train.sum()), 1.0)
-    # sqrt of the imbalance: recalls the rare class without flooding the scores.
+    # A fourth root of the imbalance: measured beside the square root (and none) on the open
+    # world, it ranked best on the whole holdout and on every cold-start slice.
     imbalance = (len(y_train) - positives) / positives
     pos_weight = torch.tensor(imbalance**cfg.pos_weight_power, dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -180,8 +181,8 @@ def train(
 def calibrate(model: FraudNet, inputs: ModelInputs, y: np.ndarray) -> dict[str, float]:
     """Platt scaling on the validation days, folded into the last layer.
 
-    The positive-class weight of training inflates the probabilities (by about its square
-    root at the fraud rate); a logistic fit of the labels on the logit, ``a * z + b``, puts
+    The positive-class weight of training inflates the probabilities (about by the weight,
+    at the fraud rate); a logistic fit of the labels on the logit, ``a * z + b``, puts
     them back on the scale of observed fraud rates. Folded into the head's last ``Linear``,
     it costs nothing at serving time, and a monotone map leaves every ranking metric as is.
     """

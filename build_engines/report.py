@@ -113,8 +113,8 @@ def write(
         notes.append(f"- tensorrt: {'built' if trt['built'] else 'skipped'} ({trt['reason']})")
     open_world = ""
     if result.get("slices"):
-        paths["slices_plot"] = folder / f"{stem}_slices.png"
-        slice_plot(result["slices"], paths["slices_plot"], title)
+        paths["slices"] = folder / f"{stem}_slices.png"
+        slice_plot(result["slices"], paths["slices"], title)
         open_world = (
             "## Open-world slices of the test days\n\n"
             "new_terminal / new_card: first transaction under 7 days before the day's midnight "
