@@ -123,7 +123,7 @@ def write(
             "every test row decided with the daily views and recent buffers unavailable. "
             "Declined / flagged: share of genuine transactions at the served thresholds.\n\n"
             f"{slice_table(result['slices'])}\n\n"
-            f"![slices]({paths['slices_plot'].name})\n\n"
+            f"![slices]({paths['slices'].name})\n\n"
         )
     paths["table"].write_text(
         f"# {title}: model quality on held-out days\n\n"
