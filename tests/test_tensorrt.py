@@ -11,7 +11,7 @@ import pytest
 
 from build_engines.tensorrt import POLYGRAPHY, engine_command, tensorrt_availability
 from build_engines.triton_config import fallback_config, primary_config
-from python_backend.contract import MAX_BATCH_SIZE, PRIMARY
+from python_backend.contract import MAX_BATCH_SIZE, PRIMARY, TABULAR
 
 
 def _polygraphy_run_flags() -> set[str]:
@@ -42,8 +42,13 @@ def test_engine_profile_spans_batch_one_to_max() -> None:
         start = cmd.index(flag) + 1
         return cmd[start : start + len(PRIMARY.inputs)]
 
-    assert shapes("--trt-min-shapes") == ["TABULAR:[1,26]", "SEQUENCE:[1,5,4]", "CATEGORICAL:[1,3]"]
-    assert shapes("--trt-max-shapes")[0] == f"TABULAR:[{MAX_BATCH_SIZE},26]"
+    width = TABULAR.dims[0]
+    assert shapes("--trt-min-shapes") == [
+        f"TABULAR:[1,{width}]",
+        "SEQUENCE:[1,5,4]",
+        "CATEGORICAL:[1,3]",
+    ]
+    assert shapes("--trt-max-shapes")[0] == f"TABULAR:[{MAX_BATCH_SIZE},{width}]"
     assert "CATEGORICAL:[0,6]" in cmd, "embedding indices must stay inside the vocabulary"
 
 
