@@ -413,9 +413,12 @@ def build_all(
 
     data_dir = build_dir / "data" / scale
     data_key_path = data_dir / "config.json"
+    # The simulator's code is part of the data's identity: a changed world is simulated anew.
+    simulator = hashlib.sha256((ROOT / "build_engines" / "simulate.py").read_bytes()).hexdigest()
+    data_key = {**asdict(config), "simulator": simulator[:16]}
     if (
         data_key_path.exists()
-        and json.loads(data_key_path.read_text()) == asdict(config)
+        and json.loads(data_key_path.read_text()) == json.loads(json.dumps(data_key))
         and (data_dir / "transactions.parquet").exists()
     ):
         log(f"reusing simulated data in {_shown(data_dir)}")
@@ -424,7 +427,7 @@ def build_all(
         log(f"simulating transactions (scale {scale}, seed {seed})")
         data = simulate(config)
         data.write(data_dir)
-        data_key_path.write_text(json.dumps(asdict(config)))
+        data_key_path.write_text(json.dumps(data_key))
     summary = describe(data)
     log(
         f"{summary['transactions']:,} transactions, {summary['cards']:,} cards, fraud rate "
