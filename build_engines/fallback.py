@@ -42,10 +42,6 @@ def train(tabular: np.ndarray, y: np.ndarray) -> Pipeline:
     return model
 
 
-def predict(model: Pipeline, tabular: np.ndarray) -> np.ndarray:
-    return model.predict_proba(tabular)[:, 1].astype(np.float32)
-
-
 #: A fallback must be at least this many times cheaper per row (batch 64) than the primary.
 MIN_COST_RATIO = 10.0
 #: Weight of the primary's probability in the distilled student's targets.
@@ -149,10 +145,9 @@ def train_mlp(
     return Layers(layers), {"valid_pr_auc": round(best[0], 4), "best_epoch": best[2]}
 
 
-def export_onnx(model: Pipeline | Layers, path: Path) -> None:
-    """Write ``Gemm (-> Relu -> Gemm ...) -> Sigmoid`` for a logistic regression (its
-    scaler folded in) or an MLP's layers."""
-    layers = logistic_layers(model) if isinstance(model, Pipeline) else model
+def export_onnx(layers: Layers, path: Path) -> None:
+    """Write ``Gemm (-> Relu -> Gemm ...) -> Sigmoid`` for a candidate's layers (a logistic
+    regression is one layer, :func:`logistic_layers`)."""
     nodes, weights = [], []
     current = TABULAR.name
     for i, (w, b) in enumerate(layers.layers):

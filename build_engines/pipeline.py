@@ -184,7 +184,7 @@ def train_and_evaluate(
     scorers["primary_int8"] = _onnx_scorer(int8, split.test)
 
     fb, fb_layers, facts["fallback_candidates"] = train_fallback(
-        split, out_dir, net, fp32, scorers["primary_fp32"]
+        split, out_dir, net, scorers["primary_fp32"]
     )
     scores["fallback"] = fb.predict(split.test)
     facts["fallback_parity_max_abs_diff"] = float(
@@ -259,7 +259,7 @@ def train_and_evaluate(
 
 
 def train_fallback(
-    split: Split, out_dir: Path, net: primary.FraudNet, fp32: OnnxModel, primary_scorer
+    split: Split, out_dir: Path, net: primary.FraudNet, primary_scorer
 ) -> tuple[OnnxModel, fallback.Layers, dict]:
     """Train the fallback candidates side by side and keep the best on the validation days
     among those at least ``fallback.MIN_COST_RATIO`` times cheaper per row than the primary
@@ -306,7 +306,7 @@ def train_fallback(
     )
     facts["chosen"] = chosen
     shutil.copyfile(out_dir / f"fallback_{chosen}.onnx", out_dir / "fallback.onnx")
-    return OnnxModel(out_dir / "fallback.onnx", FALLBACK), candidates[chosen], facts
+    return models[chosen], candidates[chosen], facts
 
 
 def _pr_auc(y: np.ndarray, scores: np.ndarray) -> float:

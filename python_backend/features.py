@@ -254,7 +254,7 @@ PRESENCE = (
     "card_known",
     "terminal_known",
     "card_has_recent",
-    *(f"{g}_available" for g in ("card_daily", "terminal_daily", "card_recent")),
+    *(f"{g.name}_available" for g in FEATURE_GROUPS),
 )
 
 #: Columns of the primary model's ``TABULAR`` input, in order, with their transform.
@@ -423,7 +423,7 @@ def assemble_model_inputs(
     function, so they cannot disagree on a transform.
     """
     batch = len(amount)
-    unavailable = {k: v for k, v in (unavailable or {}).items() if v is not None}
+    unavailable = unavailable or {}
     if unavailable:
         stored = without_views(stored, unavailable)
     columns: dict[str, np.ndarray] = dict(request_features(amount, ts_ms))

@@ -257,7 +257,7 @@ class FraudService:
         )
         shared = degradations + outcome.reasons
         rows = [r + shared + rr for r, rr in zip(reasons, rule_reasons, strict=True)]
-        stale = {view: int(rows.sum()) for view, rows in unavailable.items()} if ok else None
+        stale = {view: int(mask.sum()) for view, mask in unavailable.items()} if ok else None
         return Decided(
             np.asarray(scores, dtype=np.float32), outcome.path, codes, rows, stage, shared, stale
         )
