@@ -57,10 +57,10 @@ features: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Apply the Feast repo
 	$(PY) -m feature_repo materialize
 
 feature-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Online read latency, reader vs Feast SDK, sqlite and redis
-	$(PY) -m feature_repo bench
+	$(PY) -m perf feature-bench
 
 feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day through Kafka; compare online and offline features
-	$(PY) -m feature_repo parity
+	$(PY) -m perf feature-parity
 
 serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002)
 	$(PY) -m client serve --scale $(DEMO_SCALE)

@@ -7,7 +7,7 @@ import lightgbm as lgb
 import numpy as np
 from tqdm import tqdm
 
-from python_backend.features import ModelInputs
+from python_backend.fraud.features import ModelInputs
 
 PARAMS = {
     "objective": "binary",

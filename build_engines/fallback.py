@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from python_backend.contract import FALLBACK, PROBABILITY, TABULAR
+from python_backend.fraud.contract import FALLBACK, PROBABILITY, TABULAR
 
 
 def train(tabular: np.ndarray, y: np.ndarray) -> Pipeline:

@@ -36,8 +36,8 @@ from python_backend.image import (
     to_pixels,
     top_k,
 )
+from python_backend.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Photos shipped inside scikit-image (no download): name -> expected ImageNet class ids where
 #: the photo has an obvious one (used as a check, not for training).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "horse", "clock", "moon")

@@ -20,8 +20,8 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm import tqdm
 
-from python_backend.contract import CATEGORICAL, MAX_BATCH_SIZE, PRIMARY, SEQUENCE, TABULAR
-from python_backend.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS, ModelInputs
+from python_backend.fraud.contract import CATEGORICAL, MAX_BATCH_SIZE, PRIMARY, SEQUENCE, TABULAR
+from python_backend.fraud.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS, ModelInputs
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from python_backend.contract import PRIMARY
-from python_backend.features import ModelInputs
+from python_backend.fraud.contract import PRIMARY
+from python_backend.fraud.features import ModelInputs
 from python_backend.onnx_runner import OnnxModel
 
 CALIBRATION_ROWS = 4_096

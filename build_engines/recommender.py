@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from build_engines.pipeline import BUILD, ROOT, log
-from python_backend.recommender import (
+from build_engines.log import log
+from python_backend.paths import MODEL_REPOSITORY, MOVIELENS_DATA, REPORTS
+from python_backend.recommender.core import (
     CLICK_BUFFER,
     EMBEDDING_DIM,
     LAST_N,
@@ -42,9 +43,8 @@ MEMBERS = {
     "recbole/dataset_example/ml-100k/ml-100k.inter": "ratings.tsv",
     "recbole/dataset_example/ml-100k/ml-100k.item": "items.tsv",
 }
-DATA_DIR = BUILD / "data" / "movielens"
-REPOSITORY = ROOT / "model_repository"
-REPORT = BUILD / "reports" / "recommender_quality.json"
+REPOSITORY = MODEL_REPOSITORY
+REPORT = REPORTS / "recommender_quality.json"
 TRAIN_FRACTION = 0.8
 #: Popularity (baseline and fallback) counts the ratings of the last days before the split.
 POPULAR_WINDOW_DAYS = 30
@@ -63,7 +63,7 @@ class RecConfig:
     eval_limit: int | None = None
 
 
-def load(data_dir: Path = DATA_DIR) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load(data_dir: Path = MOVIELENS_DATA) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ratings (user_id, item_id, rating, ts_ms) in time order, and item titles."""
     from build_engines.real_data import extract_from_wheel
 
@@ -283,7 +283,7 @@ def recommend_config(budget_ms: float) -> str:
 def feature_files(model, ratings: pd.DataFrame, cutoff_ms: int, data_dir: Path) -> None:
     """The offline store: each user's embedding and items rated before the split
     (``user_embedding``), and their click buffer as of the split (``user_recent_clicks``)."""
-    from feature_repo.clicks import clicks_source, user_source
+    from python_backend.recommender.core import clicks_source, user_source
 
     before = ratings[ratings["ts_ms"] < cutoff_ms].sort_values(["user_id", "ts_ms", "item_id"])
     weights = model.user.weight.detach().numpy()
@@ -318,7 +318,7 @@ def feature_files(model, ratings: pd.DataFrame, cutoff_ms: int, data_dir: Path) 
 
 def build(
     cfg: RecConfig = RecConfig(),
-    data_dir: Path = DATA_DIR,
+    data_dir: Path = MOVIELENS_DATA,
     repository: Path = REPOSITORY,
     report_path: Path = REPORT,
     budget_ms: float = 80.0,
@@ -396,8 +396,8 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def built(repository: Path = REPOSITORY, data_dir: Path = DATA_DIR) -> bool:
-    from feature_repo.clicks import user_source
+def built(repository: Path = REPOSITORY, data_dir: Path = MOVIELENS_DATA) -> bool:
+    from python_backend.recommender.core import user_source
 
     return (
         (repository / SCORER.name / "1" / "model.onnx").exists()

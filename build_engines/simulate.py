@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from python_backend.features import MERCHANT_CATEGORIES, MS_PER_DAY, MS_PER_SECOND
+from python_backend.fraud.features import MERCHANT_CATEGORIES, MS_PER_DAY, MS_PER_SECOND
 
 SCENARIOS = (
     "legit",

@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from build_engines.metrics import recall_at_fpr
-from python_backend.features import MS_PER_DAY
+from python_backend.fraud.features import MS_PER_DAY
 
 SLICES = ("all", "new_terminal", "new_card", "returning_card", "both_new", "stale_store")
 #: A card is "returning" when its previous transaction is at least this old.

@@ -17,8 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_backend.contract import MAX_BATCH_SIZE, PREFERRED_BATCH_SIZES, ModelContract
-from python_backend.features import CATEGORICAL_COLUMNS
+from python_backend.contract import ModelContract
+from python_backend.fraud.contract import MAX_BATCH_SIZE, PREFERRED_BATCH_SIZES
+from python_backend.fraud.features import CATEGORICAL_COLUMNS
 
 #: polygraphy's command-line script: the one installed beside this interpreter, else PATH's.
 POLYGRAPHY = (

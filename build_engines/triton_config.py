@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 
-from python_backend.contract import (
+from python_backend.contract import ModelContract, TensorSpec
+from python_backend.fraud.contract import (
     FALLBACK,
     MAX_BATCH_SIZE,
     PREFERRED_BATCH_SIZES,
     PRIMARY,
     SCORING,
     SCORING_MAX_BATCH,
-    ModelContract,
-    TensorSpec,
 )
-from python_backend.scoring import DEFAULT_BUDGET_MS
+from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 
 VARIANTS = ("cpu", "tensorrt")
 #: Queue delay the batcher may add to gather a batch: small against the 95 ms budget.

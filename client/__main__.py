@@ -12,7 +12,7 @@ call and operate the services.
 - ``classify``: send an image file to the web API and print its answer.
 - ``recommend``: the top five items for a user (``recommend_top5``), as JSON.
 - ``click``: publish a click to the ``clicks`` topic (``KAFKA_BOOTSTRAP``).
-- ``watchdog``: reload models whose Python stub process died (``client.watchdog``).
+- ``watchdog``: reload models whose Python stub process died (``client.local.watchdog``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import uuid
 
 import pandas as pd
 
-from client.triton_server import ROOT, Ports
+from client.local.triton import ROOT, Ports
+from python_backend import settings
 
 
 def _url(args) -> str:
@@ -35,7 +36,7 @@ def _url(args) -> str:
 
 
 def _last_day(scale: str, limit: int | None) -> pd.DataFrame:
-    from python_backend.features import MS_PER_DAY
+    from python_backend.fraud.features import MS_PER_DAY
 
     tx = pd.read_parquet(ROOT / "build" / "data" / scale / "transactions.parquet")
     start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
@@ -103,9 +104,9 @@ def cmd_demo(args) -> int:
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_features, ensure_models, warm_up
+    from client.local.triton import running
     from client.open_world import score_variants, table
     from client.replay import replay
-    from client.triton_server import running
 
     print("== 1. build what is missing (embedded defaults: SQLite online store)")
     scale = ensure_models(args.scale)
@@ -167,7 +168,7 @@ def cmd_demo(args) -> int:
 def _kill_stubs(model: str, server_pid: int) -> None:
     import signal
 
-    from perf.chaos import stub_pids
+    from client.local.services import stub_pids
 
     for pid in stub_pids(model, server_pid):
         with contextlib.suppress(ProcessLookupError):
@@ -186,7 +187,7 @@ def cmd_classify(args) -> int:
     import urllib.request
     from pathlib import Path
 
-    from perf.image import multipart
+    from client.image_api import multipart
 
     path = Path(args.image)
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -208,7 +209,7 @@ def cmd_recommend(args) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from client.recommend import recommend
+    from client.recommender import recommend
 
     client = grpcclient.InferenceServerClient(_url(args))
     try:
@@ -226,7 +227,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_click(args) -> int:
-    from feature_repo.clicks import click_now, publish_clicks
+    from feature_repo.recommender import click_now, publish_clicks
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     click = click_now(args.user_id, args.item_id)
@@ -236,7 +237,7 @@ def cmd_click(args) -> int:
 
 
 def cmd_watchdog(args) -> int:
-    from client.watchdog import Watchdog
+    from client.local.watchdog import Watchdog
 
     watchdog = Watchdog(_url(args), tuple(args.models.split(",")))
     print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
@@ -289,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     image_api.add_argument("--port", type=int, default=int(os.environ.get("IMAGE_API_PORT", 8080)))
     classify = sub.add_parser("classify", help="classify an image file through the web API")
     classify.add_argument("image")
-    classify.add_argument(
-        "--api", default=f"http://127.0.0.1:{os.environ.get('IMAGE_API_PORT', 8080)}"
-    )
+    classify.add_argument("--api", default=f"http://127.0.0.1:{settings.IMAGE_API_PORT.get()}")
     rec = sub.add_parser("recommend", help="top five items for users")
     rec.add_argument("--user-id", type=int, nargs="+", required=True)
     click = sub.add_parser("click", help="publish a click (KAFKA_BOOTSTRAP)")

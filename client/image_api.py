@@ -14,8 +14,8 @@ Run by ``make image-api`` (``python -m client image-api``) under uvicorn, in fro
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from python_backend import settings
 from python_backend.image import IMAGE, IMAGE_PIPELINE, MAX_IMAGE_BYTES
 
 PAGE = Path(__file__).with_name("image_page.html")
@@ -48,12 +49,24 @@ app = FastAPI(title="Image classification (EfficientNet-Lite0 on Triton)")
 _triton: dict = {}
 
 
+def multipart(filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body with one file field named ``file``."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
 def triton():
     """One asyncio gRPC client per process, made on first use inside the event loop."""
     if "client" not in _triton:
         import tritonclient.grpc.aio as grpcaio
 
-        url = os.environ.get("IMAGE_API_TRITON", "127.0.0.1:8001")
+        url = settings.IMAGE_API_TRITON.get()
         _triton["client"] = grpcaio.InferenceServerClient(url)
     return _triton["client"]
 

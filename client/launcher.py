@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from client.triton_server import (
+from client.local.triton import (
     FRAUD_MODELS,
     IMAGE_MODELS,
     MODEL_REPOSITORY,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from client.scoring import FraudClient
-from python_backend.features import MS_PER_DAY
+from python_backend.fraud.features import MS_PER_DAY
 
 #: Far above any simulated id: entities no store has seen.
 UNSEEN_ID = 900_000_000

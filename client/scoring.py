@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from python_backend.contract import SCORING, STAGES
+from python_backend.fraud.contract import SCORING, STAGES
 
 _FIELDS = {
     "TRANSACTION_ID": "transaction_id",

@@ -1,9 +1,10 @@
-"""Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,bench,parity,
-recommender,consume-clicks}``.
+"""Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,recommender,
+consume-clicks}``.
 
 The store comes from the environment (``FEATURE_STORE``, ``REDIS_URL``, ``FEATURE_DATA``,
 ``FEATURE_REPO_DIR``; see ``feature_repo.store``), the broker from ``KAFKA_BOOTSTRAP``.
-``bench`` and ``parity`` start their own Redis and Kafka-protocol broker on loopback.
+The read-latency benchmark and the online/offline parity check are ``python -m perf
+feature-bench`` and ``feature-parity`` (they start their own Redis and broker).
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-REPORTS = ROOT / "build" / "reports"
 
 
 def _as_of_ms(text: str | None) -> int | None:
@@ -52,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("replay", help="publish simulated transactions onto the topic")
     rep.add_argument("--rate", type=float, default=None, help="events per second")
     rep.add_argument("--limit", type=int, default=None)
-    sub.add_parser("bench", help="online read latency: reader vs Feast SDK, both stores")
-    par = sub.add_parser("parity", help="online vs offline features, both stores")
-    par.add_argument("--limit", type=int, default=10_000)
     sub.add_parser("recommender", help="register the user views and fill the online store")
     clicks = sub.add_parser("consume-clicks", help="run the clicks consumer into the store")
     clicks.add_argument("--topic", default=None, help="topic to consume (default: clicks)")
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "consume":
         from feature_repo.stream import TransactionConsumer, ensure_topic, writer_for
         from python_backend.events import TOPIC_TRANSACTIONS
-        from python_backend.online_features import open_reader
+        from python_backend.fraud.online import open_reader
 
         topic = args.topic or TOPIC_TRANSACTIONS
         ensure_topic(bootstrap, topic)
@@ -123,29 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         sent = replay(bootstrap, tx, args.rate)
         print(f"published {sent:,} events in {time.perf_counter() - started:.1f} s")
-    else:
-        from feature_repo.local_services import kafka_broker, redis_server
-
-        with contextlib.ExitStack() as stack:
-            redis = stack.enter_context(redis_server())
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            stores = {
-                kind: StoreSettings.from_env(
-                    kind=kind, redis_url=f"redis://127.0.0.1:{redis.port}/0", repo_dir=tmp / kind
-                )
-                for kind in ("sqlite", "redis")
-            }
-            kafka = stack.enter_context(kafka_broker())
-            if args.command == "bench":
-                from feature_repo.bench import run_bench
-
-                run_bench(stores, REPORTS / "feature_latency.json", f"127.0.0.1:{kafka.port}")
-            else:
-                from feature_repo.parity import write_parity_report
-
-                write_parity_report(
-                    stores, f"127.0.0.1:{kafka.port}", args.limit, REPORTS / "feature_parity.json"
-                )
     return 0
 
 
@@ -162,22 +133,23 @@ def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> N
 
 
 def _recommender(args, settings) -> int:
-    from build_engines.recommender import DATA_DIR
-    from feature_repo import clicks
+    from feature_repo import recommender as clicks
     from feature_repo.store import feature_store
+    from python_backend.paths import MOVIELENS_DATA
+    from python_backend.recommender.core import user_source
 
-    if not clicks.user_source(DATA_DIR).exists():
+    if not user_source(MOVIELENS_DATA).exists():
         print("no recommender features: run `make recommender` first", file=sys.stderr)
         return 2
     if args.command == "recommender":
         started = time.perf_counter()
-        counts = clicks.materialize(feature_store(settings), DATA_DIR)
+        counts = clicks.materialize(feature_store(settings), MOVIELENS_DATA)
         print(f"online store ({settings.kind}, {settings.reader_location}): {counts}; "
               f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         return 0
     from feature_repo.stream import ensure_topic, writer_for
-    from python_backend.recommender import TOPIC_CLICKS
-    from python_backend.user_features import open_user_reader
+    from python_backend.recommender.core import TOPIC_CLICKS
+    from python_backend.recommender.online import open_user_reader
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     topic = args.topic or TOPIC_CLICKS

@@ -1,5 +1,5 @@
 """Feast objects of the fraud features, generated from the one declaration in
-``python_backend.features``: nothing here names a feature by hand."""
+``python_backend.fraud.features``: nothing here names a feature by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from python_backend.features import CARD_RECENT, FEATURE_GROUPS, FeatureGroup
+from python_backend.fraud.features import CARD_RECENT, FEATURE_GROUPS, FeatureGroup
 
 _FEAST_TYPES = {
     "float32": Float32,

@@ -29,12 +29,11 @@ from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.repo_config import RegistryConfig
 
-from build_engines.featurize import recent_buffers
 from feature_repo.definitions import definitions, source_path
-from python_backend.features import CARD_RECENT, FEATURE_GROUPS, MS_PER_DAY
-from python_backend.online_features import PROJECT
-
-ROOT = Path(__file__).resolve().parent.parent
+from python_backend.feast_layout import PROJECT
+from python_backend.fraud.features import CARD_RECENT, FEATURE_GROUPS, MS_PER_DAY
+from python_backend.fraud.offline import recent_buffers
+from python_backend.paths import ROOT
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class StoreSettings:
 
     @property
     def reader_location(self) -> str:
-        """What ``python_backend.online_features.open_reader`` needs for this store."""
+        """What ``python_backend.fraud.online.open_reader`` needs for this store."""
         return self.redis_url if self.kind == "redis" else str(self.sqlite_path)
 
 

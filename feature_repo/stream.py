@@ -2,7 +2,7 @@
 
 A consumer (a consumer group, at-least-once) reads events, folds each into its entity's
 buffer of recent events (``card_recent`` from ``transactions``; ``user_recent_clicks`` from
-``clicks``, see ``feature_repo.clicks``) and writes the buffers to the online store; only
+``clicks``, see ``feature_repo.recommender``) and writes the buffers to the online store; only
 then does it commit the offsets. A replayed event is recognised by its id, kept in the
 buffer, so replays after a crash or a restart never double-count. A store that is away is
 waited out with the batch held (nothing committed).
@@ -31,8 +31,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
-from python_backend.features import CARD_RECENT, RECENT_BUFFER, STREAM_HEARTBEAT_ID
-from python_backend.online_features import OnlineFeatureReader
+from python_backend.fraud.features import CARD_RECENT, RECENT_BUFFER, STREAM_HEARTBEAT_ID
+from python_backend.fraud.online import OnlineFeatureReader
 
 #: Buffer entry: (ts_ms, ..., event_id), oldest first; the middle follows the spec's features.
 #: Cards: (ts_ms, amount, terminal_id, transaction_id).
@@ -592,7 +592,7 @@ def writer_for(settings, store, spec: BufferSpec = CARD_SPEC) -> RecentWriter:
     if settings.kind == "redis":
         import redis
 
-        from python_backend.online_features import PROJECT
+        from python_backend.feast_layout import PROJECT
 
         return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT, spec)
     return FeastRecentWriter(store, spec)

@@ -5,6 +5,8 @@
     python -m perf image      the image API's latency per stage (perf.image, make perf-image)
     python -m perf chaos      faults injected under load, decisions reconciled (make chaos)
     python -m perf recommender  recommend_top5 sweep and click freshness (make perf-recommender)
+    python -m perf feature-bench   online read latency, reader vs Feast SDK (make feature-bench)
+    python -m perf feature-parity  a day through Kafka, online vs offline (make feature-parity)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -12,10 +14,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from perf.run import RESULTS, run
+from python_backend import settings
 
 
 def main() -> None:
@@ -24,12 +26,13 @@ def main() -> None:
         "command",
         nargs="?",
         default="run",
-        choices=("run", "tune", "image", "chaos", "recommender"),
+        choices=("run", "tune", "image", "chaos", "recommender", "feature-bench", "feature-parity"),
     )
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("PERF_QUICK") == "1")
-    parser.add_argument("--scale", default=os.environ.get("DEMO_SCALE", "small"),
+    parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
+    parser.add_argument("--scale", default=settings.DEMO_SCALE.get(),
                         help="scale to build when no model is built yet")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--limit", type=int, default=10_000, help="feature-parity: events")
     args = parser.parse_args()
     if args.command == "image":
         from perf.image import run as run_image
@@ -45,12 +48,51 @@ def main() -> None:
 
         summary = run_chaos(args.quick, args.scale, faults=faults_from_env())
         raise SystemExit(0 if summary["decision_log"]["missing"] == 0 else 1)
+    elif args.command in ("feature-bench", "feature-parity"):
+        _features(args.command, args.limit)
     elif args.command == "tune":
         from perf.tune import tune
 
         tune(args.scale, quick=args.quick)
     else:
         run(args.quick, args.scale, args.out)
+
+
+def _features(command: str, limit: int) -> None:
+    """The feature store's benchmark or parity check, on both stores, with their own Redis
+    and Kafka-protocol broker on loopback."""
+    import contextlib
+    import tempfile
+
+    from client.local.services import kafka_broker, redis_server
+    from feature_repo.store import StoreSettings
+    from python_backend.paths import REPORTS
+
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(redis_server())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stores = {
+            kind: StoreSettings.from_env(
+                kind=kind, redis_url=f"redis://127.0.0.1:{redis.port}/0", repo_dir=tmp / kind
+            )
+            for kind in ("sqlite", "redis")
+        }
+        if not (stores["sqlite"].data_dir / "transactions.parquet").exists():
+            raise SystemExit(
+                f"no simulated data in {stores['sqlite'].data_dir}: run `make engines` first "
+                "(or set FEATURE_DATA)"
+            )
+        kafka = stack.enter_context(kafka_broker())
+        if command == "feature-bench":
+            from perf.feature_bench import run_bench
+
+            run_bench(stores, REPORTS / "feature_latency.json", f"127.0.0.1:{kafka.port}")
+        else:
+            from perf.feature_parity import write_parity_report
+
+            write_parity_report(
+                stores, f"127.0.0.1:{kafka.port}", limit, REPORTS / "feature_parity.json"
+            )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import bentoml
 
+from python_backend import settings
 from python_backend.fraud import decide_rows, in_process_service
-from python_backend.online_features import open_reader
+from python_backend.fraud.online import open_reader
 
 #: The largest batch the dispatcher forms, and how long it may hold a request to form one.
 MAX_BATCH = 64
@@ -28,13 +29,13 @@ MAX_LATENCY_MS = 95
 
 @bentoml.service(
     # One worker per core, as the plain peer's uvicorn; no access log (neither has one).
-    workers=int(os.environ.get("BENTO_WORKERS", os.cpu_count() or 1)),
+    workers=int(settings.BENTO_WORKERS.get() or os.cpu_count() or 1),
     traffic={"timeout": 10},
     logging={"access": {"enabled": False}},
 )
 class FraudBento:
     def __init__(self) -> None:
-        repository = Path(os.environ["BENTO_REPOSITORY"])
+        repository = Path(settings.BENTO_REPOSITORY.get())
         self.service = in_process_service(repository, open_reader())
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)

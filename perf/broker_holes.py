@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import threading
 import time
 import uuid
@@ -25,8 +24,8 @@ import uuid
 import numpy as np
 import pandas as pd
 
-from client.triton_server import ROOT
-from feature_repo.local_services import kafka_broker
+from client.local.services import kafka_broker
+from client.local.triton import ROOT
 from feature_repo.stream import (
     CARD_SPEC,
     BufferConsumer,
@@ -35,8 +34,9 @@ from feature_repo.stream import (
     ensure_topic,
     replay,
 )
-from python_backend.decision_log import read_all
+from python_backend import settings
 from python_backend.events import decode
+from python_backend.fraud.decision_log import read_all
 
 OUT = ROOT / "build" / "reports" / "broker_holes.json"
 TOPIC = "transactions-holes"
@@ -141,9 +141,9 @@ def run(events: int, producers: int, rate: float) -> dict:
 
 def main() -> int:
     result = run(
-        int(os.environ.get("HOLES_EVENTS", 40_000)),
-        int(os.environ.get("HOLES_PRODUCERS", 4)),
-        float(os.environ.get("HOLES_RATE", 1_000)),
+        settings.HOLES_EVENTS.get_int(),
+        settings.HOLES_PRODUCERS.get_int(),
+        settings.HOLES_RATE.get_float(),
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))

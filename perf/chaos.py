@@ -2,7 +2,7 @@
 
 The run starts Redis (filled from the offline store), a Kafka-protocol broker, the stream
 consumer (``python -m feature_repo consume``, a process of its own), Triton with the fraud
-models, and the stub watchdog (``client.watchdog``). It offers ``rate`` requests per second
+models, and the stub watchdog (``client.local.watchdog``). It offers ``rate`` requests per second
 (one transaction each, unique transaction ids, unary gRPC ``ModelInfer``), and injects each
 fault of ``FAULTS`` in turn: held for ``fault_s``, lifted, then watched for ``watch_s``.
 Clients retry what did not get an answer (transport errors, a stopped server, timeouts),
@@ -41,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.triton_server import FRAUD_MODELS, ROOT, Ports
+from client.local.services import stub_pids
+from client.local.triton import FRAUD_MODELS, ROOT, Ports
+from python_backend import settings
 from python_backend.fraud.ladder import DEGRADATIONS
 
 REPORTS = ROOT / "build" / "reports"
@@ -101,7 +103,7 @@ DESCRIPTIONS = {
 
 def faults_from_env() -> tuple[str, ...]:
     """``CHAOS_FAULTS`` (comma-separated), else every fault."""
-    raw = os.environ.get("CHAOS_FAULTS", "").strip()
+    raw = settings.CHAOS_FAULTS.get().strip()
     if not raw:
         return FAULTS
     chosen = tuple(f.strip() for f in raw.split(",") if f.strip())
@@ -121,7 +123,7 @@ class Timing:
 
     @classmethod
     def make(cls, quick: bool) -> Timing:
-        soak = float(os.environ.get("CHAOS_SOAK_S", 0))
+        soak = settings.CHAOS_SOAK_S.get_float()
         if quick:
             return cls(baseline_s=3, fault_s=3, watch_s=6, soak_s=soak)
         return cls(soak_s=soak)
@@ -156,7 +158,7 @@ class System:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def start_redis(self, port: int | None = None) -> None:
-        from feature_repo.local_services import redis_server
+        from client.local.services import redis_server
 
         context = redis_server(port)
         self.redis = context.__enter__()
@@ -202,7 +204,7 @@ class System:
         }
 
     def _start(self, ports: Ports, env: dict[str, str], log_name: str):
-        from client.triton_server import start
+        from client.local.triton import start
 
         return start(
             repository=self.repository,
@@ -299,7 +301,7 @@ class System:
         return last
 
     def stop_consumer(self, idle_s: float = 3.0) -> dict:
-        from feature_repo.local_services import stop_process
+        from client.local.services import stop_process
 
         time.sleep(idle_s)  # let it drain what is published
         stop_process(self.consumer, grace_s=20)
@@ -310,8 +312,8 @@ class System:
 
     def start(self) -> None:
         from client.launcher import warm_up
-        from client.watchdog import Watchdog
-        from feature_repo.local_services import kafka_broker
+        from client.local.services import kafka_broker
+        from client.local.watchdog import Watchdog
         from feature_repo.stream import ensure_topic
 
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -412,26 +414,6 @@ def _fallback_restored(system: System) -> None:
     admin = system.admin()
     restore_in_process_fallback(admin)
     admin.close()
-
-
-def stub_pids(model: str, server_pid: int) -> list[int]:
-    """Pids of the Python-backend stubs that serve ``model`` for the server ``server_pid``
-    (its children: another server on the machine keeps its own)."""
-    import psutil
-
-    pids = []
-    for process in psutil.Process(server_pid).children(recursive=True):
-        try:
-            cmd = process.cmdline()
-        except psutil.Error:
-            continue
-        if (
-            cmd
-            and cmd[0].endswith("triton_python_backend_stub")
-            and any(f"/{model}/" in part for part in cmd[1:2])
-        ):
-            pids.append(process.pid)
-    return pids
 
 
 class RedisSleeper:
@@ -662,7 +644,7 @@ class Load:
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as grpcaio
 
-        from python_backend.contract import SCORING
+        from python_backend.fraud.contract import SCORING
 
         self.clients = [
             grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS) for url in self.urls
@@ -920,9 +902,9 @@ def run(
     from tqdm import tqdm
 
     from client.launcher import ensure_models
-    from client.triton_server import MODEL_REPOSITORY
+    from client.local.triton import MODEL_REPOSITORY
     from perf import workload
-    from python_backend.decision_log import read_all
+    from python_backend.fraud.decision_log import read_all
 
     timing = timing or Timing.make(quick)
     started = time.perf_counter()

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from perf.loadgen import RateResult
-from python_backend import scoring
-from python_backend.fraud import Budget, in_process_service, run_now
-from python_backend.online_features import OnlineFeatureReader, OnlineFeatures
+from python_backend.fraud import Budget, in_process_service, run_now, scoring
+from python_backend.fraud.online import OnlineFeatureReader, OnlineFeatures
 
 
 class _Preloaded(OnlineFeatureReader):

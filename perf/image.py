@@ -16,27 +16,16 @@ import base64
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
+from client.image_api import multipart
+from python_backend.paths import ROOT
+
 OUT = ROOT / "perf" / "results" / "image"
 STAGES = ("upload_read", "decode_preprocess", "triton_queue_and_transport", "inference", "total")
-
-
-def multipart(filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """A ``multipart/form-data`` body with one file field named ``file``."""
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
-    ).encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), (
-        f"multipart/form-data; boundary={boundary}"
-    )
 
 
 def photos() -> dict[str, bytes]:
@@ -97,7 +86,7 @@ def _pct(values: np.ndarray) -> dict[str, float]:
 
 
 def perf_analyzer_ensemble(binary, env, url: str, jpeg: bytes, concurrency: int, work: Path):
-    from perf.run import perf_analyzer
+    from perf.analyzer import perf_analyzer
 
     data = work / "image_input.json"
     # b64 content is the tensor's raw form: for BYTES, each element is length-prefixed
@@ -120,8 +109,8 @@ def perf_analyzer_ensemble(binary, env, url: str, jpeg: bytes, concurrency: int,
 def run(quick: bool = False, out: Path = OUT, log=print) -> dict:
     from build_engines.image import build_image
     from client.launcher import IMAGE_MODELS, start_image_api
-    from client.triton_server import Ports, start
-    from feature_repo.local_services import free_port, stop_process
+    from client.local.services import free_port, stop_process
+    from client.local.triton import Ports, start
     from perf.tools import ensure_perf_analyzer
 
     concurrencies = (1, 4) if quick else (1, 2, 4, 8)

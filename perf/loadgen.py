@@ -106,7 +106,7 @@ def grpc_call(url: str, model: str, rows: list[dict]) -> tuple[Call, Callable]:
     import tritonclient.grpc.aio as grpcaio
 
     from client.scoring import build_inputs
-    from python_backend.contract import STAGES
+    from python_backend.fraud.contract import STAGES
 
     client = grpcaio.InferenceServerClient(url)
     prepared = [build_inputs([row]) for row in rows]

@@ -11,17 +11,17 @@ model and store locations in the environment:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from feature_repo.bench import FEATURE_REFS
-from python_backend.features import CARD_DAILY, MODEL_STORED, TERMINAL_DAILY
+from perf.feature_bench import FEATURE_REFS
+from python_backend import settings
 from python_backend.fraud import decide_rows, in_process_service
-from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, left_padded
+from python_backend.fraud.features import CARD_DAILY, MODEL_STORED, TERMINAL_DAILY
+from python_backend.fraud.online import OnlineFeatureReader, OnlineFeatures, left_padded
 
 
 class Transaction(BaseModel):
@@ -83,7 +83,7 @@ class FeastSdkReader(OnlineFeatureReader):
 
 class Scorer:
     def __init__(self) -> None:
-        repository = Path(os.environ["PLAIN_REPOSITORY"])
+        repository = Path(settings.PLAIN_REPOSITORY.get())
         self.service = in_process_service(repository, FeastSdkReader())
 
     def score(self, rows: list[Transaction]) -> list[dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.triton_server import ROOT
+from client.local.triton import ROOT
 
 RESULTS = ROOT / "perf" / "results" / "recommender"
 TARGET_P99_MS = 10.0
@@ -68,8 +68,8 @@ class ConsumerThread:
 def freshness_ms(client, bootstrap: str, topic: str, users: list[int], poll_s: float = 0.01):
     """Per user: ms from a click's acknowledgement to the first recommendation that shows it
     (its item is dropped as seen), or None if it did not within 5 s."""
-    from client.recommend import recommend
-    from feature_repo.clicks import click_now, publish_clicks
+    from client.recommender import recommend
+    from feature_repo.recommender import click_now, publish_clicks
 
     out = []
     for user in users:
@@ -101,20 +101,21 @@ def run(
     from tqdm import tqdm
 
     from build_engines import recommender as build
-    from client.recommend import recommend
-    from client.triton_server import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports
-    from client.triton_server import start as start_triton
-    from feature_repo.clicks import CLICK_SPEC, ClickConsumer, materialize, user_source
-    from feature_repo.local_services import kafka_broker, redis_server
+    from client.local.services import kafka_broker, redis_server
+    from client.local.triton import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports
+    from client.local.triton import start as start_triton
+    from client.recommender import recommend
+    from feature_repo.recommender import CLICK_SPEC, ClickConsumer, materialize
     from feature_repo.store import StoreSettings, feature_store
     from feature_repo.stream import ensure_topic, writer_for
-    from perf.run import measure
+    from perf.analyzer import measure
     from perf.tools import ensure_perf_analyzer
-    from python_backend.user_features import RedisUserReader
+    from python_backend.recommender.core import user_source
+    from python_backend.recommender.online import RedisUserReader
 
     started = time.perf_counter()
     if repository is None:
-        repository, data_dir = MODEL_REPOSITORY, build.DATA_DIR
+        repository, data_dir = MODEL_REPOSITORY, build.MOVIELENS_DATA
         if not build.built():
             log("recommender: not built yet, building it (`make recommender`)")
             build.build()

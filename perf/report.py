@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.run import COMPOSING, MODEL_OF, SYSTEMS, _within_budget, max_rps_within
+from perf.systems import COMPOSING, MODEL_OF, SYSTEMS, max_rps_within, within_budget
 
 #: Systems that do the same work as ours (``hop_floor`` does none: it is the floor).
 PEERS = ("plain_service", "bentoml", "fused_triton", "floor")
@@ -79,7 +79,7 @@ def cpu_by_rate(rates: list[dict]) -> dict:
     """CPU per decision at each offered rate (keyed by the rate), and ``peak``: at the
     highest rate served within budget."""
     out = {f"{r['target_rps']:g}": r["cpu"] for r in rates if r.get("cpu")}
-    within = [r for r in rates if r.get("cpu") and _within_budget(r)]
+    within = [r for r in rates if r.get("cpu") and within_budget(r)]
     if within:
         out["peak"] = {"offered_rps": within[-1]["target_rps"], **within[-1]["cpu"]}
     return out

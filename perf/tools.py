@@ -15,7 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from python_backend.paths import ROOT
+
 TOOLS_DIR = ROOT / "build" / "tools" / "perf_analyzer"
 TRITONCLIENT_WHEEL = "tritonclient==2.51.0"
 CUDART_WHEEL = "nvidia-cuda-runtime-cu12==12.9.79"

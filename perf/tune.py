@@ -26,9 +26,14 @@ from tqdm import tqdm
 
 from build_engines.triton_config import PRIMARY_QUEUE_DELAY_US
 from perf import cpu
+from perf.analyzer import measure
 from perf.cpu import CpuMeter
-from perf.run import PERF_MODELS, RESULTS, ROOT, measure, perf_repository, served
+from perf.peers import perf_repository
+from perf.run import RESULTS
+from perf.systems import PERF_MODELS
 from perf.tools import ensure_perf_analyzer
+from perf.triton_stats import served
+from python_backend.paths import ROOT
 
 
 @dataclass(frozen=True)
@@ -134,9 +139,9 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
-    from client.triton_server import FRAUD_MODELS, MODEL_REPOSITORY, Ports
-    from client.triton_server import start as start_triton
-    from feature_repo.local_services import redis_server
+    from client.local.services import redis_server
+    from client.local.triton import FRAUD_MODELS, MODEL_REPOSITORY, Ports
+    from client.local.triton import start as start_triton
     from feature_repo.store import StoreSettings, feature_store, materialize
     from perf import workload
 

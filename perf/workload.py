@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from python_backend.features import MS_PER_DAY
+from python_backend.fraud.features import MS_PER_DAY
 
 COLUMNS = ["transaction_id", "card_id", "terminal_id", "amount", "ts_ms"]
 

@@ -20,6 +20,9 @@ import struct
 
 import numpy as np
 
+#: The Feast project every pipeline's views live in (one registry, one online store).
+PROJECT = "fraud"
+
 #: feast.types.ValueType numbers used in entity keys.
 _VALUE_TYPE_STRING = 2
 _VALUE_TYPE_INT64 = 4

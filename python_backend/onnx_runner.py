@@ -1,4 +1,4 @@
-"""Run an ONNX fraud model with ONNX Runtime, fed from :class:`ModelInputs`.
+"""Run an ONNX model with ONNX Runtime, fed from an inputs object (one field per tensor).
 
 Used offline (parity checks, INT8 evaluation, latency columns of the report) and by the
 CPU variant of the served models, so both run the model the same way.
@@ -12,16 +12,18 @@ import numpy as np
 import onnxruntime as ort
 
 from python_backend.contract import ModelContract
-from python_backend.features import ModelInputs
-
-#: Which ModelInputs field feeds each model input tensor.
-INPUT_FIELDS = {"TABULAR": "tabular", "SEQUENCE": "sequence", "CATEGORICAL": "categorical"}
 
 
 class OnnxModel:
     """An ONNX Runtime session that speaks one :class:`ModelContract`."""
 
-    def __init__(self, path: str | Path, contract: ModelContract, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        contract: ModelContract,
+        threads: int = 1,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         options = ort.SessionOptions()
         # One thread per session: Triton scales with model instances, not intra-op threads,
         # and a latency figure measured on one core is the one that adds up under load.
@@ -32,6 +34,9 @@ class OnnxModel:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.contract = contract
+        #: Which field of the inputs object feeds each input tensor (default: its name in
+        #: lower case, as ``ModelInputs.tabular`` feeds ``TABULAR``).
+        self.fields = fields or {spec.name: spec.name.lower() for spec in contract.inputs}
         names = {i.name for i in self.session.get_inputs()}
         expected = {spec.name for spec in contract.inputs}
         if names != expected:
@@ -40,10 +45,10 @@ class OnnxModel:
                 f"{sorted(expected)}; rebuild it with `make engines`"
             )
 
-    def feeds(self, inputs: ModelInputs, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    def feeds(self, inputs, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """The ONNX feed dict for ``rows`` of ``inputs``."""
         return {
-            spec.name: np.ascontiguousarray(getattr(inputs, INPUT_FIELDS[spec.name])[rows])
+            spec.name: np.ascontiguousarray(getattr(inputs, self.fields[spec.name])[rows])
             for spec in self.contract.inputs
         }
 
@@ -51,7 +56,7 @@ class OnnxModel:
         """Probabilities ``[B]`` for a prepared feed dict."""
         return self.session.run([self.contract.outputs[0].name], feeds)[0][:, 0]
 
-    def predict(self, inputs: ModelInputs, batch_size: int = 8192) -> np.ndarray:
+    def predict(self, inputs, batch_size: int = 8192) -> np.ndarray:
         """Probabilities ``[B]`` for every row of ``inputs``."""
         n = len(inputs.tabular)
         parts = [

@@ -45,7 +45,7 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> TinyBuild:
 @pytest.fixture(scope="session")
 def redis_service():
     """A real redis-server on a free loopback port for the whole session."""
-    from feature_repo.local_services import redis_server
+    from client.local.services import redis_server
 
     with redis_server() as service:
         yield service
@@ -54,7 +54,7 @@ def redis_service():
 @pytest.fixture(scope="session")
 def kafka_service():
     """A real Kafka-protocol broker (tansu) on a free loopback port for the whole session."""
-    from feature_repo.local_services import kafka_broker
+    from client.local.services import kafka_broker
 
     with kafka_broker() as service:
         yield service
@@ -85,7 +85,7 @@ def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
     """A copy of the tiny build's repository with the committed ``model.py`` files."""
     import shutil
 
-    from client.triton_server import MODEL_REPOSITORY
+    from client.local.triton import MODEL_REPOSITORY
 
     repository = root / "model_repository"
     shutil.copytree(tiny_build.repository, repository)
@@ -102,8 +102,8 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     a real Redis online store (database 1) materialized as of the last simulated day, and
     scored transactions published to a real Kafka-protocol broker."""
     from client.launcher import warm_up
+    from client.local.triton import Ports, running
     from client.scoring import FraudClient
-    from client.triton_server import Ports, running
     from feature_repo.store import StoreSettings, feature_store, materialize
 
     root = tmp_path_factory.mktemp("serving")

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from feature_repo.local_services import free_port, kafka_broker
+from client.local.services import free_port, kafka_broker
 from feature_repo.stream import ensure_topic
-from python_backend.decision_log import DecisionLog, read_all, record
+from python_backend.fraud.decision_log import DecisionLog, read_all, record
 
 
 def _records(n: int, prefix: str) -> list[dict]:

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import onnx
 
-from build_engines.pipeline import MODEL_NAMES, build_all
+from build_engines.pipeline import build_all
 from build_engines.primary import PrimaryConfig
-from python_backend.contract import FALLBACK, MAX_BATCH_SIZE, PRIMARY
-from python_backend.features import TABULAR_NAMES
+from build_engines.training import MODEL_NAMES
+from python_backend.fraud.contract import FALLBACK, MAX_BATCH_SIZE, PRIMARY
+from python_backend.fraud.features import TABULAR_NAMES
 
 METRICS = (
     "roc_auc",

@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from build_engines.featurize import FeatureTables, model_inputs, stored_features
 from build_engines.simulate import SimulationConfig, simulate
-from python_backend.features import (
+from python_backend.fraud.features import (
     LABEL_DELAY_DAYS,
     MODEL_STORED,
     MS_PER_DAY,
@@ -24,6 +23,7 @@ from python_backend.features import (
     default_stored,
     derive_recent,
 )
+from python_backend.fraud.offline import FeatureTables, model_inputs, stored_features
 
 
 @pytest.fixture(scope="module")

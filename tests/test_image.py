@@ -8,7 +8,6 @@ import json
 import shutil
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from python_backend.image import IMAGE, IMAGE_PIPELINE, MAX_IMAGE_BYTES
+from python_backend.paths import ROOT
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _names(ids: set[int]) -> set[str]:
@@ -53,8 +51,8 @@ def image_build(tmp_path_factory):
 def image_service(image_build, tmp_path_factory):
     """Triton with the image models and the web API in front of it, on free ports."""
     from client.launcher import IMAGE_MODELS, start_image_api
-    from client.triton_server import Ports, running
-    from feature_repo.local_services import free_port, stop_process
+    from client.local.services import free_port, stop_process
+    from client.local.triton import Ports, running
 
     repository, _ = image_build
     logs = tmp_path_factory.mktemp("image-logs")
@@ -89,7 +87,7 @@ def _encoded(name: str, fmt: str) -> bytes:
 
 
 def _upload(url: str, data: bytes, content_type: str = "image/jpeg", name: str = "x.jpg"):
-    from perf.image import multipart
+    from client.image_api import multipart
 
     body, ctype = multipart(name, data, content_type)
     request = urllib.request.Request(f"{url}/classify", data=body,

@@ -19,9 +19,9 @@ from python_backend.fraud import (
     default_breakers,
     run_now,
 )
-from python_backend.online_features import empty_features
-from python_backend.rules import load_rules
-from python_backend.scoring import DecisionPolicy
+from python_backend.fraud.online import empty_features
+from python_backend.fraud.rules import load_rules
+from python_backend.fraud.scoring import DecisionPolicy
 
 NOW = 1_780_000_000_000
 HUNG = float("inf")
@@ -60,7 +60,7 @@ class FakeModel:
 
 
 def _inputs(n: int = 3):
-    from python_backend.features import assemble_model_inputs
+    from python_backend.fraud.features import assemble_model_inputs
 
     features = empty_features(n)
     return assemble_model_inputs(

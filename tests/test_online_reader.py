@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from build_engines.featurize import FeatureTables, stored_features
 from feature_repo.store import StoreSettings, feature_store, materialize
-from python_backend.features import (
+from python_backend.fraud.features import (
     FEATURE_GROUPS,
     MODEL_STORED,
     MS_PER_DAY,
     RECENT_MAX_AGE_MS,
     assemble_model_inputs,
 )
-from python_backend.online_features import open_reader
+from python_backend.fraud.offline import FeatureTables, stored_features
+from python_backend.fraud.online import open_reader
 
 UNKNOWN = 10**9
 

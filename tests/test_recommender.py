@@ -13,8 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client.recommend import recommend
-from python_backend.recommender import TOP_K
+from client.recommender import recommend
+from python_backend.recommender.core import TOP_K
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +49,12 @@ def test_quality_beats_popularity_and_the_clicks_add_to_it(rec_build) -> None:
 def rec_stack(rec_build, redis_service, kafka_service):
     """Redis (database 3) filled with the user views, the clicks consumer in a thread, and a
     Triton server with the recommender's models and the committed ``model.py`` files."""
-    from client.triton_server import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports, running
-    from feature_repo.clicks import CLICK_SPEC, ClickConsumer, materialize
+    from client.local.triton import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports, running
+    from feature_repo.recommender import CLICK_SPEC, ClickConsumer, materialize
     from feature_repo.store import StoreSettings, feature_store
     from feature_repo.stream import ensure_topic, writer_for
     from perf.recommender import ConsumerThread
-    from python_backend.user_features import RedisUserReader
+    from python_backend.recommender.online import RedisUserReader
 
     root, _report = rec_build
     repository = root / "model_repository"
@@ -105,14 +105,14 @@ def rec_stack(rec_build, redis_service, kafka_service):
 def _known_users(rec_build) -> list[int]:
     import pandas as pd
 
-    from feature_repo.clicks import user_source
+    from python_backend.recommender.core import user_source
 
     root, _ = rec_build
     return pd.read_parquet(user_source(root / "data"), columns=["user_id"])["user_id"].tolist()
 
 
 def test_clicks_stream_updates_last_five_once_per_click(rec_stack, rec_build) -> None:
-    from feature_repo.clicks import publish_clicks
+    from feature_repo.recommender import publish_clicks
     from python_backend.events import ClickEvent
 
     user = _known_users(rec_build)[3]

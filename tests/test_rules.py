@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from python_backend.features import RULE_COLUMNS
-from python_backend.rules import RulesError, load_rules, parse_rules
+from python_backend.fraud.features import RULE_COLUMNS
+from python_backend.fraud.rules import RulesError, load_rules, parse_rules
 
 KNOWN = set(RULE_COLUMNS)
 

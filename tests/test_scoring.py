@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from python_backend.features import MS_PER_DAY, MS_PER_HOUR
-from python_backend.online_features import empty_features
-from python_backend.scoring import (
+from python_backend.fraud.features import MS_PER_DAY, MS_PER_HOUR
+from python_backend.fraud.online import empty_features
+from python_backend.fraud.scoring import (
     DecisionPolicy,
     InvalidRequest,
     StreamHeartbeat,

@@ -15,9 +15,9 @@ def test_killed_primary_stub_is_reloaded_under_the_serve_launcher(
     tiny_build, tmp_path, redis_service
 ) -> None:
     from client.launcher import start_in_background, stop
+    from client.local.services import stub_pids
+    from client.local.triton import Ports
     from client.scoring import FraudClient
-    from client.triton_server import Ports
-    from perf.chaos import stub_pids
 
     repository = serving_repository(tiny_build, tmp_path)
     env = {"FEATURE_STORE": "redis", "REDIS_URL": f"redis://127.0.0.1:{redis_service.port}/2"}

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from python_backend.contract import DECISIONS, SCORING, SCORING_MAX_BATCH
+from python_backend.fraud.contract import DECISIONS, SCORING, SCORING_MAX_BATCH
 from tests.test_validation_properties import DTYPES, FIELDS, _broken_rule, well_typed_requests
 
 SETTINGS = settings(

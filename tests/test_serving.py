@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.scoring import build_inputs
-from python_backend.contract import DECISIONS, SCORING, STAGES
-from python_backend.features import MS_PER_DAY
+from python_backend.fraud.contract import DECISIONS, SCORING, STAGES
+from python_backend.fraud.features import MS_PER_DAY
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +207,8 @@ def test_a_stopped_stream_consumer_makes_the_recent_buffers_stale(
     import redis
 
     from feature_repo.stream import RedisRecentWriter
-    from python_backend.features import STREAM_HEARTBEAT_ID
-    from python_backend.online_features import PROJECT
+    from python_backend.feast_layout import PROJECT
+    from python_backend.fraud.features import STREAM_HEARTBEAT_ID
 
     client = redis.Redis.from_url(f"redis://127.0.0.1:{redis_service.port}/1")
     writer = RedisRecentWriter(client, PROJECT)

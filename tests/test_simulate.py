@@ -49,9 +49,9 @@ def test_unknown_scale_is_a_clear_error() -> None:
 def test_the_world_is_open_and_the_held_out_days_show_it() -> None:
     """Merchants onboard and close, cards are issued, replaced and go dormant, fraud uses
     them too, and the test days of the split hold every open-world case."""
-    from build_engines.pipeline import split_days
     from build_engines.simulate import NEVER
     from build_engines.slices import slice_masks
+    from build_engines.split import split_days
 
     data = simulate(SimulationConfig.scale("small"))
     tx, terminals, cards = data.transactions, data.terminals, data.cards

@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 from confluent_kafka import Producer
 
-from build_engines.featurize import recent_buffers
-from feature_repo.parity import run_parity, waves
 from feature_repo.store import StoreSettings, feature_store, materialize
 from feature_repo.stream import (
     CARD_SPEC,
@@ -24,9 +22,11 @@ from feature_repo.stream import (
     replay,
     writer_for,
 )
+from perf.feature_parity import run_parity, waves
 from python_backend.events import EventError, TransactionEvent, decode
-from python_backend.features import MS_PER_DAY, RECENT_BUFFER, RECENT_MAX_AGE_MS
-from python_backend.online_features import open_reader
+from python_backend.fraud.features import MS_PER_DAY, RECENT_BUFFER, RECENT_MAX_AGE_MS
+from python_backend.fraud.offline import recent_buffers
+from python_backend.fraud.online import open_reader
 
 
 def _event(i: int, ts: int, card: int = 1) -> TransactionEvent:
@@ -170,8 +170,8 @@ def test_consumer_stamps_a_heartbeat_serving_reads_as_alive_then_stopped(
 ) -> None:
     """The consumer writes its heartbeat into the store on an idle topic too; the serving
     side's check reads it as alive, and as stopped once it is older than the limit."""
-    from python_backend.features import STREAM_HEARTBEAT_ID
-    from python_backend.scoring import StreamHeartbeat
+    from python_backend.fraud.features import STREAM_HEARTBEAT_ID
+    from python_backend.fraud.scoring import StreamHeartbeat
 
     settings, fs, _tx, _day = _stream_store(kind, tiny_build, tmp_path, request)
     bootstrap = f"127.0.0.1:{kafka_service.port}"

@@ -11,7 +11,7 @@ import pytest
 
 from build_engines.tensorrt import POLYGRAPHY, engine_command, tensorrt_availability
 from build_engines.triton_config import fallback_config, primary_config
-from python_backend.contract import MAX_BATCH_SIZE, PRIMARY, TABULAR
+from python_backend.fraud.contract import MAX_BATCH_SIZE, PRIMARY, TABULAR
 
 
 def _polygraphy_run_flags() -> set[str]:
@@ -113,7 +113,7 @@ def test_generated_configs_parse_as_triton_model_configs(variant: str) -> None:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from python_backend.contract import FALLBACK
+    from python_backend.fraud.contract import FALLBACK
 
     for contract, text in (
         (PRIMARY, primary_config(variant)),

@@ -14,8 +14,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from python_backend import scoring
-from python_backend.contract import SCORING
+from python_backend.fraud import scoring
+from python_backend.fraud.contract import SCORING
 
 NOW_MS = 1_780_000_000_000
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from python_backend.contract import ModelContract
-from python_backend.features import ModelInputs
+from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import ModelCallError
 from python_backend.onnx_runner import OnnxModel
 
@@ -65,11 +65,11 @@ def in_process_service(repository: str | Path, reader):
     """The service with the primary and the fallback of ``repository`` (a Triton model
     repository as ``make engines`` lays it out) as ONNX Runtime sessions in this process:
     the benchmark's in-process peers run exactly the decisions ``fraud_scoring`` makes."""
-    from python_backend import scoring
-    from python_backend.contract import FALLBACK, PRIMARY
+    from python_backend.fraud import scoring
+    from python_backend.fraud.contract import FALLBACK, PRIMARY
     from python_backend.fraud.ladder import ModelLadder
+    from python_backend.fraud.rules import load_rules
     from python_backend.fraud.service import FraudService
-    from python_backend.rules import load_rules
 
     repository = Path(repository)
     ladder = ModelLadder(
@@ -87,7 +87,7 @@ def decide_rows(service, rows: list[dict]) -> list[dict]:
     JSON-ready decision per row out, decided in process by ``service``."""
     import time
 
-    from python_backend import scoring
+    from python_backend.fraud import scoring
     from python_backend.fraud.ladder import Budget
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from python_backend.breaker import HALF_OPEN, CircuitBreaker
-from python_backend.features import ModelInputs
+from python_backend.fraud.features import ModelInputs
 
 #: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
 #: model answered with an error) or :class:`TimeoutError`.

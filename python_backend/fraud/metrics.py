@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 
 from python_backend.breaker import STATE_CODES, CircuitBreaker
-from python_backend.contract import DECISIONS
+from python_backend.fraud.contract import DECISIONS
 from python_backend.fraud.ladder import DEGRADATIONS
 from python_backend.fraud.service import Batch
 

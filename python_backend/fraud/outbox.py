@@ -1,6 +1,6 @@
 """What leaves the BLS after a batch is answered, off the hot path: each scored transaction
 to the ``transactions`` topic (so live features follow live traffic) and each decision to
-the decision log (``python_backend.decision_log``, spooled while the broker is away)."""
+the decision log (``python_backend.fraud.decision_log``, spooled while the broker is away)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from python_backend.decision_log import TOPIC_DECISIONS, DecisionLog
-from python_backend.events import TOPIC_TRANSACTIONS, TransactionEvent
+from python_backend import settings
+from python_backend.events import TransactionEvent
+from python_backend.fraud.decision_log import DecisionLog
 from python_backend.fraud.service import Batch
 
 
@@ -30,10 +31,10 @@ class Outbox:
                 "queue.buffering.max.messages": 100_000,
             }
         )
-        self.topic = os.environ.get("SCORED_TOPIC", TOPIC_TRANSACTIONS)
+        self.topic = settings.SCORED_TOPIC.get()
         self.count = count
         self.decision_log = None
-        if os.environ.get("DECISION_LOG", "on") != "off":
+        if settings.DECISION_LOG.get() != "off":
             spool = Path(
                 os.environ.get(
                     "DECISION_SPOOL_DIR", Path(tempfile.gettempdir()) / "fraud-decision-spool"
@@ -42,13 +43,13 @@ class Outbox:
             self.decision_log = DecisionLog(
                 bootstrap,
                 spool / f"spool-{instance}.jsonl",
-                topic=os.environ.get("DECISIONS_TOPIC", TOPIC_DECISIONS),
+                topic=settings.DECISIONS_TOPIC.get(),
                 log=log,
             )
 
     @classmethod
     def from_env(cls, instance: str, count: Callable, log: Callable) -> Outbox | None:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        bootstrap = settings.KAFKA_BOOTSTRAP.get()
         return cls(bootstrap, instance, count, log) if bootstrap else None
 
     def send(self, batch: Batch) -> None:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from python_backend import decision_log, scoring
 from python_backend.breaker import CircuitBreaker
-from python_backend.contract import DECISIONS, INVALID, INVALID_PATH, STAGES
+from python_backend.fraud import decision_log, scoring
+from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, STAGES
 from python_backend.fraud.ladder import Budget, ModelLadder
-from python_backend.online_features import OnlineFeatureReader
-from python_backend.rules import RuleSet
+from python_backend.fraud.online import OnlineFeatureReader
+from python_backend.fraud.rules import RuleSet
 
 #: DECISION bytes by decision code: DECISIONS in order, then INVALID.
 DECISION_BYTES = np.array([d.encode() for d in (*DECISIONS, INVALID)], dtype=np.object_)

@@ -8,11 +8,11 @@ import asyncio
 
 import numpy as np
 
-from python_backend.contract import SCORING, ModelContract, request_arrays
-from python_backend.features import ModelInputs
+from python_backend.contract import ModelContract, request_arrays
+from python_backend.fraud.contract import INPUT_FIELDS, SCORING
+from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import ModelCallError
 from python_backend.fraud.service import Batch, ScoringRequest
-from python_backend.onnx_runner import INPUT_FIELDS
 
 
 class TritonCaller:
@@ -47,7 +47,8 @@ class TritonCaller:
 def scoring_requests(pb_utils, requests) -> list[ScoringRequest]:
     get = pb_utils.get_input_tensor_by_name
     return [
-        ScoringRequest(request_arrays(r, get), r.parameters(), r.request_id()) for r in requests
+        ScoringRequest(request_arrays(r, get, SCORING), r.parameters(), r.request_id())
+        for r in requests
     ]
 
 

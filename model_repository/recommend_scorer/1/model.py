@@ -5,7 +5,7 @@ python_backend.onnx_triton)."""
 import numpy as np
 
 from python_backend.onnx_triton import OnnxTritonModel, ort_session
-from python_backend.recommender import SCORER
+from python_backend.recommender.core import SCORER
 
 
 class TritonPythonModel(OnnxTritonModel):

@@ -11,8 +11,8 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from python_backend.fraud import in_process_service, run_now
+from python_backend.fraud.online import open_reader
 from python_backend.fraud.triton import responses, scoring_requests
-from python_backend.online_features import open_reader
 
 
 class TritonPythonModel:

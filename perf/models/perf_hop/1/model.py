@@ -13,7 +13,7 @@ import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from python_backend.contract import SCORING, STAGES
+from python_backend.fraud.contract import SCORING, STAGES
 
 
 class TritonPythonModel:

@@ -1,5 +1,5 @@
 """Point-in-time feature computation for training, from the declaration in
-``python_backend.features``.
+``python_backend.fraud.features``.
 
 * Daily snapshots (``card_daily``, ``terminal_daily``): one row per entity and day, holding
   the aggregates as of that day's midnight. The same tables are what Feast materializes into
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from python_backend.features import (
+from python_backend.fraud.features import (
     CARD_DAILY,
     FEATURE_GROUPS,
     LABEL_DELAY_DAYS,

@@ -39,6 +39,17 @@ TOPIC_CLICKS = "clicks"
 #: Clicks kept per user by the consumer (the model reads the last LAST_N).
 CLICK_BUFFER = 20
 
+
+def user_source(data_dir: Path) -> Path:
+    """The offline table of the batch view (written by ``make recommender``)."""
+    return data_dir / f"{USER_VIEW}.parquet"
+
+
+def clicks_source(data_dir: Path) -> Path:
+    """The offline table of the click view (clicks before the split)."""
+    return data_dir / f"{CLICKS_VIEW}.parquet"
+
+
 SCORER = ModelContract(
     "recommend_scorer",
     (

@@ -4,22 +4,18 @@ Given a batch of (card, terminal) pairs, a reader returns every stored model fea
 column in the declared order (defaults filled in where an entity is missing), per-row flags
 for missing cards and terminals, and each view's event time: one store round trip per batch.
 
-One module per store (``redis_reader``, ``sqlite_reader``), as Feast's online stores are
-organised; :func:`open_reader` picks one from the configuration.
+One module per store (``redis_store``, ``sqlite_store``), as Feast's online stores are
+organised; ``python_backend.fraud.online.open_reader`` picks one from the configuration.
 """
 
 from __future__ import annotations
 
 import abc
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from python_backend.features import FEATURE_GROUPS, RECENT_BUFFER, default_stored
-
-#: Feast project name shared by the feature repository and the readers.
-PROJECT = "fraud"
+from python_backend.fraud.features import FEATURE_GROUPS, RECENT_BUFFER, default_stored
 
 
 @dataclass
@@ -78,32 +74,11 @@ def left_padded(rows: list[list | None], dtype: type) -> np.ndarray:
     return out
 
 
-def open_reader(kind: str | None = None, location: str | None = None) -> OnlineFeatureReader:
-    """The reader for ``FEATURE_STORE`` (``sqlite``, the default, or ``redis``).
-
-    ``location`` is ``REDIS_URL`` for Redis and the SQLite file for SQLite, by default
-    from the environment (``REDIS_URL``, ``FEATURE_SQLITE_PATH``).
-    """
-    kind = (kind or os.environ.get("FEATURE_STORE", "sqlite")).lower()
-    if kind == "redis":
-        from python_backend.redis_reader import RedisFeatureReader
-
-        return RedisFeatureReader(
-            location or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        )
-    if kind == "sqlite":
-        from python_backend.sqlite_reader import SqliteFeatureReader
-
-        path = location or os.environ.get("FEATURE_SQLITE_PATH", "build/feature_repo/online.db")
-        return SqliteFeatureReader(path)
-    raise ValueError(f"FEATURE_STORE must be 'sqlite' or 'redis', got {kind!r}")
-
-
 def columns_from_values(values: dict[str, list[bytes | None]], batch: int) -> dict[str, np.ndarray]:
     """Decode serialized Feast values (one list per stored feature, ``None`` where the
     entity or field is missing) into model columns with the declared defaults."""
     from python_backend.feast_layout import decode_value, float_columns, number_list_column
-    from python_backend.features import MODEL_STORED
+    from python_backend.fraud.features import MODEL_STORED
 
     stored: dict[str, np.ndarray] = {}
     floats = [f for f in MODEL_STORED if f.dtype == "float32"]

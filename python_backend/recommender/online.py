@@ -7,21 +7,20 @@ query per view. See ``python_backend.feast_layout`` for the layout.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
-from python_backend.feast_layout import entity_key, redis_field, redis_key
-from python_backend.online_features import PROJECT
-from python_backend.recommender import (
+from python_backend.feast_layout import PROJECT, entity_key, redis_field, redis_key
+from python_backend.recommender.core import (
     CLICKS_VIEW,
     USER_JOIN_KEY,
     USER_VIEW,
     UserFeatures,
     features_from_values,
 )
+from python_backend.stores import open_store
 
 #: What ranking needs (the click ids are the consumer's bookkeeping: not read to serve).
 SERVED = (("embedding", USER_VIEW), ("seen_items", USER_VIEW), ("recent_items", CLICKS_VIEW))
@@ -115,10 +114,11 @@ class SqliteUserReader:
         self.conn.close()
 
 
+#: The stores a user reader can be opened on.
+READERS = {"redis": RedisUserReader, "sqlite": SqliteUserReader}
+
+
 def open_user_reader(kind: str | None = None, location: str | None = None):
-    """The reader for ``FEATURE_STORE`` (``sqlite``, the default, or ``redis``)."""
-    kind = (kind or os.environ.get("FEATURE_STORE", "sqlite")).lower()
-    if kind == "redis":
-        return RedisUserReader(location or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    path = location or os.environ.get("FEATURE_SQLITE_PATH", "build/feature_repo/online.db")
-    return SqliteUserReader(path)
+    """The reader for ``kind`` (default ``FEATURE_STORE``) at ``location`` (default from
+    the settings)."""
+    return open_store(READERS, kind, location)

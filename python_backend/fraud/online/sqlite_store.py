@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backend.feast_layout import entity_key
-from python_backend.features import FEATURE_GROUPS
-from python_backend.online_features import (
-    PROJECT,
+from python_backend.feast_layout import PROJECT, entity_key
+from python_backend.fraud.features import FEATURE_GROUPS
+from python_backend.fraud.online.base import (
     OnlineFeatureReader,
     OnlineFeatures,
     features_from_values,

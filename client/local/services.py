@@ -140,3 +140,23 @@ def kafka_broker(port: int | None = None) -> Iterator[Service]:
         15,
     ) as service:
         yield service
+
+
+def stub_pids(model: str, server_pid: int) -> list[int]:
+    """Pids of the Python-backend stubs that serve ``model`` for the server ``server_pid``
+    (its children: another server on the machine keeps its own)."""
+    import psutil
+
+    pids = []
+    for process in psutil.Process(server_pid).children(recursive=True):
+        try:
+            cmd = process.cmdline()
+        except psutil.Error:
+            continue
+        if (
+            cmd
+            and cmd[0].endswith("triton_python_backend_stub")
+            and any(f"/{model}/" in part for part in cmd[1:2])
+        ):
+            pids.append(process.pid)
+    return pids

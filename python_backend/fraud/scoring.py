@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backend.contract import DECISIONS, PATHS, SCORING
-from python_backend.features import (
+from python_backend.fraud.contract import DECISIONS, PATHS, SCORING
+from python_backend.fraud.features import (
     CARD_RECENT,
     FEATURE_GROUPS,
     STREAM_HEARTBEAT_ID,
@@ -22,8 +22,8 @@ from python_backend.features import (
     ModelInputs,
     assemble_model_inputs,
 )
-from python_backend.online_features import OnlineFeatureReader, OnlineFeatures, empty_features
-from python_backend.rules import RuleSet
+from python_backend.fraud.online import OnlineFeatureReader, OnlineFeatures, empty_features
+from python_backend.fraud.rules import RuleSet
 
 #: Default latency budget of one request, end to end inside the server.
 DEFAULT_BUDGET_MS = 95.0

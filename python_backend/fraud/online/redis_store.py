@@ -13,14 +13,14 @@ import numpy as np
 import redis
 
 from python_backend.feast_layout import (
+    PROJECT,
     decode_timestamp_ms,
     redis_field,
     redis_key,
     redis_ts_field,
 )
-from python_backend.features import FEATURE_GROUPS, FeatureGroup
-from python_backend.online_features import (
-    PROJECT,
+from python_backend.fraud.features import FEATURE_GROUPS, FeatureGroup
+from python_backend.fraud.online.base import (
     OnlineFeatureReader,
     OnlineFeatures,
     features_from_values,

@@ -4,7 +4,7 @@ A rules file (YAML) lists rules; each has an id, a reason code, a score and cond
 must all hold. A transaction's score is the highest score of the rules it fires (or the
 file's ``base_score``), and its reasons are the fired reason codes, strongest first.
 
-Conditions compare a named column of :class:`python_backend.features.ModelInputs.columns`
+Conditions compare a named column of :class:`python_backend.fraud.features.ModelInputs.columns`
 with a constant. Files are validated when loaded: an unknown column, operator or a score
 outside [0, 1] is an error that names the rule and the field.
 """
@@ -29,7 +29,7 @@ _OPERATORS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "!=": operator.ne,
 }
 
-DEFAULT_RULES_FILE = "fraud_rules.yaml"
+DEFAULT_RULES_FILE = "rules.yaml"
 
 
 class RulesError(ValueError):
@@ -152,10 +152,10 @@ def _score(value: object, where: str) -> float:
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """Load and validate a rules file (the packaged default when ``path`` is None)."""
-    from python_backend.features import RULE_COLUMNS
+    from python_backend.fraud.features import RULE_COLUMNS
 
     if path is None:
-        text = resources.files("python_backend").joinpath(DEFAULT_RULES_FILE).read_text()
+        text = resources.files("python_backend.fraud").joinpath(DEFAULT_RULES_FILE).read_text()
     else:
         text = Path(path).read_text()
     return parse_rules(yaml.safe_load(text), set(RULE_COLUMNS))

@@ -3,7 +3,7 @@
 ``clicks`` topic with the same machinery as the fraud stream (``feature_repo.stream``).
 
 Both views are on one entity: in Redis they share the user's hash, so serving reads them in
-one round trip (``python_backend.user_features``).
+one round trip (``python_backend.recommender.online``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from feast.types import Array, Float32, Int64, String
 
 from feature_repo.stream import BufferConsumer, BufferSpec, RecentWriter
 from python_backend.events import ClickEvent, decode_click
-from python_backend.recommender import (
+from python_backend.recommender.core import (
     CLICK_BUFFER,
     CLICKS_VIEW,
     TOPIC_CLICKS,
     USER_JOIN_KEY,
     USER_VIEW,
+    clicks_source,
+    user_source,
 )
 
 USER = Entity(
@@ -43,14 +45,6 @@ CLICK_SPEC = BufferSpec(
     entity=lambda event: event.user_id,
     to_entry=lambda event: (event.ts_ms, event.item_id, event.click_id),
 )
-
-
-def user_source(data_dir: Path) -> Path:
-    return data_dir / f"{USER_VIEW}.parquet"
-
-
-def clicks_source(data_dir: Path) -> Path:
-    return data_dir / f"{CLICKS_VIEW}.parquet"
 
 
 def definitions(data_dir: Path) -> list:
@@ -112,7 +106,7 @@ def materialize(store, data_dir: Path, log=print) -> dict[str, int]:
 
 class ClickConsumer(BufferConsumer):
     """Consumes ``clicks`` into ``user_recent_clicks``; ``reader`` is a user reader of
-    ``python_backend.user_features`` (for the buffers the store holds)."""
+    ``python_backend.recommender.online`` (for the buffers the store holds)."""
 
     def __init__(
         self,

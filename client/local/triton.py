@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVING_VENV = ROOT / ".venv-serving"
-MODEL_REPOSITORY = ROOT / "model_repository"
+from python_backend import settings
+from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,14 @@ class Ports:
     @classmethod
     def from_env(cls) -> Ports:
         return cls(
-            int(os.environ.get("TRITON_GRPC_PORT", 8001)),
-            int(os.environ.get("TRITON_HTTP_PORT", 8000)),
-            int(os.environ.get("TRITON_METRICS_PORT", 8002)),
+            settings.TRITON_GRPC_PORT.get_int(),
+            settings.TRITON_HTTP_PORT.get_int(),
+            settings.TRITON_METRICS_PORT.get_int(),
         )
 
     @classmethod
     def free(cls) -> Ports:
-        from feature_repo.local_services import free_port
+        from client.local.services import free_port
 
         return cls(free_port(), free_port(), free_port())
 
@@ -94,7 +93,7 @@ def served_models(repository: Path) -> list[str]:
 def server_command(
     repository: Path, ports: Ports, models: list[str] | None, extra_repositories=()
 ) -> list[str]:
-    binary = os.environ.get("TRITON_SERVER") or str(_pytriton_dir() / "bin" / "tritonserver")
+    binary = settings.TRITON_SERVER.get() or str(_pytriton_dir() / "bin" / "tritonserver")
     cmd = [
         binary,
         f"--model-repository={repository}",
@@ -147,7 +146,7 @@ class Server:
     ports: Ports
     process: subprocess.Popen
     log_path: Path
-    #: The stub watchdog (``client.watchdog``) started beside the server, if any.
+    #: The stub watchdog (``client.local.watchdog``) started beside the server, if any.
     watchdog: subprocess.Popen | None = None
 
     @property
@@ -155,7 +154,7 @@ class Server:
         return f"127.0.0.1:{self.ports.grpc}"
 
     def stop(self) -> None:
-        from feature_repo.local_services import stop_process
+        from client.local.services import stop_process
 
         if self.watchdog is not None:
             stop_process(self.watchdog, grace_s=5)

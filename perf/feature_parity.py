@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from build_engines.featurize import FeatureTables, model_inputs
 from feature_repo.store import StoreSettings, feature_store, materialize
 from feature_repo.stream import TransactionConsumer, ensure_topic, replay, writer_for
-from python_backend.features import MS_PER_DAY, assemble_model_inputs
-from python_backend.online_features import open_reader
+from python_backend.fraud.features import MS_PER_DAY, assemble_model_inputs
+from python_backend.fraud.offline import FeatureTables, model_inputs
+from python_backend.fraud.online import open_reader
 
 TOLERANCE = 1e-4
 

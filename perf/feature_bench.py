@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.store import StoreSettings, feature_store, materialize
-from python_backend.features import FEATURE_GROUPS, MODEL_STORED
-from python_backend.online_features import open_reader
+from python_backend.fraud.features import FEATURE_GROUPS, MODEL_STORED
+from python_backend.fraud.online import open_reader
 
 BATCHES = (1, 64)
 FEATURE_REFS = [

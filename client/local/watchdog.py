@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from python_backend.contract import FALLBACK, PRIMARY, ModelContract
+from python_backend.contract import ModelContract
+from python_backend.fraud.contract import FALLBACK, PRIMARY
 
 CONTRACTS = {c.name: c for c in (PRIMARY, FALLBACK)}
 #: Reconnect within a second of a restarted server (gRPC's default backs off to minutes).

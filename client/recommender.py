@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from python_backend.recommender import RECOMMEND, STAGES
+from python_backend.recommender.core import RECOMMEND, STAGES
 
 
 @dataclass

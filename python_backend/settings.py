@@ -1,0 +1,92 @@
+"""Every environment variable the project reads, with its default, declared once.
+
+Code reads a setting as ``settings.FEATURE_STORE.get()``; ``python -m client settings``
+prints the table with the values in effect. A setting's default is a string (or ``None``:
+unset means off), as the environment holds strings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from python_backend import paths
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    doc: str
+
+    def get(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The value in ``environ`` (the process environment by default), else the default."""
+        return (os.environ if environ is None else environ).get(self.name, self.default)
+
+    def get_int(self, environ: Mapping[str, str] | None = None) -> int:
+        return int(self.get(environ))
+
+    def get_float(self, environ: Mapping[str, str] | None = None) -> float:
+        return float(self.get(environ))
+
+
+_ALL: list[Setting] = []
+
+
+def _setting(name: str, default: str | None, doc: str) -> Setting:
+    setting = Setting(name, default, doc)
+    _ALL.append(setting)
+    return setting
+
+
+# The online feature store (serving and the feature jobs).
+FEATURE_STORE = _setting("FEATURE_STORE", "sqlite", "online store: sqlite (embedded) or redis")
+REDIS_URL = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", "the Redis online store")
+FEATURE_SQLITE_PATH = _setting(
+    "FEATURE_SQLITE_PATH", str(paths.FEATURE_REPO_BUILD / "online.db"), "the SQLite online store"
+)
+FEATURE_DATA = _setting(
+    "FEATURE_DATA", str(paths.DATA / "default"), "offline tables the store is materialized from"
+)
+FEATURE_REPO_DIR = _setting(
+    "FEATURE_REPO_DIR", str(paths.FEATURE_REPO_BUILD), "the Feast registry and SQLite file"
+)
+# Kafka and the decision log (the BLS, the stream consumer, the tooling).
+KAFKA_BOOTSTRAP = _setting(
+    "KAFKA_BOOTSTRAP", None, "broker address; unset: no topics, no decision log"
+)
+SCORED_TOPIC = _setting("SCORED_TOPIC", "transactions", "where the BLS publishes scored tx")
+DECISIONS_TOPIC = _setting("DECISIONS_TOPIC", "decisions", "the decision log's topic")
+DECISION_LOG = _setting("DECISION_LOG", "on", "off: no decision log")
+DECISION_SPOOL_DIR = _setting(
+    "DECISION_SPOOL_DIR", None, "the decision log's spool (default: a temp folder)"
+)
+# The Triton server the tooling starts.
+TRITON_SERVER = _setting("TRITON_SERVER", None, "a tritonserver binary (default: the wheel's)")
+TRITON_GRPC_PORT = _setting("TRITON_GRPC_PORT", "8001", "Triton's gRPC port (make serve)")
+TRITON_HTTP_PORT = _setting("TRITON_HTTP_PORT", "8000", "Triton's HTTP port (make serve)")
+TRITON_METRICS_PORT = _setting("TRITON_METRICS_PORT", "8002", "Triton's metrics port")
+# The image API.
+IMAGE_API_PORT = _setting("IMAGE_API_PORT", "8080", "the image web API's port")
+IMAGE_API_TRITON = _setting(
+    "IMAGE_API_TRITON", "127.0.0.1:8001", "the Triton gRPC address the image API calls"
+)
+# Benchmarks and chaos.
+DEMO_SCALE = _setting("DEMO_SCALE", "small", "scale built by make serve / demo / perf")
+PERF_QUICK = _setting("PERF_QUICK", "0", "1: the short benchmark")
+PERF_STORE = _setting("PERF_STORE", "redis", "online store of the benchmark: redis or sqlite")
+CHAOS_FAULTS = _setting("CHAOS_FAULTS", "", "comma-separated faults (default: all)")
+CHAOS_SOAK_S = _setting("CHAOS_SOAK_S", "0", "a soak of N seconds after the faults")
+HOLES_EVENTS = _setting("HOLES_EVENTS", "40000", "events of make broker-holes")
+HOLES_PRODUCERS = _setting("HOLES_PRODUCERS", "4", "concurrent producers of make broker-holes")
+HOLES_RATE = _setting("HOLES_RATE", "1000", "events/s of make broker-holes")
+BENTO_WORKERS = _setting("BENTO_WORKERS", None, "BentoML peer workers (default: one per core)")
+# Hand-offs from the benchmark to the peers it starts (set by perf, not by users).
+PLAIN_REPOSITORY = _setting("PLAIN_REPOSITORY", None, "model repository of the plain peer")
+BENTO_REPOSITORY = _setting("BENTO_REPOSITORY", None, "model repository of the BentoML peer")
+
+
+def table(environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str, str]]:
+    """(name, value in effect, default, what) of every setting."""
+    return [(s.name, s.get(environ) or "", s.default or "", s.doc) for s in _ALL]
