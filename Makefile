@@ -18,7 +18,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -102,6 +102,14 @@ test: $(STAMP)  ## Lint and run the test suite (no tests collected counts as a f
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-unit: $(STAMP)  ## The unit tests only (pure logic, no build, no server: seconds)
+	@rc=0; $(PY) -m pytest tests/unit $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-integration: $(STAMP)  ## The integration tests only (a tiny build, real Triton, Redis, broker)
+	@rc=0; $(PY) -m pytest tests/integration $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)  ## Ruff lint and format check

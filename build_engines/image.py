@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from build_engines import tensorrt
+from build_engines import model_config, tensorrt
 from build_engines.quantize import quantize_qdq
-from build_engines.triton_config import _io
 from python_backend.contract import ModelContract
 from python_backend.image import (
     IMAGE_CLASSIFIER,
@@ -146,62 +145,78 @@ def _us_per_image(session, pixels: np.ndarray, rounds: int = 5) -> float:
 
 def configs(variant: str) -> dict[str, str]:
     """``config.pbtxt`` of the four image models for ``variant`` (cpu | tensorrt)."""
-    batcher = (
-        "dynamic_batching {\n  preferred_batch_size: [ 4, 8 ]\n"
-        "  max_queue_delay_microseconds: 1000\n}\n"
-    )
-    if variant == "tensorrt":
-        classifier = (
-            f'name: "image_classifier"\nplatform: "tensorrt_plan"\n'
-            f"max_batch_size: {IMAGE_MAX_BATCH}\n{_io(IMAGE_NETWORK)}{batcher}"
-            "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
+    gpu = variant == "tensorrt"
+    head = {"max_batch_size": IMAGE_MAX_BATCH}
+    no_delay = {"dynamic_batching": {"max_queue_delay_microseconds": 0}}
+    batcher = {
+        "dynamic_batching": {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 1000}
+    }
+    if gpu:
+        classifier = model_config.render(
+            {"name": "image_classifier", "platform": "tensorrt_plan"},
+            head,
+            model_config.io(IMAGE_NETWORK),
+            batcher,
+            model_config.instances(1, "KIND_GPU"),
         )
     else:
-        classifier = (
-            f'name: "image_classifier"\nbackend: "python"\nmax_batch_size: {IMAGE_MAX_BATCH}\n'
-            f"{_io(IMAGE_CLASSIFIER)}{batcher}"
-            'parameters { key: "ORT_THREADS" value: { string_value: "2" } }\n'
-            "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
+        classifier = model_config.render(
+            {"name": "image_classifier", "backend": "python"},
+            head,
+            model_config.io(IMAGE_CLASSIFIER),
+            batcher,
+            model_config.parameters({"ORT_THREADS": "2"}),
+            model_config.instances(1),
         )
-    python = 'backend: "python"\n'
-    preprocess_cfg = (
-        f'name: "image_preprocess"\n{python}max_batch_size: {IMAGE_MAX_BATCH}\n'
-        f"{_io(IMAGE_PREPROCESS)}"
-        "dynamic_batching { max_queue_delay_microseconds: 0 }\n"
-        "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+    python = {"backend": "python"}
+    preprocess_cfg = model_config.render(
+        {"name": IMAGE_PREPROCESS.name},
+        python,
+        head,
+        model_config.io(IMAGE_PREPROCESS),
+        no_delay,
+        model_config.instances(2),
     )
-    postprocess_cfg = (
-        f'name: "image_postprocess"\n{python}max_batch_size: {IMAGE_MAX_BATCH}\n'
-        f"{_io(IMAGE_POSTPROCESS)}"
-        "dynamic_batching { max_queue_delay_microseconds: 0 }\n"
-        "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
+    postprocess_cfg = model_config.render(
+        {"name": IMAGE_POSTPROCESS.name},
+        python,
+        head,
+        model_config.io(IMAGE_POSTPROCESS),
+        no_delay,
+        model_config.instances(1),
     )
     pipeline_outputs = list(IMAGE_PIPELINE.outputs)
-    if variant == "tensorrt":  # a plan has no timing output
+    if gpu:  # a plan has no timing output
         pipeline_outputs = [o for o in pipeline_outputs if o.name != "INFER_US"]
-    pipeline_contract = ModelContract("image_pipeline", IMAGE_PIPELINE.inputs,
-                                      tuple(pipeline_outputs))  # fmt: skip
-    infer_map = (
-        "" if variant == "tensorrt" else '      output_map { key: "INFER_US" value: "INFER_US" }\n'
+    pipeline_contract = ModelContract(
+        IMAGE_PIPELINE.name, IMAGE_PIPELINE.inputs, tuple(pipeline_outputs)
     )
-    pipeline = (
-        f'name: "image_pipeline"\nplatform: "ensemble"\nmax_batch_size: {IMAGE_MAX_BATCH}\n'
-        f"{_io(pipeline_contract)}"
-        "ensemble_scheduling {\n  step [\n"
-        '    {\n      model_name: "image_preprocess"\n      model_version: -1\n'
-        '      input_map { key: "IMAGE" value: "IMAGE" }\n'
-        '      output_map { key: "PIXELS" value: "pixels" }\n'
-        '      output_map { key: "PREPROCESS_US" value: "PREPROCESS_US" }\n    },\n'
-        '    {\n      model_name: "image_classifier"\n      model_version: -1\n'
-        '      input_map { key: "PIXELS" value: "pixels" }\n'
-        '      output_map { key: "LOGITS" value: "logits" }\n'
-        f"{infer_map}    }},\n"
-        '    {\n      model_name: "image_postprocess"\n      model_version: -1\n'
-        '      input_map { key: "LOGITS" value: "logits" }\n'
-        '      output_map { key: "LABELS" value: "LABELS" }\n'
-        '      output_map { key: "PROBABILITIES" value: "PROBABILITIES" }\n'
-        '      output_map { key: "CLASS_IDS" value: "CLASS_IDS" }\n    }\n'
-        "  ]\n}\n"
+    classifier_out = {"LOGITS": "logits", **({} if gpu else {"INFER_US": "INFER_US"})}
+    steps = [
+        (
+            IMAGE_PREPROCESS.name,
+            {"IMAGE": "IMAGE"},
+            {"PIXELS": "pixels", "PREPROCESS_US": "PREPROCESS_US"},
+        ),
+        ("image_classifier", {"PIXELS": "pixels"}, classifier_out),
+        (
+            IMAGE_POSTPROCESS.name,
+            {"LOGITS": "logits"},
+            {"LABELS": "LABELS", "PROBABILITIES": "PROBABILITIES", "CLASS_IDS": "CLASS_IDS"},
+        ),
+    ]
+    pipeline = model_config.render(
+        {"name": IMAGE_PIPELINE.name, "platform": "ensemble"},
+        head,
+        model_config.io(pipeline_contract),
+        {
+            "ensemble_scheduling": {
+                "step": [
+                    {"model_name": m, "model_version": -1, "input_map": i, "output_map": o}
+                    for m, i, o in steps
+                ]
+            }
+        },
     )
     return {
         "image_preprocess": preprocess_cfg,
@@ -253,8 +268,10 @@ def build_image(
     for name, expected in EXPECTED_TOP1.items():
         got = int(ids[list(photos).index(name), 0])
         if got not in expected:
-            raise RuntimeError(f"{name}: top-1 is {names[got]!r}, expected one of "
-                               f"{[names[i] for i in sorted(expected)]}")  # fmt: skip
+            raise RuntimeError(
+                f"{name}: top-1 is {names[got]!r}, expected one of "
+                f"{[names[i] for i in sorted(expected)]}"
+            )
 
     log("quantizing to INT8 Q/DQ (calibration: 64 crops of the shipped photos)")
     int8 = model_dir / "efficientnet_lite0.int8.onnx"

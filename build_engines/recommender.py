@@ -255,28 +255,28 @@ def export_onnx(model, path: Path) -> float:
 
 
 def scorer_config() -> str:
-    from build_engines.triton_config import _io, warmup
+    from build_engines import model_config
 
-    return (
-        f'name: "{SCORER.name}"\nbackend: "python"\nmax_batch_size: {RECOMMEND_MAX_BATCH}\n'
-        f"{_io(SCORER)}"
-        "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
-        "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
+    return model_config.render(
+        {"name": SCORER.name, "backend": "python", "max_batch_size": RECOMMEND_MAX_BATCH},
+        model_config.io(SCORER),
+        {"dynamic_batching": {"max_queue_delay_microseconds": 0}},
+        model_config.instances(1),
         # Warm at load: the first call into a fresh session took 60 ms in a test (the BLS's
         # timeout sent that user to the popularity list).
-        f"{warmup(SCORER)}"
+        model_config.warmup(SCORER),
     )
 
 
 def recommend_config(budget_ms: float) -> str:
-    from build_engines.triton_config import _io
+    from build_engines import model_config
 
-    return (
-        f'name: "{RECOMMEND.name}"\nbackend: "python"\nmax_batch_size: {RECOMMEND_MAX_BATCH}\n'
-        f"{_io(RECOMMEND)}"
-        "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
-        "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
-        f'parameters {{ key: "BUDGET_MS" value: {{ string_value: "{budget_ms:g}" }} }}\n'
+    return model_config.render(
+        {"name": RECOMMEND.name, "backend": "python", "max_batch_size": RECOMMEND_MAX_BATCH},
+        model_config.io(RECOMMEND),
+        {"dynamic_batching": {"max_queue_delay_microseconds": 0}},
+        model_config.instances(2),
+        model_config.parameters({"BUDGET_MS": f"{budget_ms:g}"}),
     )
 
 

@@ -1,5 +1,5 @@
-"""Triton ``config.pbtxt`` for the generated models, from the contracts in
-``python_backend.contract``.
+"""Triton ``config.pbtxt`` of the fraud models, from the contracts in
+``python_backend.fraud.contract`` (built with ``build_engines.model_config``).
 
 Two variants of the same model names, chosen by what the machine has:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from python_backend.contract import ModelContract, TensorSpec
+from build_engines import model_config
 from python_backend.fraud.contract import (
     FALLBACK,
     MAX_BATCH_SIZE,
@@ -42,18 +42,8 @@ SCORING_MAX_QUEUE = 1024
 PRIMARY_QUEUE_TIMEOUT_US = 50_000
 
 
-def _tensor(spec: TensorSpec) -> str:
-    dims = ", ".join(str(d) for d in spec.dims)
-    return (
-        f'  {{\n    name: "{spec.name}"\n    data_type: {spec.triton_dtype}\n'
-        f"    dims: [ {dims} ]\n  }}"
-    )
-
-
-def _io(contract: ModelContract) -> str:
-    inputs = ",\n".join(_tensor(s) for s in contract.inputs)
-    outputs = ",\n".join(_tensor(s) for s in contract.outputs)
-    return f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+def _queue_policy_reject(**extra) -> dict:
+    return {"timeout_action": "REJECT", "allow_timeout_override": True, **extra}
 
 
 def primary_config(
@@ -61,52 +51,35 @@ def primary_config(
 ) -> str:
     """``config.pbtxt`` of ``fraud_primary`` for ``variant``."""
     _check(variant)
-    if variant == "tensorrt":
-        head = 'platform: "tensorrt_plan"\n'
-        instances = "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
-    else:
-        head = 'backend: "python"\n'
-        instances = f"instance_group [ {{ count: {cpu_instances}, kind: KIND_CPU }} ]\n"
-    preferred = ", ".join(str(b) for b in PREFERRED_BATCH_SIZES)
-    return (
-        f'name: "{PRIMARY.name}"\n{head}max_batch_size: {MAX_BATCH_SIZE}\n{_io(PRIMARY)}'
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: [ {preferred} ]\n"
-        f"  max_queue_delay_microseconds: {queue_delay_us}\n"
-        "  default_queue_policy {\n"
-        "    timeout_action: REJECT\n"
-        f"    default_timeout_microseconds: {PRIMARY_QUEUE_TIMEOUT_US}\n"
-        "    allow_timeout_override: true\n"
-        "  }\n"
-        "}\n"
-        f"{instances}{warmup(PRIMARY) if variant != 'tensorrt' else ''}"
+    gpu = variant == "tensorrt"
+    return model_config.render(
+        {"name": PRIMARY.name, "max_batch_size": MAX_BATCH_SIZE},
+        {"platform": "tensorrt_plan"} if gpu else {"backend": "python"},
+        model_config.io(PRIMARY),
+        {
+            "dynamic_batching": {
+                "preferred_batch_size": list(PREFERRED_BATCH_SIZES),
+                "max_queue_delay_microseconds": queue_delay_us,
+                "default_queue_policy": _queue_policy_reject(
+                    default_timeout_microseconds=PRIMARY_QUEUE_TIMEOUT_US
+                ),
+            }
+        },
+        model_config.instances(1, "KIND_GPU") if gpu else model_config.instances(cpu_instances),
+        {} if gpu else model_config.warmup(PRIMARY),
     )
 
 
 def fallback_config(variant: str, cpu_instances: int = 1) -> str:
     """``config.pbtxt`` of ``fraud_fallback``: always on the CPU."""
     _check(variant)
-    head = 'backend: "onnxruntime"\n' if variant == "tensorrt" else 'backend: "python"\n'
-    return (
-        f'name: "{FALLBACK.name}"\n{head}max_batch_size: {MAX_BATCH_SIZE}\n{_io(FALLBACK)}'
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
-        f"instance_group [ {{ count: {cpu_instances}, kind: KIND_CPU }} ]\n"
-        f"{warmup(FALLBACK)}"
-    )
-
-
-def warmup(contract) -> str:
-    """``model_warmup``: Triton runs these requests when the model loads, before it takes
-    traffic (a reload loads beside the old version and swaps once warm): the first calls
-    into a fresh ONNX Runtime session are several times slower than the rest."""
-    inputs = "".join(
-        f'    inputs {{ key: "{s.name}" value: {{ data_type: {s.triton_dtype} '
-        f"dims: [ {', '.join(str(d) for d in s.dims)} ] zero_data: true }} }}\n"
-        for s in contract.inputs
-    )
-    return "".join(
-        f'model_warmup {{\n  name: "batch_{n}"\n  batch_size: {n}\n  count: 3\n{inputs}}}\n'
-        for n in (1, 16)
+    return model_config.render(
+        {"name": FALLBACK.name, "max_batch_size": MAX_BATCH_SIZE},
+        {"backend": "onnxruntime" if variant == "tensorrt" else "python"},
+        model_config.io(FALLBACK),
+        {"dynamic_batching": {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}},
+        model_config.instances(cpu_instances),
+        model_config.warmup(FALLBACK),
     )
 
 
@@ -129,26 +102,22 @@ def scoring_config(
     the BLS decides those requests together: one feature read and one primary call for all.
     ``name`` and ``parameters`` serve models that speak the same contract (the benchmark's
     peers and variants)."""
-    params = {"BUDGET_MS": f"{budget_ms:g}", **(parameters or {})}
-    lines = "".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
-    )
     # A bounded queue: past SCORING_MAX_QUEUE waiting requests Triton refuses at once
-    # ("Exceeds maximum queue size") instead of queueing without limit under overload.
-    batcher = (
-        "dynamic_batching {\n  max_queue_delay_microseconds: 0\n"
-        f"  default_queue_policy {{ max_queue_size: {SCORING_MAX_QUEUE}\n"
-        # A caller may send its own timeout: a request still queued when its caller gave up
-        # is refused rather than decided for nobody (and decided again on the retry).
-        "    timeout_action: REJECT allow_timeout_override: true }\n}\n"
-        if batching
-        else ""
-    )
-    return (
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {SCORING_MAX_BATCH}\n'
-        f"{_io(SCORING)}{batcher}"
-        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
-        f"{lines}"
+    # ("Exceeds maximum queue size") instead of queueing without limit under overload. A
+    # caller may send its own timeout: a request still queued when its caller gave up is
+    # refused rather than decided for nobody (and decided again on the retry).
+    batcher = {
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 0,
+            "default_queue_policy": _queue_policy_reject(max_queue_size=SCORING_MAX_QUEUE),
+        }
+    }
+    return model_config.render(
+        {"name": name, "backend": "python", "max_batch_size": SCORING_MAX_BATCH},
+        model_config.io(SCORING),
+        batcher if batching else {},
+        model_config.instances(instances),
+        model_config.parameters({"BUDGET_MS": f"{budget_ms:g}", **(parameters or {})}),
     )
 
 

@@ -229,7 +229,7 @@ def cmd_recommend(args) -> int:
 def cmd_click(args) -> int:
     from feature_repo.recommender import click_now, publish_clicks
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = settings.kafka_bootstrap()
     click = click_now(args.user_id, args.item_id)
     publish_clicks(bootstrap, [click])
     print(f"published {click} to {bootstrap}")
@@ -243,6 +243,15 @@ def cmd_watchdog(args) -> int:
     print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
     with contextlib.suppress(KeyboardInterrupt):
         watchdog.run()
+    return 0
+
+
+def cmd_settings(args) -> int:
+    rows = settings.table()
+    width = max(len(name) for name, *_ in rows)
+    for name, value, default, doc in rows:
+        shown = value if value == default else f"{value}  (default {default or 'unset'})"
+        print(f"{name:<{width}}  {shown or '-':<40}  {doc}")
     return 0
 
 
@@ -287,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--outage", type=int, default=500)
     demo.add_argument("--concurrency", type=int, default=4)
     image_api = sub.add_parser("image-api", help="start the image web API in the background")
-    image_api.add_argument("--port", type=int, default=int(os.environ.get("IMAGE_API_PORT", 8080)))
+    image_api.add_argument("--port", type=int, default=settings.IMAGE_API_PORT.get_int())
     classify = sub.add_parser("classify", help="classify an image file through the web API")
     classify.add_argument("image")
     classify.add_argument("--api", default=f"http://127.0.0.1:{settings.IMAGE_API_PORT.get()}")
@@ -298,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     click.add_argument("--item-id", type=int, required=True)
     dog = sub.add_parser("watchdog", help="reload models whose Python stub died (foreground)")
     dog.add_argument("--models", default="fraud_primary,fraud_fallback")
+    sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
         "watchdog": cmd_watchdog,
@@ -311,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": cmd_serve,
         "stop": cmd_stop,
         "demo": cmd_demo,
+        "settings": cmd_settings,
     }[args.command](args)
 
 

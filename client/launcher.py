@@ -20,6 +20,7 @@ from client.local.triton import (
     Server,
     start,
 )
+from python_backend.settings import KAFKA_BOOTSTRAP
 
 STATE_DIR = ROOT / "build" / "triton"
 PID_FILE = STATE_DIR / "server.pid"
@@ -80,13 +81,9 @@ def ensure_features(scale: str, log=print) -> dict[str, str]:
         materialize(feature_store(settings), settings, log=log)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(stamp))
-    env = {"FEATURE_STORE": settings.kind}
-    if settings.kind == "sqlite":
-        env["FEATURE_SQLITE_PATH"] = str(settings.sqlite_path)
-    else:
-        env["REDIS_URL"] = settings.redis_url
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        env["KAFKA_BOOTSTRAP"] = os.environ["KAFKA_BOOTSTRAP"]
+    env = settings.serving_env()
+    if KAFKA_BOOTSTRAP.get():
+        env[KAFKA_BOOTSTRAP.name] = KAFKA_BOOTSTRAP.get()
     return env
 
 

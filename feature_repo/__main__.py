@@ -13,12 +13,13 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+from python_backend.settings import kafka_bootstrap
 
 
 def _as_of_ms(text: str | None) -> int | None:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return _recommender(args, StoreSettings.from_env())
 
     settings = StoreSettings.from_env()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = kafka_bootstrap()
     if not (settings.data_dir / "transactions.parquet").exists():
         print(
             f"no simulated data in {settings.data_dir}: run `make engines` first "
@@ -151,7 +152,7 @@ def _recommender(args, settings) -> int:
     from python_backend.recommender.core import TOPIC_CLICKS
     from python_backend.recommender.online import open_user_reader
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = kafka_bootstrap()
     topic = args.topic or TOPIC_CLICKS
     ensure_topic(bootstrap, topic)
     consumer = clicks.ClickConsumer(

@@ -1,5 +1,6 @@
-"""Feast objects of the fraud features, generated from the one declaration in
-``python_backend.fraud.features``: nothing here names a feature by hand."""
+"""Feast objects of every pipeline's features, generated from their declarations
+(``python_backend.fraud.features``, ``python_backend.recommender.core``): nothing here names a
+feature by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from python_backend.fraud.features import CARD_RECENT, FEATURE_GROUPS, FeatureGroup
+from python_backend.feature_views import FeatureGroup
+from python_backend.fraud.features import FEATURE_GROUPS
+from python_backend.recommender.core import USER_GROUPS, USER_JOIN_KEY
 
 _FEAST_TYPES = {
     "float32": Float32,
@@ -28,9 +31,15 @@ ENTITIES = {
         value_type=ValueType.INT64,
         description="a merchant terminal",
     ),
+    USER_JOIN_KEY: Entity(
+        name="user", join_keys=[USER_JOIN_KEY], value_type=ValueType.INT64, description="a viewer"
+    ),
 }
-#: Name of the push source the stream consumer writes ``card_recent`` through.
-RECENT_PUSH_SOURCE = f"{CARD_RECENT.name}_push"
+
+
+def push_source_name(group: FeatureGroup) -> str:
+    """The push source a stream consumer writes ``group`` through."""
+    return f"{group.name}_push"
 
 
 def source_path(data_dir: Path, group: FeatureGroup) -> Path:
@@ -46,7 +55,7 @@ def feature_view(group: FeatureGroup, data_dir: Path) -> FeatureView:
         timestamp_field="event_timestamp",
     )
     source = (
-        PushSource(name=RECENT_PUSH_SOURCE, batch_source=batch)
+        PushSource(name=push_source_name(group), batch_source=batch)
         if group.source == "stream"
         else batch
     )
@@ -65,5 +74,13 @@ def feature_view(group: FeatureGroup, data_dir: Path) -> FeatureView:
 
 
 def definitions(data_dir: Path) -> list:
-    """Everything ``feast apply`` registers."""
-    return [*ENTITIES.values(), *(feature_view(g, data_dir) for g in FEATURE_GROUPS)]
+    """Everything ``feast apply`` registers for the fraud features."""
+    return [
+        *(ENTITIES[k] for k in ("card_id", "terminal_id")),
+        *(feature_view(g, data_dir) for g in FEATURE_GROUPS),
+    ]
+
+
+def user_definitions(data_dir: Path) -> list:
+    """The recommender's user entity and its two views (registered beside the fraud ones)."""
+    return [ENTITIES[USER_JOIN_KEY], *(feature_view(g, data_dir) for g in USER_GROUPS)]

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 from confluent_kafka import Producer
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Int64, String
 
+from feature_repo.definitions import user_definitions
 from feature_repo.stream import BufferConsumer, BufferSpec, RecentWriter
 from python_backend.events import ClickEvent, decode_click
 from python_backend.recommender.core import (
@@ -24,68 +23,21 @@ from python_backend.recommender.core import (
     CLICKS_VIEW,
     TOPIC_CLICKS,
     USER_JOIN_KEY,
+    USER_RECENT_CLICKS,
     USER_VIEW,
     clicks_source,
     user_source,
 )
 
-USER = Entity(
-    name="user", join_keys=[USER_JOIN_KEY], value_type=ValueType.INT64, description="a viewer"
-)
-CLICK_SPEC = BufferSpec(
-    view=CLICKS_VIEW,
-    join_key=USER_JOIN_KEY,
-    features=(
-        ("recent_ts_ms", "int64_list"),
-        ("recent_items", "int64_list"),
-        ("recent_click_ids", "string_list"),
-    ),
+CLICK_SPEC = BufferSpec.of(
+    USER_RECENT_CLICKS,
     limit=CLICK_BUFFER,
     decode=decode_click,
     entity=lambda event: event.user_id,
     to_entry=lambda event: (event.ts_ms, event.item_id, event.click_id),
 )
-
-
-def definitions(data_dir: Path) -> list:
-    """The user entity and its two views (registered beside the fraud ones)."""
-    embedding = FeatureView(
-        name=USER_VIEW,
-        entities=[USER],
-        ttl=timedelta(days=3650),
-        schema=[
-            Field(name="embedding", dtype=Array(Float32), description="precomputed user vector"),
-            Field(name="seen_items", dtype=Array(Int64), description="items rated offline"),
-        ],
-        source=FileSource(
-            name=f"{USER_VIEW}_source",
-            path=str(user_source(data_dir)),
-            timestamp_field="event_timestamp",
-        ),
-        online=True,
-        description="batch features of the user (make recommender)",
-    )
-    recent = FeatureView(
-        name=CLICKS_VIEW,
-        entities=[USER],
-        ttl=timedelta(days=3650),
-        schema=[
-            Field(name="recent_ts_ms", dtype=Array(Int64)),
-            Field(name="recent_items", dtype=Array(Int64), description="last clicks, newest last"),
-            Field(name="recent_click_ids", dtype=Array(String)),
-        ],
-        source=PushSource(
-            name=f"{CLICKS_VIEW}_push",
-            batch_source=FileSource(
-                name=f"{CLICKS_VIEW}_source",
-                path=str(clicks_source(data_dir)),
-                timestamp_field="event_timestamp",
-            ),
-        ),
-        online=True,
-        description="real-time clicks of the user (clicks topic)",
-    )
-    return [USER, embedding, recent]
+#: The entity and the two views, registered beside the fraud ones.
+definitions = user_definitions
 
 
 def materialize(store, data_dir: Path, log=print) -> dict[str, int]:

@@ -15,7 +15,6 @@ two stores need differently shaped ``online_store`` sections.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,30 +29,30 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.repo_config import RegistryConfig
 
 from feature_repo.definitions import definitions, source_path
+from python_backend import settings
 from python_backend.feast_layout import PROJECT
 from python_backend.fraud.features import CARD_RECENT, FEATURE_GROUPS, MS_PER_DAY
 from python_backend.fraud.offline import recent_buffers
-from python_backend.paths import ROOT
+from python_backend.stores import LOCATIONS, store_kind
 
 
 @dataclass(frozen=True)
 class StoreSettings:
-    kind: str = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    data_dir: Path = ROOT / "build" / "data" / "default"
-    repo_dir: Path = ROOT / "build" / "feature_repo"
+    kind: str = settings.FEATURE_STORE.default
+    redis_url: str = settings.REDIS_URL.default
+    data_dir: Path = Path(settings.FEATURE_DATA.default)
+    repo_dir: Path = Path(settings.FEATURE_REPO_DIR.default)
 
     @classmethod
     def from_env(cls, **overrides) -> StoreSettings:
         env = {
-            "kind": os.environ.get("FEATURE_STORE", "sqlite").lower(),
-            "redis_url": os.environ.get("REDIS_URL", cls.redis_url),
-            "data_dir": Path(os.environ.get("FEATURE_DATA", cls.data_dir)),
-            "repo_dir": Path(os.environ.get("FEATURE_REPO_DIR", cls.repo_dir)),
+            "kind": settings.FEATURE_STORE.get().lower(),
+            "redis_url": settings.REDIS_URL.get(),
+            "data_dir": Path(settings.FEATURE_DATA.get()),
+            "repo_dir": Path(settings.FEATURE_REPO_DIR.get()),
         }
         env.update(overrides)
-        if env["kind"] not in ("sqlite", "redis"):
-            raise ValueError(f"FEATURE_STORE must be 'sqlite' or 'redis', got {env['kind']!r}")
+        env["kind"] = store_kind(env["kind"])
         return cls(**env)
 
     @property
@@ -64,6 +63,15 @@ class StoreSettings:
     def reader_location(self) -> str:
         """What ``python_backend.fraud.online.open_reader`` needs for this store."""
         return self.redis_url if self.kind == "redis" else str(self.sqlite_path)
+
+    def serving_env(self) -> dict[str, str]:
+        """The environment a server (or a job) needs to read this store."""
+        return {
+            settings.FEATURE_STORE.name: self.kind,
+            LOCATIONS[self.kind].name: self.reader_location,
+            settings.FEATURE_DATA.name: str(self.data_dir),
+            settings.FEATURE_REPO_DIR.name: str(self.repo_dir),
+        }
 
 
 def _redis_connection_string(url: str) -> str:
@@ -177,3 +185,10 @@ def materialize(
         )
     log(f"materialized as of {end.isoformat()} in {time.perf_counter() - started:.1f} s")
     return counts
+
+
+def fill(store_settings: StoreSettings, log=print) -> dict[str, str]:
+    """Apply, materialize the online store from the offline tables, and return the
+    environment a server needs to read it: what every tool that starts a server does."""
+    materialize(feature_store(store_settings), store_settings, log=log)
+    return store_settings.serving_env()

@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
+from python_backend.feature_views import FeatureGroup
 from python_backend.fraud.features import CARD_RECENT, RECENT_BUFFER, STREAM_HEARTBEAT_ID
 from python_backend.fraud.online import OnlineFeatureReader
 
@@ -46,12 +47,19 @@ class BufferSpec:
 
     view: str
     join_key: str
-    #: (feature name, kind) in entry order; kind: int64_list, float_list or string_list.
+    #: (feature name, kind) in entry order; kind: int64_list, float32_list or string_list.
     features: tuple[tuple[str, str], ...]
     limit: int
     decode: Callable[[bytes], object]
     entity: Callable[[object], int]
     to_entry: Callable[[object], Entry]
+
+    @classmethod
+    def of(cls, group: FeatureGroup, **how) -> BufferSpec:
+        """The buffer a stream view declares: its view, entity and features in entry order
+        (the declaration's order; an entry's last element is the event's id)."""
+        features = tuple((f.name, f.dtype) for f in group.features)
+        return cls(view=group.name, join_key=group.entity, features=features, **how)
 
 
 def merge_entries(
@@ -76,15 +84,8 @@ def _card_entry(event: TransactionEvent) -> Entry:
     return (event.ts_ms, float(event.amount), event.terminal_id, event.transaction_id)
 
 
-CARD_SPEC = BufferSpec(
-    view=CARD_RECENT.name,
-    join_key="card_id",
-    features=(
-        ("recent_ts_ms", "int64_list"),
-        ("recent_amounts", "float_list"),
-        ("recent_terminal_ids", "int64_list"),
-        ("recent_tx_ids", "string_list"),
-    ),
+CARD_SPEC = BufferSpec.of(
+    CARD_RECENT,
     limit=RECENT_BUFFER,
     decode=decode,
     entity=lambda event: event.card_id,
@@ -197,7 +198,7 @@ class RedisRecentWriter(RecentWriter):
         def proto(kind: str, items: list) -> Value:
             if kind == "int64_list":
                 return Value(int64_list_val=Int64List(val=items))
-            if kind == "float_list":
+            if kind == "float32_list":
                 return Value(float_list_val=FloatList(val=items))
             return Value(string_list_val=StringList(val=items))
 
@@ -449,7 +450,7 @@ class BufferConsumer:
             return
         self._beat_at = now
         ms = int(now * 1000)
-        middle = [0.0 if kind == "float_list" else 0 for _, kind in self.spec.features[1:-1]]
+        middle = [0.0 if kind == "float32_list" else 0 for _, kind in self.spec.features[1:-1]]
         try:
             base = self.read_buffers([STREAM_HEARTBEAT_ID])
             self.writer.write({STREAM_HEARTBEAT_ID: [(ms, *middle, f"heartbeat-{ms}")]}, base)

@@ -44,7 +44,7 @@ import numpy as np
 from client.local.services import stub_pids
 from client.local.triton import FRAUD_MODELS, ROOT, Ports
 from python_backend import settings
-from python_backend.fraud.ladder import DEGRADATIONS
+from python_backend.fraud.reasons import is_degraded
 
 REPORTS = ROOT / "build" / "reports"
 FAULTY_MODEL = ROOT / "perf" / "models" / "faulty" / "model.py"
@@ -60,8 +60,7 @@ MAX_IN_FLIGHT = 128
 FAILOVER_S = 1.0
 #: How long a replica taken out of the pool gets to finish its in-flight requests.
 DRAIN_S = 1.5
-#: Reason codes that mean a dependency failed (the path taken is a degraded one).
-DEGRADED = (*DEGRADATIONS, "_NOT_HEDGED")
+
 #: gRPC reconnects at most a second after the server went away (its default backs off to
 #: two minutes, so a restarted server would be found late).
 CHANNEL_ARGS = [
@@ -169,13 +168,15 @@ class System:
         self._redis_context.__exit__(None, None, None)
 
     def feature_env(self) -> dict[str, str]:
-        return {
-            "FEATURE_STORE": "redis",
-            "REDIS_URL": self.redis_url,
-            "FEATURE_DATA": str(self.data_dir),
-            "FEATURE_REPO_DIR": str(self.work / "features"),
-            "KAFKA_BOOTSTRAP": self.bootstrap,
-        }
+        from feature_repo.store import StoreSettings
+
+        store = StoreSettings(
+            kind="redis",
+            redis_url=self.redis_url,
+            data_dir=self.data_dir,
+            repo_dir=self.work / "features",
+        )
+        return {**store.serving_env(), settings.KAFKA_BOOTSTRAP.name: self.bootstrap}
 
     def refill(self) -> float:
         """``python -m feature_repo materialize`` into Redis (a process of its own, as the
@@ -745,11 +746,7 @@ class ResourceWatch:
 
 
 def degraded(o: Outcome) -> bool:
-    return (
-        (not o.ok)
-        or o.path != "primary"
-        or any(r.endswith(DEGRADED) or r.startswith("FEATURES_") for r in o.reasons)
-    )
+    return (not o.ok) or o.path != "primary" or any(is_degraded(r) for r in o.reasons)
 
 
 def window_stats(outcomes: list[Outcome]) -> dict:
@@ -757,8 +754,7 @@ def window_stats(outcomes: list[Outcome]) -> dict:
     ok = [o for o in outcomes if o.ok]
     lat = np.array([o.latency_ms for o in ok]) if ok else np.zeros(0)
     within = int(np.sum(lat <= BUDGET_MS))
-    reasons = Counter(r for o in ok for r in set(o.reasons) if r.endswith(DEGRADED)
-                      or r.startswith("FEATURES_"))  # fmt: skip
+    reasons = Counter(r for o in ok for r in set(o.reasons) if is_degraded(r))
     return {
         "offered": n,
         "decided": len(ok),

@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from perf.systems import PERF_MODELS
 from python_backend import settings
 from python_backend.paths import ROOT
@@ -36,18 +38,30 @@ def perf_repository(out: Path, repository: Path) -> Path:
     empty = root / "perf_empty"
     (empty / "1").mkdir(parents=True)
     shutil.copy(PERF_MODELS / "perf_empty" / "1" / "model.py", empty / "1" / "model.py")
-    (empty / "config.pbtxt").write_text(
-        'name: "perf_empty"\nbackend: "python"\nmax_batch_size: 64\n'
-        'input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
-    )
+    (empty / "config.pbtxt").write_text(perf_empty_config())
     hop = root / "perf_hop"
     (hop / "1").mkdir(parents=True)
     shutil.copy(PERF_MODELS / "perf_hop" / "1" / "model.py", hop / "1" / "model.py")
     # fraud_scoring's batcher and instances: the floor differs from it only in the work.
     (hop / "config.pbtxt").write_text(scoring_config(name="perf_hop"))
     return root
+
+
+def perf_empty_config() -> str:
+    """A Python model that does nothing: the floor of one Triton round trip."""
+    from build_engines import model_config
+    from python_backend.contract import ModelContract, TensorSpec
+
+    one = ModelContract(
+        "perf_empty",
+        (TensorSpec("INPUT", np.float32, (1,)),),
+        (TensorSpec("OUTPUT", np.float32, (1,)),),
+    )
+    return model_config.render(
+        {"name": one.name, "backend": "python", "max_batch_size": 64},
+        model_config.io(one),
+        model_config.instances(1),
+    )
 
 
 @contextlib.contextmanager

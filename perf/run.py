@@ -87,7 +87,7 @@ def run(
     from client.local.services import redis_server
     from client.local.triton import FRAUD_MODELS, MODEL_REPOSITORY, Ports
     from client.local.triton import start as start_triton
-    from feature_repo.store import StoreSettings, feature_store, materialize
+    from feature_repo.store import StoreSettings, fill
     from perf import report
     from perf.floor import Floor
     from python_backend.fraud.online import open_reader
@@ -123,14 +123,7 @@ def run(
             f"features: materializing the {scale} store into {store} "
             f"({store_settings.reader_location})"
         )
-        materialize(feature_store(store_settings), store_settings, log=log)
-        location = "REDIS_URL" if store == "redis" else "FEATURE_SQLITE_PATH"
-        env = {
-            "FEATURE_STORE": store,
-            location: store_settings.reader_location,
-            "FEATURE_REPO_DIR": str(store_settings.repo_dir),
-            "FEATURE_DATA": str(data_dir),
-        }
+        env = fill(store_settings, log=log)
         extra = perf_repository(work, repository)
         server = start_triton(
             repository=repository,

@@ -142,7 +142,7 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
     from client.local.services import redis_server
     from client.local.triton import FRAUD_MODELS, MODEL_REPOSITORY, Ports
     from client.local.triton import start as start_triton
-    from feature_repo.store import StoreSettings, feature_store, materialize
+    from feature_repo.store import StoreSettings, fill
     from perf import workload
 
     binary, env = ensure_perf_analyzer(log=log)
@@ -158,11 +158,11 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
         settings = StoreSettings.from_env(
             kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=work / "features"
         )
-        materialize(feature_store(settings), settings, log=lambda _m: None)
+        env = fill(settings, log=lambda _m: None)
         variants = variant_repository(work / "tuning_repository", MODEL_REPOSITORY)
         server = start_triton(
             ports=Ports.free(),
-            env={"FEATURE_STORE": "redis", "REDIS_URL": redis_url},
+            env=env,
             log_path=work / "tuning_server.log",
             extra_repositories=(variants, perf_repository(work, MODEL_REPOSITORY)),
             models=[*FRAUD_MODELS, "perf_empty", *(v.name for v in VARIANTS)],

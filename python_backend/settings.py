@@ -54,8 +54,17 @@ FEATURE_REPO_DIR = _setting(
 )
 # Kafka and the decision log (the BLS, the stream consumer, the tooling).
 KAFKA_BOOTSTRAP = _setting(
-    "KAFKA_BOOTSTRAP", None, "broker address; unset: no topics, no decision log"
+    "KAFKA_BOOTSTRAP", None, "broker address; unset: the BLS publishes nothing, no decision log"
 )
+#: Where the feature jobs and the client look for a broker when ``KAFKA_BOOTSTRAP`` is unset.
+LOCAL_BROKER = "127.0.0.1:9092"
+
+
+def kafka_bootstrap() -> str:
+    """``KAFKA_BOOTSTRAP``, else a broker on this machine's default port (the tools' default)."""
+    return KAFKA_BOOTSTRAP.get() or LOCAL_BROKER
+
+
 SCORED_TOPIC = _setting("SCORED_TOPIC", "transactions", "where the BLS publishes scored tx")
 DECISIONS_TOPIC = _setting("DECISIONS_TOPIC", "decisions", "the decision log's topic")
 DECISION_LOG = _setting("DECISION_LOG", "on", "off: no decision log")

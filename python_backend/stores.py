@@ -23,7 +23,8 @@ def store_kind(kind: str | None = None) -> str:
     """``kind``, else ``FEATURE_STORE``; a clear error for a store nobody implements."""
     kind = (kind or settings.FEATURE_STORE.get()).lower()
     if kind not in LOCATIONS:
-        raise ValueError(f"FEATURE_STORE must be one of {sorted(LOCATIONS)}, got {kind!r}")
+        known = " or ".join(repr(k) for k in LOCATIONS)
+        raise ValueError(f"FEATURE_STORE must be {known}, got {kind!r}")
     return kind
 
 

@@ -104,7 +104,7 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     from client.launcher import warm_up
     from client.local.triton import Ports, running
     from client.scoring import FraudClient
-    from feature_repo.store import StoreSettings, feature_store, materialize
+    from feature_repo.store import StoreSettings, fill
 
     root = tmp_path_factory.mktemp("serving")
     repository = serving_repository(tiny_build, root)
@@ -113,10 +113,8 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     settings = StoreSettings.from_env(
         kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=root / "features"
     )
-    materialize(feature_store(settings), settings, log=lambda _m: None)
     env = {
-        "FEATURE_STORE": "redis",
-        "REDIS_URL": redis_url,
+        **fill(settings, log=lambda _m: None),
         "KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_service.port}",
         "SCORED_TOPIC": SERVING_TOPIC,
     }

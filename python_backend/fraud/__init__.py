@@ -4,7 +4,6 @@ benchmark's in-process peers run the same service with ONNX Runtime callers."""
 
 from python_backend.fraud.callers import OnnxCaller, decide_rows, in_process_service, run_now
 from python_backend.fraud.ladder import (
-    DEGRADATIONS,
     Budget,
     LadderOutcome,
     ModelCaller,
@@ -12,6 +11,7 @@ from python_backend.fraud.ladder import (
     ModelLadder,
     default_breakers,
 )
+from python_backend.fraud.reasons import DEGRADATIONS
 from python_backend.fraud.service import Answer, Batch, Decided, FraudService, ScoringRequest
 
 __all__ = [

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from python_backend.feature_views import FeatureGroup, StoredFeature
+
 MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60 * MS_PER_SECOND
 MS_PER_HOUR = 60 * MS_PER_MINUTE
@@ -70,38 +72,6 @@ MERCHANT_CATEGORIES = (
     "utilities",
     "jewelry",
 )
-
-
-@dataclass(frozen=True)
-class StoredFeature:
-    """One value kept in the online store (one Feast field)."""
-
-    name: str
-    dtype: str  # "float32" | "int64" | "float32_list" | "int64_list"
-    default: float
-    description: str
-    window_days: int | None = None
-    aggregate: str | None = None  # "count" | "sum" | "mean" | "fraud_rate" | None
-
-
-@dataclass(frozen=True)
-class FeatureGroup:
-    """A set of features with one entity and one source: one Feast feature view."""
-
-    name: str
-    entity: str  # join key column: "card_id" or "terminal_id"
-    source: str  # "batch" (daily snapshot) or "stream" (real time)
-    features: tuple[StoredFeature, ...]
-    #: How long a stored row stays valid (Feast TTL).
-    ttl_days: int
-    #: A row older than this (event time to the transaction's time) is stale: the view is
-    #: treated as unavailable, and the decision says ``FEATURES_STALE:<view>``. None for the
-    #: stream view, whose rows are as old as the card's last transaction, legitimately.
-    freshness_ms: int | None = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.features)
 
 
 #: The 120-day window keeps a card's habits known across a dormant month or two.

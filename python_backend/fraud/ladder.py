@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from python_backend.breaker import HALF_OPEN, CircuitBreaker
+from python_backend.fraud import reasons as codes
 from python_backend.fraud.features import ModelInputs
 
 #: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
 #: model answered with an error) or :class:`TimeoutError`.
 ModelCaller = Callable[[ModelInputs, float], Awaitable[np.ndarray]]
 #: Suffixes of the reason codes that say a rung was skipped or failed.
-DEGRADATIONS = ("_ERROR", "_TIMEOUT", "_CIRCUIT_OPEN", "_UNAVAILABLE", "_NO_BUDGET")
+
 HEDGES = ("always", "auto", "never")
 #: Kept back from the primary's share of the budget for a fallback across a hop, and the rules.
 FALLBACK_RESERVE_MS = 20.0
@@ -137,7 +138,7 @@ class ModelLadder:
         fallback = self._start_fallback(inputs, budget, out) if hedged else None
         primary_timed_out = False
         if not primary.allow():
-            out.reasons.append("PRIMARY_CIRCUIT_OPEN")
+            out.reasons.append(codes.rung("primary", codes.CIRCUIT_OPEN))
         else:
             timeout = min(self.primary_timeout_ms, budget.remaining_ms(self.fallback_reserve_ms))
             if primary.state == HALF_OPEN:
@@ -149,12 +150,12 @@ class ModelLadder:
                 out.scores, out.path = scores, "primary"
                 return out
             out.reasons.append(problem)
-            primary_timed_out = problem.endswith("_TIMEOUT")
+            primary_timed_out = problem.endswith(codes.TIMEOUT)
         if not hedged:
             if primary_timed_out and not self.fallback_in_process:
                 # The remote primary may still hold the call: a fallback now would wait
                 # behind it.
-                out.reasons.append("FALLBACK_NOT_HEDGED")
+                out.reasons.append(codes.FALLBACK_NOT_HEDGED)
                 return out
             fallback = self._start_fallback(inputs, budget, out)
         if fallback is None:
@@ -172,31 +173,30 @@ class ModelLadder:
         """The fallback call under way, or None (reason added) while its circuit is open.
         Asked only when the call is really made: a half-open breaker lets one probe out."""
         if not self.breakers["fallback"].allow():
-            out.reasons.append("FALLBACK_CIRCUIT_OPEN")
+            out.reasons.append(codes.rung("fallback", codes.CIRCUIT_OPEN))
             return None
         call = self._timed("fallback", inputs, budget.remaining_ms(self.rules_reserve_ms))
         return call if self.fallback_in_process else asyncio.ensure_future(call)
 
     async def _timed(self, name: str, inputs: ModelInputs, timeout_ms: float):
         """(scores, None) or (None, reason code); feeds the model's breaker."""
-        code = name.upper()
         breaker = self.breakers[name]
         if timeout_ms < 1:
             breaker.cancel()  # allowed but not called: a half-open probe must not stay out
-            return None, f"{code}_NO_BUDGET"
+            return None, codes.rung(name, codes.NO_BUDGET)
         started = self.clock()
         try:
             scores = await self.callers[name](inputs, timeout_ms)
         except TimeoutError:
             breaker.record(False)
-            return None, f"{code}_TIMEOUT"
+            return None, codes.rung(name, codes.TIMEOUT)
         except ModelCallError as err:
             breaker.record(False)
             self.log(f"fraud_scoring: {name} failed: {err}")
-            return None, f"{code}_ERROR"
+            return None, codes.rung(name, codes.ERROR)
         except Exception as err:  # anything else is a failed call too, never a lost outcome
             breaker.record(False)
             self.log(f"fraud_scoring: {name} call raised {err!r}")
-            return None, f"{code}_ERROR"
+            return None, codes.rung(name, codes.ERROR)
         breaker.record(True, (self.clock() - started) * 1000)
         return scores, None

@@ -11,7 +11,6 @@ import numpy as np
 
 from python_backend.breaker import STATE_CODES, CircuitBreaker
 from python_backend.fraud.contract import DECISIONS
-from python_backend.fraud.ladder import DEGRADATIONS
 from python_backend.fraud.service import Batch
 
 FAMILIES = {
@@ -85,7 +84,7 @@ class ServiceMetrics:
             self.count("decisions", n, path=decided.path, decision=DECISIONS[code])
         rows = len(decided.codes)
         for code in dict.fromkeys(decided.degradations):
-            if code.endswith(DEGRADATIONS):
+            if codes.is_ladder_degradation(code):
                 self.count("reasons", rows, reason=code)
         for view, n in (decided.stale or {}).items():
             self.count("stale", n, view=view)

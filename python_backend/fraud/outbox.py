@@ -4,7 +4,6 @@ the decision log (``python_backend.fraud.decision_log``, spooled while the broke
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +35,8 @@ class Outbox:
         self.decision_log = None
         if settings.DECISION_LOG.get() != "off":
             spool = Path(
-                os.environ.get(
-                    "DECISION_SPOOL_DIR", Path(tempfile.gettempdir()) / "fraud-decision-spool"
-                )
+                settings.DECISION_SPOOL_DIR.get()
+                or Path(tempfile.gettempdir()) / "fraud-decision-spool"
             )
             self.decision_log = DecisionLog(
                 bootstrap,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from python_backend.fraud import reasons as codes
 from python_backend.fraud.contract import DECISIONS, PATHS, SCORING
 from python_backend.fraud.features import (
     CARD_RECENT,
@@ -204,9 +205,9 @@ def read_features(
             on_error(err)
         return empty_features(len(tx)), False
     for i in np.flatnonzero(~features.card_found):
-        reasons[i].append("UNKNOWN_CARD")
+        reasons[i].append(codes.UNKNOWN_CARD)
     for i in np.flatnonzero(~features.terminal_found):
-        reasons[i].append("UNKNOWN_TERMINAL")
+        reasons[i].append(codes.UNKNOWN_TERMINAL)
     return features, True
 
 
@@ -275,7 +276,7 @@ def unavailable_views(
         stale[CARD_RECENT.name] = np.ones(len(tx), dtype=bool)
     for view, rows in stale.items():
         for i in np.flatnonzero(rows):
-            reasons[i].append(f"FEATURES_STALE:{view}")
+            reasons[i].append(codes.stale(view))
     return stale
 
 

@@ -24,6 +24,7 @@ from python_backend.fraud import decision_log, scoring
 from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, STAGES
 from python_backend.fraud.ladder import Budget, ModelLadder
 from python_backend.fraud.online import OnlineFeatureReader
+from python_backend.fraud.reasons import FEATURES_CIRCUIT_OPEN, FEATURES_UNAVAILABLE, INVALID_INPUT
 from python_backend.fraud.rules import RuleSet
 
 #: DECISION bytes by decision code: DECISIONS in order, then INVALID.
@@ -98,7 +99,7 @@ class Answer:
         self.score = np.full(n, np.nan, dtype=np.float32)
         self.codes = np.full(n, INVALID_CODE, dtype=np.int64)
         self.path = np.full(n, INVALID_PATH.encode(), dtype=np.object_)
-        self.reasons = [["INVALID_INPUT", e] if e else [] for e in row_errors]
+        self.reasons = [[INVALID_INPUT, e] if e else [] for e in row_errors]
         self.stages = np.zeros((n, len(STAGES)), dtype=np.int64)
 
     @classmethod
@@ -227,12 +228,12 @@ class FraudService:
         breaker = self.features_breaker
         reader = self.reader if self.reader is not None and breaker.allow() else None
         if self.reader is not None and reader is None:
-            degradations.append("FEATURES_CIRCUIT_OPEN")
+            degradations.append(FEATURES_CIRCUIT_OPEN)
         features, ok = scoring.read_features(reader, tx, reasons, on_error=self._feature_error)
         if reader is not None:
             breaker.record(ok, (self.clock() - started) * 1000)
         if not ok:
-            degradations.append("FEATURES_UNAVAILABLE")
+            degradations.append(FEATURES_UNAVAILABLE)
         # A stale view is not extrapolated from: the models decide without it, as trained to.
         stream_stale = ok and self.heartbeat is not None and self.heartbeat.stale()
         unavailable = scoring.unavailable_views(tx, features, ok, reasons, stream_stale)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from python_backend.contract import ModelContract, TensorSpec
+from python_backend.feature_views import FeatureGroup, StoredFeature
 
 #: Clicks the model reads, newest last; item 0 pads a shorter history.
 LAST_N = 5
@@ -31,10 +32,34 @@ RANK_RESERVE_MS = 10.0
 #: The Feast layout: entity ``user`` (join key ``user_id``), two views on the same entity,
 #: so in Redis both live in one hash and one HMGET reads them together.
 USER_JOIN_KEY = "user_id"
-USER_VIEW = "user_embedding"
-USER_FEATURES = ("embedding", "seen_items")
-CLICKS_VIEW = "user_recent_clicks"
-CLICK_FEATURES = ("recent_items", "recent_ts_ms", "recent_click_ids")
+#: Kept ten years: the views are refreshed by ``make recommender`` and the clicks consumer.
+USER_TTL_DAYS = 3650
+USER_EMBEDDING = FeatureGroup(
+    name="user_embedding",
+    entity=USER_JOIN_KEY,
+    source="batch",
+    ttl_days=USER_TTL_DAYS,
+    features=(
+        StoredFeature("embedding", "float32_list", 0.0, "precomputed user vector"),
+        StoredFeature("seen_items", "int64_list", 0.0, "items rated offline"),
+    ),
+)
+#: The click buffer, in entry order: a buffer entry is (ts_ms, item_id, click_id).
+USER_RECENT_CLICKS = FeatureGroup(
+    name="user_recent_clicks",
+    entity=USER_JOIN_KEY,
+    source="stream",
+    ttl_days=USER_TTL_DAYS,
+    features=(
+        StoredFeature("recent_ts_ms", "int64_list", 0.0, "timestamps (ms) of the last clicks"),
+        StoredFeature("recent_items", "int64_list", 0.0, "last clicks, newest last"),
+        # Not a model input: lets the clicks consumer apply each click exactly once.
+        StoredFeature("recent_click_ids", "string_list", 0.0, "ids of the last clicks"),
+    ),
+)
+USER_GROUPS = (USER_EMBEDDING, USER_RECENT_CLICKS)
+USER_VIEW = USER_EMBEDDING.name
+CLICKS_VIEW = USER_RECENT_CLICKS.name
 TOPIC_CLICKS = "clicks"
 #: Clicks kept per user by the consumer (the model reads the last LAST_N).
 CLICK_BUFFER = 20

@@ -15,7 +15,9 @@ import numpy as np
 from python_backend.feast_layout import PROJECT, entity_key, redis_field, redis_key
 from python_backend.recommender.core import (
     CLICKS_VIEW,
+    USER_EMBEDDING,
     USER_JOIN_KEY,
+    USER_RECENT_CLICKS,
     USER_VIEW,
     UserFeatures,
     features_from_values,
@@ -23,9 +25,12 @@ from python_backend.recommender.core import (
 from python_backend.stores import open_store
 
 #: What ranking needs (the click ids are the consumer's bookkeeping: not read to serve).
-SERVED = (("embedding", USER_VIEW), ("seen_items", USER_VIEW), ("recent_items", CLICKS_VIEW))
+SERVED = (
+    *((name, USER_VIEW) for name in USER_EMBEDDING.names),
+    ("recent_items", CLICKS_VIEW),
+)
 #: A click buffer entry as the stream consumer keeps it: (ts_ms, item_id, click_id).
-CLICK_ENTRY = ("recent_ts_ms", "recent_items", "recent_click_ids")
+CLICK_ENTRY = USER_RECENT_CLICKS.names
 
 
 def click_entries(values: dict[str, list[bytes | None]], user_ids) -> dict[int, list[tuple]]:

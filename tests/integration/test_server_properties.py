@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from python_backend.fraud.contract import DECISIONS, SCORING, SCORING_MAX_BATCH
-from tests.test_validation_properties import DTYPES, FIELDS, _broken_rule, well_typed_requests
+from tests.unit.test_validation_properties import DTYPES, FIELDS, _broken_rule, well_typed_requests
 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
