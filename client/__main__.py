@@ -218,8 +218,10 @@ def cmd_recommend(args) -> int:
     except InferenceServerException as err:
         print(f"recommend_top5 refused: {err.message()}", file=sys.stderr)
         if "unknown model" in str(err) or "not found" in str(err):
-            print("Build it (`make recommender`) and start the server (`make serve`).",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "Build it (`make recommender`) and start the server (`make serve`).",
+                file=sys.stderr,
+            )
         return 1
     finally:
         client.close()

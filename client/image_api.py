@@ -42,8 +42,9 @@ STAGE_SECONDS = Histogram(
     registry=registry,
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0),
 )
-REQUESTS = Counter("image_api_requests_total", "Requests by HTTP status", ["status"],
-                   registry=registry)  # fmt: skip
+REQUESTS = Counter(
+    "image_api_requests_total", "Requests by HTTP status", ["status"], registry=registry
+)
 
 app = FastAPI(title="Image classification (EfficientNet-Lite0 on Triton)")
 _triton: dict = {}
@@ -82,8 +83,10 @@ async def arrival_time(request: Request, call_next):
     request.state.arrived = time.perf_counter()
     length = request.headers.get("content-length")
     if request.url.path == "/classify" and length and int(length) > MAX_BODY_BYTES:
-        return problem(413, f"upload of {int(length):,} bytes: the limit is "
-                            f"{MAX_IMAGE_BYTES:,} bytes per image")  # fmt: skip
+        return problem(
+            413,
+            f"upload of {int(length):,} bytes: the limit is {MAX_IMAGE_BYTES:,} bytes per image",
+        )
     return await call_next(request)
 
 
@@ -95,8 +98,9 @@ async def classify(request: Request, file: Annotated[UploadFile, File()]) -> Res
     data = await file.read()
     read_done = time.perf_counter()
     if file.content_type not in CONTENT_TYPES:
-        return problem(415, f"file: content type {file.content_type!r}; send one of "
-                            f"{', '.join(CONTENT_TYPES)}")  # fmt: skip
+        return problem(
+            415, f"file: content type {file.content_type!r}; send one of {', '.join(CONTENT_TYPES)}"
+        )
     if len(data) > MAX_IMAGE_BYTES:
         return problem(413, f"file: {len(data):,} bytes, the limit is {MAX_IMAGE_BYTES:,}")
     if not data:

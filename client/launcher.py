@@ -207,8 +207,19 @@ def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60)
     # Importing Feast (to fill the online store) points prometheus_client at a temporary
     # multiprocess directory that goes with this process: the API keeps its own metrics.
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    cmd = [sys.executable, "-m", "uvicorn", "client.image_api:app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "client.image_api:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

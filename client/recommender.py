@@ -20,8 +20,13 @@ class Recommendation:
     stage_us: dict[str, int]
 
     def as_dict(self) -> dict:
-        return {"user_id": self.user_id, "items": self.items, "path": self.path,
-                "reasons": self.reasons, "stage_us": self.stage_us}  # fmt: skip
+        return {
+            "user_id": self.user_id,
+            "items": self.items,
+            "path": self.path,
+            "reasons": self.reasons,
+            "stage_us": self.stage_us,
+        }
 
 
 def user_input(user_ids: list[int]) -> list[grpcclient.InferInput]:

@@ -145,8 +145,10 @@ def _recommender(args, settings) -> int:
     if args.command == "recommender":
         started = time.perf_counter()
         counts = clicks.materialize(feature_store(settings), MOVIELENS_DATA)
-        print(f"online store ({settings.kind}, {settings.reader_location}): {counts}; "
-              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        print(
+            f"online store ({settings.kind}, {settings.reader_location}): {counts}; "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         return 0
     from feature_repo.stream import ensure_topic, writer_for
     from python_backend.recommender.core import TOPIC_CLICKS

@@ -29,8 +29,11 @@ def main() -> None:
         choices=("run", "tune", "image", "chaos", "recommender", "feature-bench", "feature-parity"),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
-    parser.add_argument("--scale", default=settings.DEMO_SCALE.get(),
-                        help="scale to build when no model is built yet")  # fmt: skip
+    parser.add_argument(
+        "--scale",
+        default=settings.DEMO_SCALE.get(),
+        help="scale to build when no model is built yet",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--limit", type=int, default=10_000, help="feature-parity: events")
     args = parser.parse_args()

@@ -12,8 +12,15 @@ from perf.systems import COMPOSING, MODEL_OF
 from perf.tools import ensure_perf_analyzer
 from perf.triton_stats import model_statistics, served, statistics_delta
 
-PA_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
-            "Server Compute Infer", "Server Compute Output", "Client Recv")  # fmt: skip
+PA_PARTS = (
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+)
 
 
 def perf_analyzer(
@@ -32,10 +39,27 @@ def perf_analyzer(
     """One perf_analyzer measurement; its CSV row as numbers (µs, inferences/s). Inputs come
     from the ``data`` JSON file, or are generated with ``shape`` (``NAME:dims``)."""
     inputs = ["--input-data", str(data)] if data is not None else ["--shape", str(shape)]
-    cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", *inputs,
-           "--percentile=99", "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(window), "-s", "50", "-r", str(trials),
-           "-f", str(csv_path)]  # fmt: skip
+    cmd = [
+        str(binary),
+        "-m",
+        model,
+        "-u",
+        url,
+        "-i",
+        "grpc",
+        *inputs,
+        "--percentile=99",
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(window),
+        "-s",
+        "50",
+        "-r",
+        str(trials),
+        "-f",
+        str(csv_path),
+    ]
     if model.startswith("fraud_scoring"):
         # Not the fallback: a model that has not run yet has no statistics per version,
         # and perf_analyzer then fails ("failed to find the requested model version").
@@ -44,8 +68,13 @@ def perf_analyzer(
         # Asynchronous sends: in its default synchronous mode perf_analyzer keeps at most
         # --max-threads (4) requests in flight, which capped the offered rate at
         # 4 / latency (about 230/s at 17 ms) whatever rate was asked for.
-        cmd += ["--request-rate-range", f"{rate}:{rate}:1", "--request-distribution", "poisson",
-                "--async"]  # fmt: skip
+        cmd += [
+            "--request-rate-range",
+            f"{rate}:{rate}:1",
+            "--request-distribution",
+            "poisson",
+            "--async",
+        ]
     else:
         cmd += ["--concurrency-range", f"{concurrency}:{concurrency}:1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -117,17 +146,31 @@ def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
 
                 def run(model=model, path=path, level=level):
                     row = perf_analyzer(
-                        binary, env, server.grpc_url, model, None, path, plan.pa_window,
-                        concurrency=level, shape="INPUT:1",
-                    )  # fmt: skip
+                        binary,
+                        env,
+                        server.grpc_url,
+                        model,
+                        None,
+                        path,
+                        plan.pa_window,
+                        concurrency=level,
+                        shape="INPUT:1",
+                    )
                     return pa_point(row, None, level)
             else:
 
                 def run(model=model, path=path, kind=kind, level=level):
                     return measure(
-                        binary, env, server.grpc_url, model, data, path, plan.pa_window,
-                        kind, level,
-                    )  # fmt: skip
+                        binary,
+                        env,
+                        server.grpc_url,
+                        model,
+                        data,
+                        path,
+                        plan.pa_window,
+                        kind,
+                        level,
+                    )
 
             point = cpu.measured(meter, lambda m=model: served(client, m), run)
             point["triton"] = statistics_delta(before, model_statistics(client, watched))

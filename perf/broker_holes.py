@@ -29,8 +29,7 @@ from client.local.triton import ROOT
 from feature_repo.stream import (
     CARD_SPEC,
     BufferConsumer,
-    Entry,
-    RecentWriter,
+    MemoryWriter,
     ensure_topic,
     replay,
 )
@@ -56,20 +55,6 @@ def _produce(bootstrap: str, producer: int, count: int, rate: float, run: str) -
     replay(bootstrap, events, rate, TOPIC, linger_ms=20)
 
 
-class MemoryWriter(RecentWriter):
-    """The buffers in a dict: the consumer's machinery without a store's cost."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[int, list[Entry]] = {}
-
-    def read(self, entities: list[int]) -> dict[int, list[Entry]]:
-        return {e: list(self.buffers.get(e, [])) for e in entities}
-
-    def write(self, buffers, base) -> list[int]:
-        self.buffers.update(buffers)
-        return []
-
-
 def _consume(consumer: BufferConsumer, stop: threading.Event) -> None:
     """Run the consumer until the producers are done, then until idle for 3 s."""
     while not stop.is_set():
@@ -89,9 +74,15 @@ def run(events: int, producers: int, rate: float) -> dict:
         for name, wait in (("rereads_holes", 2.0), ("takes_what_is_served", 0.0)):
             writer = MemoryWriter()
             consumer = BufferConsumer(
-                bootstrap, spec, writer.read, writer, f"holes-{name}-{run_id}", TOPIC,
-                log=lambda m, name=name: print(f"{name}: {m}"), gap_wait_s=wait,
-            )  # fmt: skip
+                bootstrap,
+                spec,
+                writer.read,
+                writer,
+                f"holes-{name}-{run_id}",
+                TOPIC,
+                log=lambda m, name=name: print(f"{name}: {m}"),
+                gap_wait_s=wait,
+            )
             sides[name] = (consumer, writer)
         stop = threading.Event()
         threads = [

@@ -254,8 +254,9 @@ def plot(s: dict, path: Path) -> None:
         [lv["server_ms"]["total"]["mean"] for lv in levels]
     )
     ax.bar(labels, gateway, bottom=bottom, label="HTTP client + gateway", color="C7")
-    ax.plot(labels, [lv["client_end_to_end_ms"]["p99"] for lv in levels], "k^--",
-            label="end-to-end p99")  # fmt: skip
+    ax.plot(
+        labels, [lv["client_end_to_end_ms"]["p99"] for lv in levels], "k^--", label="end-to-end p99"
+    )
     ax.set_ylabel("ms per request (mean, stacked)")
     ax.set_title("Image API, 224x224 JPEG: where the time goes")
     ax.legend(fontsize=8)

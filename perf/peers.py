@@ -74,9 +74,21 @@ def plain_service(
 
     port = free_port()
     workers = str(os.cpu_count() or 1)
-    cmd = [sys.executable, "-m", "uvicorn", "perf.plain_service:app", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", workers, "--log-level", "warning",
-           "--no-access-log"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "perf.plain_service:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        workers,
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     full_env = {**os.environ, **env, settings.PLAIN_REPOSITORY.name: str(repository)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(

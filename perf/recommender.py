@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from client.local.triton import ROOT
+from feature_repo.stream import ConsumerThread
 
 RESULTS = ROOT / "perf" / "results" / "recommender"
 TARGET_P99_MS = 10.0
@@ -36,33 +36,6 @@ def input_data(user_ids: list[int], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": entries}))
     return path
-
-
-class ConsumerThread:
-    """The clicks consumer, in a thread of this process, until stopped."""
-
-    def __init__(self, consumer) -> None:
-        self.consumer = consumer
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.consumer.poll_once(timeout_s=0.05)
-
-    def start(self, timeout_s: float = 60) -> ConsumerThread:
-        deadline = time.monotonic() + timeout_s
-        while not self.consumer.assigned:  # join the group before anyone measures
-            self.consumer.poll_once(timeout_s=0.2)
-            if time.monotonic() > deadline:
-                raise TimeoutError("the clicks consumer got no partitions")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.consumer.close()
 
 
 def freshness_ms(client, bootstrap: str, topic: str, users: list[int], poll_s: float = 0.01):
@@ -170,8 +143,9 @@ def run(
                 tqdm(levels, desc="perf_analyzer recommend_top5", file=sys.stderr)
             ):
                 path = work / f"recommend_top5_{kind}_{level}_{n}.csv"
-                point = measure(binary, env, server.grpc_url, "recommend_top5", data, path,
-                                window, kind, level)  # fmt: skip
+                point = measure(
+                    binary, env, server.grpc_url, "recommend_top5", data, path, window, kind, level
+                )
                 points.append({"kind": kind, **point})
             sample = users[:: max(1, len(users) // (5 if quick else 20))]
             fresh = freshness_ms(client, bootstrap, topic, sample)
@@ -236,8 +210,11 @@ def markdown(summary: dict) -> str:
         if "error" in p:
             lines.append(f"| {p['kind']} | error: {p['error'][:80]} | | | | | |")
             continue
-        load = (f"concurrency {p['concurrency']}" if p["kind"] == "concurrency"
-                else f"Poisson {p['offered_rps']:.0f}/s")  # fmt: skip
+        load = (
+            f"concurrency {p['concurrency']}"
+            if p["kind"] == "concurrency"
+            else f"Poisson {p['offered_rps']:.0f}/s"
+        )
         compute = (p.get("server_compute_infer_us") or 0) + (p.get("server_compute_input_us") or 0)
         lines.append(
             f"| {load} | {p['achieved_rps']} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} "
@@ -269,11 +246,17 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind, marker in (("concurrency", "o"), ("request_rate", "s")):
-        pts = sorted((p for p in summary["points"] if p["kind"] == kind and "error" not in p),
-                     key=lambda p: p["achieved_rps"])  # fmt: skip
+        pts = sorted(
+            (p for p in summary["points"] if p["kind"] == kind and "error" not in p),
+            key=lambda p: p["achieved_rps"],
+        )
         if pts:
-            ax.plot([p["achieved_rps"] for p in pts], [p["p99_ms"] for p in pts], marker=marker,
-                    label=f"p99, {kind.replace('_', ' ')}")  # fmt: skip
+            ax.plot(
+                [p["achieved_rps"] for p in pts],
+                [p["p99_ms"] for p in pts],
+                marker=marker,
+                label=f"p99, {kind.replace('_', ' ')}",
+            )
     ax.axhline(TARGET_P99_MS, color="red", ls="--", lw=1, label="10 ms target")
     ax.set_xlabel("requests / s")
     ax.set_ylabel("p99 ms")

@@ -116,12 +116,18 @@ def cost_targets(systems: dict, pa: dict, ratios: dict) -> dict:
         "met": value is not None and value <= 1.5,
     }
     value = ratios.get("max_rps_vs_floor")
-    out["max_rps_vs_in_process_floor"] = {"value": value, "target": 1.25,
-                                          "met": value is not None and value >= 1.25}  # fmt: skip
+    out["max_rps_vs_in_process_floor"] = {
+        "value": value,
+        "target": 1.25,
+        "met": value is not None and value >= 1.25,
+    }
     others = [ratios.get(f"max_rps_vs_{p}") for p in PEERS if p != "floor"]
     value = min(others) if all(v is not None for v in others) else None
-    out["max_rps_vs_every_other_peer"] = {"value": value, "target": 2.0,
-                                          "met": value is not None and value >= 2.0}  # fmt: skip
+    out["max_rps_vs_every_other_peer"] = {
+        "value": value,
+        "target": 2.0,
+        "met": value is not None and value >= 2.0,
+    }
     return out
 
 
@@ -249,8 +255,10 @@ def markdown(s: dict) -> str:
             f"| {name} | {_fmt(sys_['max_rps_within_95ms'])} | {_fmt(low.get('p50_ms'), 2)} "
             f"| {_fmt(low.get('p99_ms'), 2)} |"
         )
-    lines += ["", "Ratios (ours / peer): " + ", ".join(
-        f"{k} {_fmt(v, 2)}" for k, v in s["ratios"].items())]  # fmt: skip
+    lines += [
+        "",
+        "Ratios (ours / peer): " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in s["ratios"].items()),
+    ]
     lines += [
         "",
         "## Cost: CPU per decision (same windows as the latency)",
@@ -265,8 +273,9 @@ def markdown(s: dict) -> str:
     for name in SYSTEMS:
         for r in s["systems"][name]["rates"]:
             c = r.get("cpu") or {}
-            split = ", ".join(f"{k} {v:.2f}" for k, v in (c.get("processes_ms") or {}).items()
-                              if v >= 0.005)  # fmt: skip
+            split = ", ".join(
+                f"{k} {v:.2f}" for k, v in (c.get("processes_ms") or {}).items() if v >= 0.005
+            )
             lines.append(
                 f"| {name} | {_fmt(r['target_rps'], 0)} | {_fmt(r['achieved_rps'])} | "
                 f"{_fmt(r['p99_ms'], 2)} | {_fmt(c.get('cpu_ms_per_decision'), 3)} | "
@@ -302,8 +311,11 @@ def markdown(s: dict) -> str:
     lines += ["", "## Where the time goes (triton_bls, mean µs per request)", ""]
     if s["breakdown"]:
         keys = list(s["breakdown"])
-        lines.append("| segment | " + " | ".join(
-            f"{k} ({s['breakdown'][k]['achieved_rps']:g} rps)" for k in keys) + " |")  # fmt: skip
+        lines.append(
+            "| segment | "
+            + " | ".join(f"{k} ({s['breakdown'][k]['achieved_rps']:g} rps)" for k in keys)
+            + " |"
+        )
         lines.append("|---|" + "---:|" * len(keys))
         for seg in SEGMENTS:
             vals = " | ".join(_fmt(s["breakdown"][k]["segments_us"][seg], 0) for k in keys)
@@ -333,12 +345,23 @@ def plots(s: dict, out: Path) -> None:
         rates = [r for r in s["systems"][name]["rates"] if r["p99_ms"] is not None]
         x = [r["achieved_rps"] for r in rates]
         ax.plot(x, [r["p99_ms"] for r in rates], "o-", color=colors[name], label=f"{name} p99")
-        ax.plot(x, [r["p50_ms"] for r in rates], ".--", color=colors[name], alpha=0.6,
-                label=f"{name} p50")  # fmt: skip
+        ax.plot(
+            x,
+            [r["p50_ms"] for r in rates],
+            ".--",
+            color=colors[name],
+            alpha=0.6,
+            label=f"{name} p50",
+        )
     pa = s["perf_analyzer"]["fraud_scoring"]["request_rate"]
     pa = [p for p in pa if "error" not in p]
-    ax.plot([p["achieved_rps"] for p in pa], [p["p99_ms"] for p in pa], "s:", color="black",
-            label="triton_bls p99 (perf_analyzer)")  # fmt: skip
+    ax.plot(
+        [p["achieved_rps"] for p in pa],
+        [p["p99_ms"] for p in pa],
+        "s:",
+        color="black",
+        label="triton_bls p99 (perf_analyzer)",
+    )
     ax.axhline(95, color="red", lw=1, ls="--", label="95 ms budget")
     ax.set_yscale("log")
     ax.set_xlabel("achieved requests/s (one transaction each)")
@@ -352,9 +375,13 @@ def plots(s: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name in SYSTEMS:
         rates = [r for r in s["systems"][name]["rates"] if (r.get("cpu") or {}).get("decisions")]
-        ax.plot([r["achieved_rps"] for r in rates],
-                [r["cpu"]["cpu_ms_per_decision"] for r in rates], "o-", color=colors[name],
-                label=name)  # fmt: skip
+        ax.plot(
+            [r["achieved_rps"] for r in rates],
+            [r["cpu"]["cpu_ms_per_decision"] for r in rates],
+            "o-",
+            color=colors[name],
+            label=name,
+        )
     ax.set_xlabel("achieved requests/s (one transaction each)")
     ax.set_ylabel("serving CPU ms per decision")
     ax.set_ylim(bottom=0)

@@ -29,11 +29,25 @@ _MEMBERS = {
 def _download(requirement: str, platform: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-         "--no-deps", "--only-binary=:all:", "--platform", platform, "--python-version", "3.11",
-         "-d", str(into), requirement],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            platform,
+            "--python-version",
+            "3.11",
+            "-d",
+            str(into),
+            requirement,
+        ],
         check=True,
-    )  # fmt: skip
+    )
     stem = requirement.split("==")[0].replace("-", "_")
     return next(into.glob(f"{stem}-{requirement.split('==')[1]}-*.whl"))
 
@@ -81,8 +95,14 @@ def ensure_bentoml(log=print) -> Path:
         return bentoml
     log(f"bentoml: installing its environment into {BENTO_VENV.name} (about a minute, once)")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENTO_VENV)], check=True)
-    pip = [str(BENTO_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-           "--disable-pip-version-check"]  # fmt: skip
+    pip = [
+        str(BENTO_VENV / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
     subprocess.run([*pip, "-r", str(BENTO_REQUIREMENTS)], check=True)
     subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
     stamp.write_text(BENTO_REQUIREMENTS.read_text())

@@ -52,8 +52,12 @@ class Variant:
 
 #: The design before this round: the fallback a Triton model hedged beside every primary
 #: call, the primary's wait bounded by the budget alone, the collector left alone.
-BEFORE = {"FALLBACK": "triton", "HEDGE_FALLBACK": "always", "PRIMARY_TIMEOUT_MS": "1000",
-          "GC_FREEZE": "0"}  # fmt: skip
+BEFORE = {
+    "FALLBACK": "triton",
+    "HEDGE_FALLBACK": "always",
+    "PRIMARY_TIMEOUT_MS": "1000",
+    "GC_FREEZE": "0",
+}
 VARIANTS = (
     Variant(
         "v0_before",
@@ -184,9 +188,17 @@ def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = Fa
 
                             def run(v=v, path=path, kind=kind, level=level):
                                 return measure(
-                                    binary, env, server.grpc_url, v.name, data, path, 500,
-                                    kind, level, trials=4,
-                                )  # fmt: skip
+                                    binary,
+                                    env,
+                                    server.grpc_url,
+                                    v.name,
+                                    data,
+                                    path,
+                                    500,
+                                    kind,
+                                    level,
+                                    trials=4,
+                                )
 
                             point = cpu.measured(meter, lambda v=v: served(admin, v.name), run)
                             key = f"{kind}_{level}"

@@ -70,8 +70,9 @@ def decode(data: bytes):
         if image.format not in FORMATS:
             raise ImageError(f"IMAGE: format {image.format}, expected one of {', '.join(FORMATS)}")
         if max(image.size) > MAX_SIDE:
-            raise ImageError(f"IMAGE: {image.size[0]}x{image.size[1]} pixels, the limit is "
-                             f"{MAX_SIDE} per side")  # fmt: skip
+            raise ImageError(
+                f"IMAGE: {image.size[0]}x{image.size[1]} pixels, the limit is {MAX_SIDE} per side"
+            )
         image.load()
     except ImageError:
         raise

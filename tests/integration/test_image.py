@@ -90,8 +90,7 @@ def _upload(url: str, data: bytes, content_type: str = "image/jpeg", name: str =
     from client.image_api import multipart
 
     body, ctype = multipart(name, data, content_type)
-    request = urllib.request.Request(f"{url}/classify", data=body,
-                                     headers={"Content-Type": ctype})  # fmt: skip
+    request = urllib.request.Request(f"{url}/classify", data=body, headers={"Content-Type": ctype})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read()), response.headers
@@ -136,8 +135,9 @@ def test_ensemble_refuses_what_is_not_an_image_and_stays_up(image_service) -> No
     )
 
 
-@pytest.mark.parametrize(("fmt", "ctype"), [("JPEG", "image/jpeg"), ("PNG", "image/png"),
-                                            ("WEBP", "image/webp")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fmt", "ctype"), [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")]
+)
 def test_api_answers_top5_with_a_latency_breakdown(image_service, fmt, ctype) -> None:
     _, url = image_service
     status, body, headers = _upload(url, _encoded("chelsea", fmt), ctype, f"cat.{fmt.lower()}")
@@ -145,8 +145,13 @@ def test_api_answers_top5_with_a_latency_breakdown(image_service, fmt, ctype) ->
     assert body["top5"][0]["label"] in CAT_CLASSES
     assert len(body["top5"]) == 5
     latency = body["latency_ms"]
-    assert set(latency) == {"upload_read", "decode_preprocess", "triton_queue_and_transport",
-                            "inference", "total"}  # fmt: skip
+    assert set(latency) == {
+        "upload_read",
+        "decode_preprocess",
+        "triton_queue_and_transport",
+        "inference",
+        "total",
+    }
     assert 0 < latency["inference"] < latency["total"]
     assert latency["decode_preprocess"] > 0
     assert "inference;dur=" in headers["Server-Timing"]

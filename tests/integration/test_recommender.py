@@ -52,8 +52,7 @@ def rec_stack(rec_build, redis_service, kafka_service):
     from client.local.triton import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports, running
     from feature_repo.recommender import CLICK_SPEC, ClickConsumer, materialize
     from feature_repo.store import StoreSettings, feature_store
-    from feature_repo.stream import ensure_topic, writer_for
-    from perf.recommender import ConsumerThread
+    from feature_repo.stream import ConsumerThread, ensure_topic, writer_for
     from python_backend.recommender.online import RedisUserReader
 
     root, _report = rec_build

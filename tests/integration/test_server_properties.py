@@ -24,8 +24,14 @@ from tests.unit.test_validation_properties import DTYPES, FIELDS, _broken_rule, 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-WIRE = {np.float32: "FP32", np.float64: "FP64", np.int32: "INT32", np.int64: "INT64",
-        np.object_: "BYTES", np.bool_: "BOOL"}  # fmt: skip
+WIRE = {
+    np.float32: "FP32",
+    np.float64: "FP64",
+    np.int32: "INT32",
+    np.int64: "INT64",
+    np.object_: "BYTES",
+    np.bool_: "BOOL",
+}
 
 
 @pytest.fixture(scope="module")

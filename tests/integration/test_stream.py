@@ -266,8 +266,10 @@ class _ScriptedKafka:
         from confluent_kafka import TopicPartition
 
         offsets = self.committed_offsets
-        return [TopicPartition(tp.topic, tp.partition, offsets.get(tp.partition, -1001))
-                for tp in partitions]  # fmt: skip
+        return [
+            TopicPartition(tp.topic, tp.partition, offsets.get(tp.partition, -1001))
+            for tp in partitions
+        ]
 
     def commit(self, offsets, asynchronous):
         if self.fail_commits:
@@ -284,12 +286,20 @@ class _ScriptedKafka:
 def _memory_consumer(kafka: _ScriptedKafka, gap_wait_s: float = 2.0) -> tuple:
     from confluent_kafka import TopicPartition
 
-    from perf.broker_holes import MemoryWriter
+    from feature_repo.stream import MemoryWriter
 
     writer = MemoryWriter()
     spec = dataclasses.replace(CARD_SPEC, limit=10**6)
-    consumer = BufferConsumer("127.0.0.1:9", spec, writer.read, writer, "g", "tx",
-                              gap_wait_s=gap_wait_s, log=lambda m: None)  # fmt: skip
+    consumer = BufferConsumer(
+        "127.0.0.1:9",
+        spec,
+        writer.read,
+        writer,
+        "g",
+        "tx",
+        gap_wait_s=gap_wait_s,
+        log=lambda m: None,
+    )
     consumer.consumer.close()
     consumer.consumer = kafka
     consumer._on_assign(kafka, [TopicPartition("tx", 0), TopicPartition("tx", 1)])

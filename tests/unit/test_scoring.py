@@ -105,8 +105,13 @@ def test_reasons_are_a_json_list_without_duplicates() -> None:
 
 
 def test_a_daily_row_past_its_freshness_is_stale_and_each_row_says_so() -> None:
-    tx = Transactions(["a", "b", "c"], np.array([1, 2, 3]), np.array([1, 2, 3]),
-                      np.ones(3, dtype=np.float32), np.full(3, 10 * MS_PER_DAY))  # fmt: skip
+    tx = Transactions(
+        ["a", "b", "c"],
+        np.array([1, 2, 3]),
+        np.array([1, 2, 3]),
+        np.ones(3, dtype=np.float32),
+        np.full(3, 10 * MS_PER_DAY),
+    )
     features = empty_features(3)
     midnight = 10 * MS_PER_DAY
     # a: today's snapshot; b: a materialization missed two days ago; c: never seen (0).

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from python_backend.fraud import scoring
-from python_backend.fraud.contract import FALLBACK, PRIMARY
-from python_backend.fraud import FraudService, ModelLadder
+from python_backend.fraud import FraudService, ModelLadder, scoring
 from python_backend.fraud.callers import onnx_or_unavailable
+from python_backend.fraud.contract import FALLBACK, PRIMARY
 from python_backend.fraud.metrics import ServiceMetrics
-from python_backend.fraud.outbox import Outbox
-from python_backend.fraud.triton import TritonCaller, responses, scoring_requests
 from python_backend.fraud.online import open_reader
+from python_backend.fraud.outbox import Outbox
 from python_backend.fraud.rules import load_rules
+from python_backend.fraud.triton import TritonCaller, responses, scoring_requests
 
 DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
 

@@ -28,8 +28,14 @@ class TritonPythonModel:
             except ImageError as err:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err))))
                 continue
-            responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor(PIXELS.name, np.stack(pixels)),
-                pb_utils.Tensor(PREPROCESS_US.name, np.array(took, dtype=np.int64)[:, None]),
-            ]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [
+                        pb_utils.Tensor(PIXELS.name, np.stack(pixels)),
+                        pb_utils.Tensor(
+                            PREPROCESS_US.name, np.array(took, dtype=np.int64)[:, None]
+                        ),
+                    ]
+                )
+            )
         return responses

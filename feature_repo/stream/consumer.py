@@ -1,226 +1,27 @@
-"""Real-time features from Kafka topics: one machinery, one :class:`BufferSpec` per stream.
-
-A consumer (a consumer group, at-least-once) reads events, folds each into its entity's
-buffer of recent events (``card_recent`` from ``transactions``; ``user_recent_clicks`` from
-``clicks``, see ``feature_repo.recommender``) and writes the buffers to the online store; only
-then does it commit the offsets. A replayed event is recognised by its id, kept in the
-buffer, so replays after a crash or a restart never double-count. A store that is away is
-waited out with the batch held (nothing committed).
-
-Writes, per store:
-
-* Redis: Feast's layout (Feast's own key and field helpers and value protos), pipelined,
-  each card's hash replaced by a small Lua script only if its ``_ts:card_recent`` is still
-  the one the merge started from (compare-and-set): an older write can never overwrite a
-  newer one, and a concurrent writer makes us re-read instead of losing its events.
-* SQLite (embedded, one process): ``FeatureStore.write_to_online_store``.
-
-The producer replays simulated transactions onto the topic at a chosen rate.
-"""
+"""The stream consumer: a consumer group reading a topic at least once, folding each event
+into its entity's buffer, writing the buffers, and only then committing the offsets; holes in
+the offsets (a transaction aborted or a record not yet visible) re-read, never skipped."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-import numpy as np
-import pandas as pd
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from python_backend.events import TOPIC_TRANSACTIONS, EventError, TransactionEvent, decode
-from python_backend.feature_views import FeatureGroup
-from python_backend.fraud.features import CARD_RECENT, RECENT_BUFFER, STREAM_HEARTBEAT_ID
-from python_backend.fraud.online import OnlineFeatureReader
-
-#: Buffer entry: (ts_ms, ..., event_id), oldest first; the middle follows the spec's features.
-#: Cards: (ts_ms, amount, terminal_id, transaction_id).
-Entry = tuple
-
-
-@dataclass(frozen=True)
-class BufferSpec:
-    """One stream's per-entity buffer: which view and features hold it, how many entries
-    it keeps, and how an event becomes an entry."""
-
-    view: str
-    join_key: str
-    #: (feature name, kind) in entry order; kind: int64_list, float32_list or string_list.
-    features: tuple[tuple[str, str], ...]
-    limit: int
-    decode: Callable[[bytes], object]
-    entity: Callable[[object], int]
-    to_entry: Callable[[object], Entry]
-
-    @classmethod
-    def of(cls, group: FeatureGroup, **how) -> BufferSpec:
-        """The buffer a stream view declares: its view, entity and features in entry order
-        (the declaration's order; an entry's last element is the event's id)."""
-        features = tuple((f.name, f.dtype) for f in group.features)
-        return cls(view=group.name, join_key=group.entity, features=features, **how)
-
-
-def merge_entries(
-    buffer: list[Entry], entries: Iterable[Entry], limit: int
-) -> tuple[list[Entry], int]:
-    """Fold entries into a buffer: skip ids (last element) already there, keep the newest
-    ``limit`` by time. Returns the new buffer and how many entries were new."""
-    seen = {entry[-1] for entry in buffer}
-    merged = list(buffer)
-    added = 0
-    for entry in entries:
-        if entry[-1] in seen:
-            continue
-        seen.add(entry[-1])
-        merged.append(entry)
-        added += 1
-    merged.sort(key=lambda e: (e[0], e[-1]))
-    return merged[-limit:], added
-
-
-def _card_entry(event: TransactionEvent) -> Entry:
-    return (event.ts_ms, float(event.amount), event.terminal_id, event.transaction_id)
-
-
-CARD_SPEC = BufferSpec.of(
-    CARD_RECENT,
-    limit=RECENT_BUFFER,
-    decode=decode,
-    entity=lambda event: event.card_id,
-    to_entry=_card_entry,
+from feature_repo.stream.buffers import (
+    CARD_SPEC,
+    BufferSpec,
+    Entry,
+    buffers_from_store,
+    merge_entries,
 )
-
-
-def merge(buffer: list[Entry], events: Iterable[TransactionEvent]) -> tuple[list[Entry], int]:
-    """Fold transaction events into a card's buffer (``merge_entries`` for cards)."""
-    return merge_entries(buffer, (_card_entry(e) for e in events), RECENT_BUFFER)
-
-
-def buffers_from_store(reader: OnlineFeatureReader, cards: list[int]) -> dict[int, list[Entry]]:
-    """Current buffers of ``cards`` as the store holds them."""
-    if not cards:
-        return {}
-    ids = np.asarray(cards, dtype=np.int64)
-    features = reader.read(ids, None, with_tx_ids=True)
-    out = {}
-    for row, card in enumerate(cards):
-        tx_ids = features.recent_tx_ids[row]
-        n = len(tx_ids)
-        columns = [
-            features.stored[name][row][RECENT_BUFFER - n :].tolist() if n else []
-            for name in ("recent_ts_ms", "recent_amounts", "recent_terminal_ids")
-        ]
-        out[card] = list(zip(*columns, tx_ids, strict=True))
-    return out
-
-
-class RecentWriter:
-    """Writes per-entity buffers into one online store."""
-
-    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
-        """Write each card's new buffer; returns the cards whose stored buffer changed since
-        ``base`` was read (to merge again)."""
-        raise NotImplementedError
-
-
-class FeastRecentWriter(RecentWriter):
-    """Through Feast's ``write_to_online_store`` (the embedded SQLite store)."""
-
-    def __init__(self, store, spec: BufferSpec = CARD_SPEC) -> None:
-        self.store = store
-        self.spec = spec
-
-    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
-        if not buffers:
-            return []
-        rows = [_row(self.spec, entity, entries) for entity, entries in buffers.items()]
-        self.store.write_to_online_store(self.spec.view, pd.DataFrame(rows))
-        return []
-
-
-def _row(spec: BufferSpec, entity: int, entries: list[Entry]) -> dict:
-    row = {
-        spec.join_key: entity,
-        "event_timestamp": datetime.fromtimestamp(entries[-1][0] / 1000, tz=UTC),
-    }
-    for k, (name, _kind) in enumerate(spec.features):
-        row[name] = [e[k] for e in entries]
-    return row
-
-
-# KEYS[1]: the card's hash. ARGV[1]: the ts field; ARGV[2]: the ts the merge started from
-# ("" for none); then field/value pairs. Replace only if nobody wrote in between.
-_CAS_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (current or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return 1
-"""
-
-
-class RedisRecentWriter(RecentWriter):
-    """Pipelined compare-and-set writes in Feast's Redis layout."""
-
-    def __init__(self, client, project: str, spec: BufferSpec = CARD_SPEC) -> None:
-        from feast.infra.online_stores.helpers import _mmh3, _redis_key
-
-        self.client = client
-        self.project = project
-        self.spec = spec
-        self._redis_key = _redis_key
-        self._fields = {name: _mmh3(f"{spec.view}:{name}") for name, _kind in spec.features}
-        self._ts_field = f"_ts:{spec.view}"
-        self._cas = client.register_script(_CAS_SCRIPT)
-
-    def _key(self, entity: int) -> bytes:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        return self._redis_key(
-            self.project,
-            EntityKey(join_keys=[self.spec.join_key], entity_values=[Value(int64_val=entity)]),
-        )
-
-    def _ts(self, entries: list[Entry]) -> bytes:
-        from google.protobuf.timestamp_pb2 import Timestamp
-
-        if not entries:
-            return b""
-        ts = Timestamp()
-        ts.FromMilliseconds(entries[-1][0])
-        return ts.SerializeToString()
-
-    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
-        from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
-
-        def proto(kind: str, items: list) -> Value:
-            if kind == "int64_list":
-                return Value(int64_list_val=Int64List(val=items))
-            if kind == "float32_list":
-                return Value(float_list_val=FloatList(val=items))
-            return Value(string_list_val=StringList(val=items))
-
-        cards = list(buffers)
-        pipe = self.client.pipeline(transaction=False)
-        for card in cards:
-            entries = buffers[card]
-            values = {
-                name: proto(kind, [e[k] for e in entries])
-                for k, (name, kind) in enumerate(self.spec.features)
-            }
-            args: list[bytes | str] = [
-                self._ts_field,
-                self._ts(base.get(card, [])),
-                self._ts_field,
-                self._ts(entries),
-            ]
-            for name, value in values.items():
-                args += [self._fields[name], value.SerializeToString()]
-            self._cas(keys=[self._key(card)], args=args, client=pipe)
-        results = pipe.execute()
-        return [card for card, ok in zip(cards, results, strict=True) if not ok]
+from feature_repo.stream.writers import RecentWriter
+from python_backend.events import TOPIC_TRANSACTIONS, EventError
+from python_backend.fraud.features import STREAM_HEARTBEAT_ID
+from python_backend.fraud.online import OnlineFeatureReader
 
 
 @dataclass
@@ -536,64 +337,29 @@ class TransactionConsumer(BufferConsumer):
         )
 
 
-def ensure_topic(bootstrap: str, topic: str = TOPIC_TRANSACTIONS, partitions: int = 4) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-    )
-    for future in futures.values():
-        try:
-            future.result(timeout=10)
-        except Exception as err:  # already created by a concurrent caller
-            if "TOPIC_ALREADY_EXISTS" not in str(err):
-                raise
+class ConsumerThread:
+    """A stream consumer polling in a thread of this process until stopped (the benchmarks' and
+    the tests' consumer beside their load)."""
 
+    def __init__(self, consumer) -> None:
+        self.consumer = consumer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-def replay(
-    bootstrap: str,
-    transactions: pd.DataFrame,
-    rate_per_s: float | None = None,
-    topic: str = TOPIC_TRANSACTIONS,
-    linger_ms: int = 5,
-) -> int:
-    """Publish transactions in time order, at ``rate_per_s`` (None: as fast as possible)."""
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": False}
-    )
-    started = time.perf_counter()
-    for i, row in enumerate(transactions.itertuples(index=False)):
-        event = TransactionEvent(
-            str(row.transaction_id),
-            int(row.card_id),
-            int(row.terminal_id),
-            float(row.amount),
-            int(row.ts_ms),
-        )
-        while True:
-            try:
-                producer.produce(topic, key=event.key, value=event.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if rate_per_s:
-            ahead = (i + 1) / rate_per_s - (time.perf_counter() - started)
-            if ahead > 0:
-                producer.flush(ahead) if ahead > 0.01 else time.sleep(ahead)
-        producer.poll(0)
-    remaining = producer.flush(30)
-    if remaining:
-        raise RuntimeError(f"{remaining} events were not delivered to {topic}")
-    return len(transactions)
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.consumer.poll_once(timeout_s=0.05)
 
+    def start(self, timeout_s: float = 60) -> ConsumerThread:
+        deadline = time.monotonic() + timeout_s
+        while not self.consumer.assigned:  # join the group before anyone measures
+            self.consumer.poll_once(timeout_s=0.2)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the consumer got no partitions")
+        self._thread.start()
+        return self
 
-def writer_for(settings, store, spec: BufferSpec = CARD_SPEC) -> RecentWriter:
-    """The buffer writer (``card_recent`` by default) for the configured store."""
-    if settings.kind == "redis":
-        import redis
-
-        from python_backend.feast_layout import PROJECT
-
-        return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT, spec)
-    return FeastRecentWriter(store, spec)
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.consumer.close()
