@@ -1,3 +1,9 @@
-"""Shared, importable logic of the fraud service: feature declarations, model contracts,
-rules. Imported by training, the feature jobs, the Triton Python-backend models and the
-client; depends on numpy and PyYAML only, so it loads in the serving interpreter."""
+"""The declarations and serving logic every other folder builds on.
+
+A small shared core (tensor contracts, feature-view declarations, the circuit breaker,
+Feast's online layout, the ONNX Runtime runner, settings, paths, the store table) and one
+sub-package per pipeline (``fraud``, ``recommender``; the image pipeline is ``image.py``).
+The core never imports a pipeline package. Imported by the Triton Python-backend models in
+the serving interpreter (numpy<2, ONNX Runtime, redis-py, confluent-kafka, PyYAML, Pillow;
+never Feast or pandas), and by the tools. See ``python_backend/README.md``.
+"""

@@ -71,6 +71,8 @@ class DecisionLog:
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         self.spool_max_bytes = spool_max_bytes
         self.replay_every_s = replay_every_s
+        #: Replays not tried because the broker was away (the spool kept for the next one).
+        self.replays_deferred = 0
         self.log = log
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -205,12 +207,11 @@ class DecisionLog:
             if now - self._last_replay >= self.replay_every_s:
                 self._last_replay = now
                 try:
-                    if (
-                        self.spool_path.parent.exists()
-                        and self._spool_files()
-                        and (self._broker_reachable())
-                    ):
-                        self.replay()
+                    if self.spool_path.parent.exists() and self._spool_files():
+                        if self._broker_reachable():
+                            self.replay()
+                        else:
+                            self.replays_deferred += 1
                 except Exception as err:  # keep serving deliveries whatever happens
                     self.log(f"decision log: replay failed: {err!r}")
 

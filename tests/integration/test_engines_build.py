@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 from build_engines.pipeline import build_all
 from build_engines.primary import PrimaryConfig
@@ -136,7 +137,7 @@ def test_fallback_is_at_least_ten_times_cheaper_per_row_than_primary(tiny_build)
 
 def test_build_prints_where_artifacts_went_and_why_tensorrt_was_skipped(tiny_build) -> None:
     if tiny_build.result["tensorrt"]["built"]:
-        return
+        pytest.skip("TensorRT engines were built on this machine: there is no skip path to check")
     skip_lines = [ln for ln in tiny_build.output.splitlines() if "TensorRT engines skipped" in ln]
     assert len(skip_lines) == 1 and tiny_build.result["tensorrt"]["reason"] in skip_lines[0]
     assert "platform" not in (tiny_build.repository / PRIMARY.name / "config.pbtxt").read_text()

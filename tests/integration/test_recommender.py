@@ -156,7 +156,10 @@ def test_unknown_user_and_failing_scorer_fall_back_to_popularity(rec_stack, rec_
     user = _known_users(rec_build)[0]
     client.unload_model("recommend_scorer")
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while client.is_model_ready("recommend_scorer"):
+            assert time.monotonic() < deadline, "recommend_scorer was not unloaded"
+            time.sleep(0.05)
         rec = recommend(client, [user])[0]
         assert rec.path == "popularity"
         assert {"SCORER_ERROR", "SCORER_CIRCUIT_OPEN", "SCORER_TIMEOUT"} & set(rec.reasons)

@@ -117,8 +117,28 @@ def test_wrong_dtype_shape_or_missing_input_refused_over_the_server(
     _still_serving(client)
 
 
+def _one_row() -> dict:
+    return {
+        "TRANSACTION_ID": np.array([[b"extra-input"]], dtype=np.object_),
+        "CARD_ID": np.array([[1]], dtype=np.int64),
+        "TERMINAL_ID": np.array([[1]], dtype=np.int64),
+        "AMOUNT": np.array([[12.5]], dtype=np.float32),
+        "TIMESTAMP_MS": np.array([[int(time.time() * 1000)]], dtype=np.int64),
+    }
+
+
 def test_empty_and_extra_inputs(client) -> None:
     empty = {spec.name: np.zeros((0, 1), dtype=spec.dtype) for spec in SCORING.inputs}
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException) as refused:
         _send(client, empty)
+    message = refused.value.message()
+    assert any(f"'{spec.name}'" in message for spec in SCORING.inputs), message
+    assert "byte size" in message, "an empty batch is refused for its size, the input named"
+    _still_serving(client)
+    extra = {**_one_row(), "MERCHANT_NOTE": np.array([[b"hello"]], dtype=np.object_)}
+    with pytest.raises(InferenceServerException) as refused:
+        _send(client, extra)
+    message = refused.value.message()
+    assert "MERCHANT_NOTE" in message, "the error names the unknown input"
+    assert f"expected {len(SCORING.inputs)} inputs but got {len(extra)}" in message
     _still_serving(client)

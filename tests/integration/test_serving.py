@@ -290,7 +290,7 @@ def test_repeated_primary_failures_open_its_circuit(serving, last_day) -> None:
     rows = _rows(last_day.head(1))
     admin = _unload(serving, "fraud_primary")
     try:
-        # Each of the 4 BLS instances has its own breaker, its window still full of the
+        # Each BLS instance (SCORING_INSTANCES) has its own breaker, its window still full of the
         # successes before the outage: keep failing until one opens.
         seen = set()
         for _ in range(120):

@@ -328,9 +328,11 @@ def test_consumer_catches_a_hole_at_the_committed_offset_and_accepts_one_that_st
     # The first record after assignment is already past the committed offset (5).
     kafka = _ScriptedKafka([[(0, 6)], [(0, 6)]], committed={0: 5})
     consumer, _store = _memory_consumer(kafka, gap_wait_s=0.05)
+    now = [100.0]
+    consumer.gaps.clock = lambda: now[0]  # OffsetGaps' injected clock: no sleeping
     consumer.poll_once()
     assert kafka.seeks == [(0, 5)] and kafka.commits == [[(0, 5)]]
-    time.sleep(0.06)
+    now[0] += 0.06
     consumer.poll_once()  # still not there after the wait: go on, counted
     assert kafka.commits[-1] == [(0, 7)]
     assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 1
