@@ -168,22 +168,16 @@ def configs(variant: str) -> dict[str, str]:
             model_config.parameters({"ORT_THREADS": "2"}),
             model_config.instances(1),
         )
-    python = {"backend": "python"}
-    preprocess_cfg = model_config.render(
-        {"name": IMAGE_PREPROCESS.name},
-        python,
-        head,
-        model_config.io(IMAGE_PREPROCESS),
-        no_delay,
-        model_config.instances(2),
-    )
-    postprocess_cfg = model_config.render(
-        {"name": IMAGE_POSTPROCESS.name},
-        python,
-        head,
-        model_config.io(IMAGE_POSTPROCESS),
-        no_delay,
-        model_config.instances(1),
+    # The Python stages around the network: no added delay, CPU instances.
+    preprocess_cfg, postprocess_cfg = (
+        model_config.render(
+            {"name": contract.name, "backend": "python"},
+            head,
+            model_config.io(contract),
+            no_delay,
+            model_config.instances(count),
+        )
+        for contract, count in ((IMAGE_PREPROCESS, 2), (IMAGE_POSTPROCESS, 1))
     )
     pipeline_outputs = list(IMAGE_PIPELINE.outputs)
     if gpu:  # a plan has no timing output

@@ -34,7 +34,7 @@ MAX_QUEUE_DELAY_US = 500
 #: only added latency at low load (``python -m perf tune``: p50 at concurrency 1, 7.46 ->
 #: 6.53 ms); requests that queued while an instance was busy are still batched.
 PRIMARY_QUEUE_DELAY_US = 0
-#: BLS instances of ``fraud_scoring`` (chosen by ``python -m perf tune``, see the README).
+#: BLS instances of ``fraud_scoring`` (chosen by ``python -m perf tune``, see perf/README.md).
 SCORING_INSTANCES = 2
 #: Requests ``fraud_scoring`` lets wait in its queue (about 1.5 s of work at its capacity).
 SCORING_MAX_QUEUE = 1024

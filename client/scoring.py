@@ -54,15 +54,15 @@ def build_inputs(transactions: Iterable[Mapping]) -> list[grpcclient.InferInput]
 
 
 def parse(result: grpcclient.InferResult, transaction_ids: list[str]) -> list[Decision]:
-    out = {spec.name: result.as_numpy(spec.name) for spec in SCORING.outputs}
+    score, decision, path, reasons, stages = (result.as_numpy(s.name) for s in SCORING.outputs)
     return [
         Decision(
             transaction_id=tx_id,
-            score=float(out["SCORE"][i, 0]),
-            decision=out["DECISION"][i, 0].decode(),
-            path=out["PATH"][i, 0].decode(),
-            reasons=json.loads(out["REASONS"][i, 0]),
-            stage_us=dict(zip(STAGES, out["STAGE_US"][i].tolist(), strict=True)),
+            score=float(score[i, 0]),
+            decision=decision[i, 0].decode(),
+            path=path[i, 0].decode(),
+            reasons=json.loads(reasons[i, 0]),
+            stage_us=dict(zip(STAGES, stages[i].tolist(), strict=True)),
         )
         for i, tx_id in enumerate(transaction_ids)
     ]

@@ -21,7 +21,7 @@ import numpy as np
 
 from python_backend.breaker import CircuitBreaker
 from python_backend.fraud import decision_log, scoring
-from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, STAGES
+from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, SCORING, STAGES
 from python_backend.fraud.ladder import Budget, ModelLadder
 from python_backend.fraud.online import OnlineFeatureReader
 from python_backend.fraud.reasons import FEATURES_CIRCUIT_OPEN, FEATURES_UNAVAILABLE, INVALID_INPUT
@@ -121,13 +121,14 @@ class Answer:
     def outputs(self, total_us: int) -> dict[str, np.ndarray]:
         """SCORING's outputs by name."""
         self.stages[:, -1] = total_us
-        return {
-            "SCORE": self.score.reshape(-1, 1),
-            "DECISION": DECISION_BYTES[self.codes].reshape(-1, 1),
-            "PATH": self.path.reshape(-1, 1),
-            "REASONS": np.array([[reasons_bytes(r)] for r in self.reasons], dtype=np.object_),
-            "STAGE_US": self.stages,
-        }
+        columns = (
+            self.score.reshape(-1, 1),
+            DECISION_BYTES[self.codes].reshape(-1, 1),
+            self.path.reshape(-1, 1),
+            np.array([[reasons_bytes(r)] for r in self.reasons], dtype=np.object_),
+            self.stages,
+        )
+        return {spec.name: col for spec, col in zip(SCORING.outputs, columns, strict=True)}
 
     def records(self, model: str = "fraud_scoring") -> list[dict]:
         """Decision-log records of the rows decided (refused rows are not decisions)."""
