@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from python_backend.breaker import HALF_OPEN, CircuitBreaker
-from python_backend.fraud import reasons as codes
 from python_backend.fraud.features import ModelInputs
+from python_backend.fraud.reasons import (
+    CIRCUIT_OPEN,
+    ERROR,
+    FALLBACK_NOT_HEDGED,
+    NO_BUDGET,
+    TIMEOUT,
+    rung,
+)
 
 #: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
 #: model answered with an error) or :class:`TimeoutError`.
@@ -138,7 +145,7 @@ class ModelLadder:
         fallback = self._start_fallback(inputs, budget, out) if hedged else None
         primary_timed_out = False
         if not primary.allow():
-            out.reasons.append(codes.rung("primary", codes.CIRCUIT_OPEN))
+            out.reasons.append(rung("primary", CIRCUIT_OPEN))
         else:
             timeout = min(self.primary_timeout_ms, budget.remaining_ms(self.fallback_reserve_ms))
             if primary.state == HALF_OPEN:
@@ -150,12 +157,12 @@ class ModelLadder:
                 out.scores, out.path = scores, "primary"
                 return out
             out.reasons.append(problem)
-            primary_timed_out = problem.endswith(codes.TIMEOUT)
+            primary_timed_out = problem.endswith(TIMEOUT)
         if not hedged:
             if primary_timed_out and not self.fallback_in_process:
                 # The remote primary may still hold the call: a fallback now would wait
                 # behind it.
-                out.reasons.append(codes.FALLBACK_NOT_HEDGED)
+                out.reasons.append(FALLBACK_NOT_HEDGED)
                 return out
             fallback = self._start_fallback(inputs, budget, out)
         if fallback is None:
@@ -173,7 +180,7 @@ class ModelLadder:
         """The fallback call under way, or None (reason added) while its circuit is open.
         Asked only when the call is really made: a half-open breaker lets one probe out."""
         if not self.breakers["fallback"].allow():
-            out.reasons.append(codes.rung("fallback", codes.CIRCUIT_OPEN))
+            out.reasons.append(rung("fallback", CIRCUIT_OPEN))
             return None
         call = self._timed("fallback", inputs, budget.remaining_ms(self.rules_reserve_ms))
         return call if self.fallback_in_process else asyncio.ensure_future(call)
@@ -183,20 +190,20 @@ class ModelLadder:
         breaker = self.breakers[name]
         if timeout_ms < 1:
             breaker.cancel()  # allowed but not called: a half-open probe must not stay out
-            return None, codes.rung(name, codes.NO_BUDGET)
+            return None, rung(name, NO_BUDGET)
         started = self.clock()
         try:
             scores = await self.callers[name](inputs, timeout_ms)
         except TimeoutError:
             breaker.record(False)
-            return None, codes.rung(name, codes.TIMEOUT)
+            return None, rung(name, TIMEOUT)
         except ModelCallError as err:
             breaker.record(False)
             self.log(f"fraud_scoring: {name} failed: {err}")
-            return None, codes.rung(name, codes.ERROR)
+            return None, rung(name, ERROR)
         except Exception as err:  # anything else is a failed call too, never a lost outcome
             breaker.record(False)
             self.log(f"fraud_scoring: {name} call raised {err!r}")
-            return None, codes.rung(name, codes.ERROR)
+            return None, rung(name, ERROR)
         breaker.record(True, (self.clock() - started) * 1000)
         return scores, None

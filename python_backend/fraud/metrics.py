@@ -11,6 +11,7 @@ import numpy as np
 
 from python_backend.breaker import STATE_CODES, CircuitBreaker
 from python_backend.fraud.contract import DECISIONS
+from python_backend.fraud.reasons import is_ladder_degradation
 from python_backend.fraud.service import Batch
 
 FAMILIES = {
@@ -84,7 +85,7 @@ class ServiceMetrics:
             self.count("decisions", n, path=decided.path, decision=DECISIONS[code])
         rows = len(decided.codes)
         for code in dict.fromkeys(decided.degradations):
-            if codes.is_ladder_degradation(code):
+            if is_ladder_degradation(code):
                 self.count("reasons", rows, reason=code)
         for view, n in (decided.stale or {}).items():
             self.count("stale", n, view=view)

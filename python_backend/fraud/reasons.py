@@ -39,7 +39,7 @@ def rung(name: str, degradation: str) -> str:
     return name.upper() + degradation
 
 
-def stale(view: str) -> str:
+def stale_code(view: str) -> str:
     return f"{FEATURES_STALE}:{view}"
 
 

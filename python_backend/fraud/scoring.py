@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backend.fraud import reasons as codes
 from python_backend.fraud.contract import DECISIONS, PATHS, SCORING
 from python_backend.fraud.features import (
     CARD_RECENT,
@@ -24,6 +23,7 @@ from python_backend.fraud.features import (
     assemble_model_inputs,
 )
 from python_backend.fraud.online import OnlineFeatureReader, OnlineFeatures, empty_features
+from python_backend.fraud.reasons import UNKNOWN_CARD, UNKNOWN_TERMINAL, stale_code
 from python_backend.fraud.rules import RuleSet
 
 #: Default latency budget of one request, end to end inside the server.
@@ -205,9 +205,9 @@ def read_features(
             on_error(err)
         return empty_features(len(tx)), False
     for i in np.flatnonzero(~features.card_found):
-        reasons[i].append(codes.UNKNOWN_CARD)
+        reasons[i].append(UNKNOWN_CARD)
     for i in np.flatnonzero(~features.terminal_found):
-        reasons[i].append(codes.UNKNOWN_TERMINAL)
+        reasons[i].append(UNKNOWN_TERMINAL)
     return features, True
 
 
@@ -276,7 +276,7 @@ def unavailable_views(
         stale[CARD_RECENT.name] = np.ones(len(tx), dtype=bool)
     for view, rows in stale.items():
         for i in np.flatnonzero(rows):
-            reasons[i].append(codes.stale(view))
+            reasons[i].append(stale_code(view))
     return stale
 
 
