@@ -80,38 +80,38 @@ def _redis_connection_string(url: str) -> str:
     return f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379},db={db}"
 
 
-def repo_config(settings: StoreSettings) -> RepoConfig:
+def repo_config(store_settings: StoreSettings) -> RepoConfig:
     online = (
-        RedisOnlineStoreConfig(connection_string=_redis_connection_string(settings.redis_url))
-        if settings.kind == "redis"
-        else SqliteOnlineStoreConfig(path=str(settings.sqlite_path))
+        RedisOnlineStoreConfig(connection_string=_redis_connection_string(store_settings.redis_url))
+        if store_settings.kind == "redis"
+        else SqliteOnlineStoreConfig(path=str(store_settings.sqlite_path))
     )
     return RepoConfig(
         project=PROJECT,
         provider="local",
         # A long registry cache: re-reading the file registry inside requests costs 5-8 ms.
         registry=RegistryConfig(
-            path=str(settings.repo_dir / "registry.db"), cache_ttl_seconds=3600
+            path=str(store_settings.repo_dir / "registry.db"), cache_ttl_seconds=3600
         ),
         online_store=online,
         entity_key_serialization_version=3,
     )
 
 
-def feature_store(settings: StoreSettings) -> FeatureStore:
-    settings.repo_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=repo_config(settings))
+def feature_store(store_settings: StoreSettings) -> FeatureStore:
+    store_settings.repo_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(store_settings))
 
 
-def apply(store: FeatureStore, settings: StoreSettings) -> None:
+def apply(store: FeatureStore, store_settings: StoreSettings) -> None:
     """Register the entities and feature views (``feast apply``)."""
-    _ensure_recent_source(settings)
-    store.apply(definitions(settings.data_dir))
+    _ensure_recent_source(store_settings)
+    store.apply(definitions(store_settings.data_dir))
 
 
-def _ensure_recent_source(settings: StoreSettings) -> None:
+def _ensure_recent_source(store_settings: StoreSettings) -> None:
     """Feast needs the push source's batch file to exist, even before any backfill."""
-    path = source_path(settings.data_dir, CARD_RECENT)
+    path = source_path(store_settings.data_dir, CARD_RECENT)
     if not path.exists():
         write_recent_snapshot(
             pd.DataFrame(columns=["transaction_id", "ts_ms", "card_id", "terminal_id", "amount"]),
@@ -150,19 +150,21 @@ def write_recent_snapshot(
 
 
 def materialize(
-    store: FeatureStore, settings: StoreSettings, as_of_ms: int | None = None, log=print
+    store: FeatureStore, store_settings: StoreSettings, as_of_ms: int | None = None, log=print
 ) -> dict[str, int]:
     """Fill the online store with the state as of ``as_of_ms`` (default: the start of the
     last simulated day, the day the demo replays): each entity's daily snapshot of that
     day and each card's recent-transaction buffer at that moment. Returns rows per view."""
-    events = pd.read_parquet(settings.data_dir / "transactions.parquet")
+    events = pd.read_parquet(store_settings.data_dir / "transactions.parquet")
     if as_of_ms is None:
         as_of_ms = int(events["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
     started = time.perf_counter()
     history = events[events["ts_ms"] < as_of_ms]
     cards = np.unique(history["card_id"].to_numpy())
-    write_recent_snapshot(history, cards, as_of_ms, source_path(settings.data_dir, CARD_RECENT))
-    apply(store, settings)  # re-register so Feast sees the fresh source file
+    write_recent_snapshot(
+        history, cards, as_of_ms, source_path(store_settings.data_dir, CARD_RECENT)
+    )
+    apply(store, store_settings)  # re-register so Feast sees the fresh source file
     end = datetime.fromtimestamp(as_of_ms / 1000, tz=UTC)
     counts = {}
     for group in FEATURE_GROUPS:
@@ -173,14 +175,14 @@ def materialize(
             feature_views=[group.name],
         )
         table = pd.read_parquet(
-            source_path(settings.data_dir, group), columns=[group.entity, "event_timestamp"]
+            source_path(store_settings.data_dir, group), columns=[group.entity, "event_timestamp"]
         )
         window = (table["event_timestamp"] > end - timedelta(days=group.ttl_days)) & (
             table["event_timestamp"] <= end
         )
         counts[group.name] = int(table.loc[window, group.entity].nunique())
         log(
-            f"  {group.name:<15} {counts[group.name]:>9,} entities -> {settings.kind} "
+            f"  {group.name:<15} {counts[group.name]:>9,} entities -> {store_settings.kind} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
     log(f"materialized as of {end.isoformat()} in {time.perf_counter() - started:.1f} s")
