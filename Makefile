@@ -9,8 +9,11 @@ STAMP := $(VENV)/.installed
 # Debian packages: libgomp1 (LightGBM's OpenMP runtime), redis-server (online store, tests),
 # libpython3.11 and python3.11-venv (the Triton Python backend's stub links Debian's Python,
 # so the serving environment is made from it too: its standard library must match),
-# libb64-0d (perf_analyzer links it), chromium and chromium-driver (the image page's test).
+# libb64-0d (perf_analyzer links it), chromium and chromium-driver (the image page's test),
+# prometheus (promtool checks and unit-tests the rules in deploy/prometheus).
 APT_PACKAGES := libgomp1 redis-server libpython3.11 python3.11-venv libb64-0d chromium chromium-driver
+# Installed without their recommends (no exporters or daemons beside them).
+APT_BARE_PACKAGES := prometheus
 SERVING_PYTHON := /usr/bin/python3.11
 # The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
 SERVING_VENV := .venv-serving
@@ -30,10 +33,13 @@ export FEATURE_DATA
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt requirements-serving.txt
+$(STAMP): pyproject.toml constraints.txt requirements-serving.txt Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@missing=""; for p in $(APT_BARE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	@test -x $(SERVING_VENV)/bin/python || $(SERVING_PYTHON) -m venv $(SERVING_VENV)
