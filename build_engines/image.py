@@ -35,7 +35,7 @@ from python_backend.image import (
     to_pixels,
     top_k,
 )
-from python_backend.paths import ROOT
+from python_backend.paths import BUILD, MODEL_REPOSITORY
 
 #: Photos shipped inside scikit-image (no download): name -> expected ImageNet class ids where
 #: the photo has an obvious one (used as a check, not for training).
@@ -221,8 +221,8 @@ def configs(variant: str) -> dict[str, str]:
 
 
 def build_image(
-    repository: Path = ROOT / "model_repository",
-    build_dir: Path = ROOT / "build",
+    repository: Path = MODEL_REPOSITORY,
+    build_dir: Path = BUILD,
     force: bool = False,
     log=print,
 ) -> dict:

@@ -18,8 +18,6 @@ from python_backend.fraud.offline import FeatureTables, model_inputs, view_dropo
 
 #: Days at the start whose 30-day windows are incomplete: features only, never trained on.
 BURN_IN_DAYS = 30
-
-
 #: Share of training rows per view decided as if that view were unavailable (stale or
 #: missing), so the models know how to decide without it; serving masks a stale view so.
 VIEW_DROPOUT = 0.05

@@ -22,15 +22,9 @@ from python_backend.onnx_runner import OnnxModel
 
 #: ONNX Runtime must match PyTorch this closely on the test set.
 PARITY_TOLERANCE = 1e-4
-
-
 #: INT8 is served on CPU only when it loses at most this much PR-AUC (and is faster).
 INT8_MAX_PR_AUC_DROP = 0.005
-
-
 MODEL_NAMES = ("primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline")
-
-
 #: Which served thresholds each model of the report is judged at.
 THRESHOLD_PATH = {
     "primary_fp32": "primary",

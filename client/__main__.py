@@ -27,8 +27,9 @@ import uuid
 
 import pandas as pd
 
-from client.local.triton import ROOT, Ports
+from client.local.triton import Ports
 from python_backend import settings
+from python_backend.paths import DATA, REPORTS, ROOT
 
 
 def _url(args) -> str:
@@ -38,7 +39,7 @@ def _url(args) -> str:
 def _last_day(scale: str, limit: int | None) -> pd.DataFrame:
     from python_backend.fraud.features import MS_PER_DAY
 
-    tx = pd.read_parquet(ROOT / "build" / "data" / scale / "transactions.parquet")
+    tx = pd.read_parquet(DATA / scale / "transactions.parquet")
     start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
     day = tx[tx["ts_ms"] >= start]
     return day.head(limit) if limit else day
@@ -152,7 +153,7 @@ def cmd_demo(args) -> int:
             f"paths with the primary unloaded: {dict(failed.paths)}; after the stub kill: "
             f"{dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
         )
-        report = ROOT / "build" / "reports" / "demo.json"
+        report = REPORTS / "demo.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         runs_by_name = {
             "normal": normal.as_dict(),

@@ -15,16 +15,14 @@ from client.local.triton import (
     FRAUD_MODELS,
     IMAGE_MODELS,
     MODEL_REPOSITORY,
-    ROOT,
     Ports,
     Server,
     start,
 )
+from python_backend.paths import DATA, FEATURE_REPO_BUILD, TRITON_STATE
 from python_backend.settings import KAFKA_BOOTSTRAP
 
-STATE_DIR = ROOT / "build" / "triton"
-PID_FILE = STATE_DIR / "server.pid"
-FEATURE_DIR = ROOT / "build" / "feature_repo"
+PID_FILE = TRITON_STATE / "server.pid"
 
 
 def built_scale() -> str | None:
@@ -57,7 +55,7 @@ def ensure_models(scale: str, log=print) -> str:
 def feature_settings(scale: str):
     from feature_repo.store import StoreSettings
 
-    return StoreSettings.from_env(data_dir=ROOT / "build" / "data" / scale, repo_dir=FEATURE_DIR)
+    return StoreSettings.from_env(data_dir=DATA / scale, repo_dir=FEATURE_REPO_BUILD)
 
 
 def ensure_features(scale: str, log=print) -> dict[str, str]:
@@ -66,7 +64,7 @@ def ensure_features(scale: str, log=print) -> dict[str, str]:
     from feature_repo.store import feature_store, materialize
 
     settings = feature_settings(scale)
-    marker = FEATURE_DIR / f"materialized-{settings.kind}.json"
+    marker = FEATURE_REPO_BUILD / f"materialized-{settings.kind}.json"
     data = settings.data_dir / "transactions.parquet"
     stamp = {"data": str(data), "mtime": data.stat().st_mtime, "store": settings.reader_location}
     if (
@@ -127,7 +125,7 @@ def start_in_background(
     ports: Ports,
     env: dict[str, str],
     repository=MODEL_REPOSITORY,
-    state_dir=STATE_DIR,
+    state_dir=TRITON_STATE,
     log=print,
 ) -> Server:
     """What ``make serve`` leaves running: Triton on ``repository`` and the stub watchdog
@@ -165,7 +163,7 @@ def _stop_group(pid: int) -> None:
         pass
 
 
-def stop(log=print, state_dir=STATE_DIR) -> bool:
+def stop(log=print, state_dir=TRITON_STATE) -> bool:
     """Stop the background server and watchdog started by :func:`serve` (and the image API)."""
     stop_image_api(log)
     watchdog = _alive(state_dir / "watchdog.pid")
@@ -184,7 +182,7 @@ def stop(log=print, state_dir=STATE_DIR) -> bool:
     return True
 
 
-IMAGE_API_PID = ROOT / "build" / "triton" / "image_api.pid"
+IMAGE_API_PID = TRITON_STATE / "image_api.pid"
 
 
 def _alive(pid_file) -> int | None:
@@ -267,9 +265,7 @@ def serve_image_api(port: int, log=print) -> None:
         server = start(ports=ports, models=models, env=env)
         PID_FILE.write_text(str(server.process.pid))
         log(f"Triton ready: gRPC 127.0.0.1:{ports.grpc}, models {', '.join(models)}")
-    api = start_image_api(
-        f"127.0.0.1:{ports.grpc}", port, ROOT / "build" / "triton" / "image_api.log"
-    )
+    api = start_image_api(f"127.0.0.1:{ports.grpc}", port, TRITON_STATE / "image_api.log")
     IMAGE_API_PID.write_text(str(api.pid))
     log(f"image API ready: http://127.0.0.1:{port}/ (POST /classify, GET /metrics)")
 

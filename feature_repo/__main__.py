@@ -134,7 +134,7 @@ def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> N
 
 
 def _recommender(args, settings) -> int:
-    from feature_repo import recommender as clicks
+    from feature_repo import recommender
     from feature_repo.store import feature_store
     from python_backend.paths import MOVIELENS_DATA
     from python_backend.recommender.core import user_source
@@ -144,7 +144,7 @@ def _recommender(args, settings) -> int:
         return 2
     if args.command == "recommender":
         started = time.perf_counter()
-        counts = clicks.materialize(feature_store(settings), MOVIELENS_DATA)
+        counts = recommender.materialize(feature_store(settings), MOVIELENS_DATA)
         print(
             f"online store ({settings.kind}, {settings.reader_location}): {counts}; "
             f"{time.perf_counter() - started:.1f} s"
@@ -157,10 +157,10 @@ def _recommender(args, settings) -> int:
     bootstrap = kafka_bootstrap()
     topic = args.topic or TOPIC_CLICKS
     ensure_topic(bootstrap, topic)
-    consumer = clicks.ClickConsumer(
+    consumer = recommender.ClickConsumer(
         bootstrap,
         open_user_reader(settings.kind, settings.reader_location),
-        writer_for(settings, feature_store(settings), clicks.CLICK_SPEC),
+        writer_for(settings, feature_store(settings), recommender.CLICK_SPEC),
         topic=topic,
     )
     try:

@@ -36,15 +36,13 @@ CLICK_SPEC = BufferSpec.of(
     entity=lambda event: event.user_id,
     to_entry=lambda event: (event.ts_ms, event.item_id, event.click_id),
 )
-#: The entity and the two views, registered beside the fraud ones.
-definitions = user_definitions
 
 
 def materialize(store, data_dir: Path, log=print) -> dict[str, int]:
     """Register the views and fill the online store from the offline files (written by
     ``make recommender``): each user's embedding and seen items, and the click buffer as
     of the end of the training period."""
-    store.apply(definitions(data_dir))
+    store.apply(user_definitions(data_dir))
     counts = {}
     for view, path in ((USER_VIEW, user_source(data_dir)), (CLICKS_VIEW, clicks_source(data_dir))):
         started = time.perf_counter()

@@ -46,7 +46,7 @@ class StoreSettings:
     @classmethod
     def from_env(cls, **overrides) -> StoreSettings:
         env = {
-            "kind": settings.FEATURE_STORE.get().lower(),
+            "kind": settings.FEATURE_STORE.get(),
             "redis_url": settings.REDIS_URL.get(),
             "data_dir": Path(settings.FEATURE_DATA.get()),
             "repo_dir": Path(settings.FEATURE_REPO_DIR.get()),

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perf.run import RESULTS, run
+from perf.run import run
 from python_backend import settings
+from python_backend.paths import PERF_RESULTS
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
         default=settings.DEMO_SCALE.get(),
         help="scale to build when no model is built yet",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=PERF_RESULTS)
     parser.add_argument("--limit", type=int, default=10_000, help="feature-parity: events")
     args = parser.parse_args()
     if args.command == "image":

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from client.local.services import kafka_broker
-from client.local.triton import ROOT
 from feature_repo.stream import (
     CARD_SPEC,
     BufferConsumer,
@@ -36,8 +35,9 @@ from feature_repo.stream import (
 from python_backend import settings
 from python_backend.events import decode
 from python_backend.fraud.decision_log import read_all
+from python_backend.paths import REPORTS
 
-OUT = ROOT / "build" / "reports" / "broker_holes.json"
+OUT = REPORTS / "broker_holes.json"
 TOPIC = "transactions-holes"
 
 

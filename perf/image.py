@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from client.image_api import multipart
-from python_backend.paths import ROOT
+from python_backend.paths import BUILD, PERF_RESULTS
 
-OUT = ROOT / "perf" / "results" / "image"
+OUT = PERF_RESULTS / "image"
 STAGES = ("upload_read", "decode_preprocess", "triton_queue_and_transport", "inference", "total")
 
 
@@ -116,7 +116,7 @@ def run(quick: bool = False, out: Path = OUT, log=print) -> dict:
     concurrencies = (1, 4) if quick else (1, 2, 4, 8)
     per_level = 40 if quick else 200
     out.mkdir(parents=True, exist_ok=True)
-    work = ROOT / "build" / "perf"
+    work = BUILD / "perf"
     work.mkdir(parents=True, exist_ok=True)
     binary, env = ensure_perf_analyzer(log=log)
     build_image(log=log)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
+
 #: A request that has not answered in this long counts as failed (``timeout``).
 REQUEST_TIMEOUT_S = 2.0
 
@@ -45,7 +47,7 @@ class RateResult:
             "p90_ms": round(float(np.percentile(lat, 90)), 3) if len(lat) else None,
             "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
             "mean_ms": round(float(np.mean(lat)), 3) if len(lat) else None,
-            "within_95ms": round(float(np.mean(lat <= 95)), 4) if len(lat) else 0.0,
+            "within_95ms": round(float(np.mean(lat <= DEFAULT_BUDGET_MS)), 4) if len(lat) else 0.0,
             "sent": self.sent,
             "ok": self.ok,
             "errors": self.errors,

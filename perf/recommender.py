@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.local.triton import ROOT
 from feature_repo.stream import ConsumerThread
+from python_backend.paths import BUILD, PERF_RESULTS
 
-RESULTS = ROOT / "perf" / "results" / "recommender"
+RESULTS = PERF_RESULTS / "recommender"
 TARGET_P99_MS = 10.0
 TARGET_RATE = 200
 TARGET_FRESHNESS_MS = 1000.0
@@ -68,14 +68,14 @@ def run(
     log=print,
     repository: Path | None = None,
     data_dir: Path | None = None,
-    work: Path = ROOT / "build" / "perf" / "recommender",
+    work: Path = BUILD / "perf" / "recommender",
 ) -> dict:
     import tritonclient.grpc as grpcclient
     from tqdm import tqdm
 
     from build_engines import recommender as build
     from client.local.services import kafka_broker, redis_server
-    from client.local.triton import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports
+    from client.local.triton import RECOMMEND_MODELS, Ports
     from client.local.triton import start as start_triton
     from client.recommender import recommend
     from feature_repo.recommender import CLICK_SPEC, ClickConsumer, materialize
@@ -83,6 +83,7 @@ def run(
     from feature_repo.stream import ensure_topic, writer_for
     from perf.analyzer import measure
     from perf.tools import ensure_perf_analyzer
+    from python_backend.paths import MODEL_REPOSITORY
     from python_backend.recommender.core import user_source
     from python_backend.recommender.online import RedisUserReader
 

@@ -32,9 +32,7 @@ from perf.systems import COMPOSING, MODEL_OF, ON_TRITON, SYSTEMS
 from perf.tools import ensure_perf_analyzer
 from perf.triton_stats import model_statistics
 from python_backend import settings
-from python_backend.paths import PERF_RESULTS, ROOT
-
-RESULTS = PERF_RESULTS
+from python_backend.paths import BUILD, DATA, PERF_RESULTS
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,12 @@ class Plan:
 def run(
     quick: bool,
     scale: str,
-    out: Path = RESULTS,
+    out: Path = PERF_RESULTS,
     log=print,
     plan: Plan | None = None,
     repository: Path | None = None,
     data_dir: Path | None = None,
-    work: Path = ROOT / "build" / "perf",
+    work: Path = BUILD / "perf",
 ) -> dict:
     """The whole run. ``repository`` and ``data_dir`` default to the built models and their
     data (built at ``scale`` when missing); the tests pass their own and a smoke plan."""
@@ -85,12 +83,13 @@ def run(
 
     from client.launcher import ensure_models, warm_up
     from client.local.services import redis_server
-    from client.local.triton import FRAUD_MODELS, MODEL_REPOSITORY, Ports
+    from client.local.triton import FRAUD_MODELS, Ports
     from client.local.triton import start as start_triton
     from feature_repo.store import StoreSettings, fill
     from perf import report
     from perf.floor import Floor
     from python_backend.fraud.online import open_reader
+    from python_backend.paths import MODEL_REPOSITORY
 
     plan = plan or Plan.make(quick)
     started = time.perf_counter()
@@ -100,7 +99,7 @@ def run(
     if repository is None:
         scale = ensure_models(scale, log)
         repository = MODEL_REPOSITORY
-        data_dir = ROOT / "build" / "data" / scale
+        data_dir = DATA / scale
     frame = workload.sample_transactions(data_dir, plan.rows)
     rows = workload.rows(frame)
     data = workload.perf_analyzer_data(frame, work / "input_data.json")

@@ -15,9 +15,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from python_backend.paths import ROOT
+from python_backend.paths import BUILD, ROOT
 
-TOOLS_DIR = ROOT / "build" / "tools" / "perf_analyzer"
+TOOLS_DIR = BUILD / "tools" / "perf_analyzer"
 TRITONCLIENT_WHEEL = "tritonclient==2.51.0"
 CUDART_WHEEL = "nvidia-cuda-runtime-cu12==12.9.79"
 _MEMBERS = {
@@ -58,7 +58,7 @@ def ensure_perf_analyzer(log=print) -> tuple[Path, dict[str, str]]:
     cudart = TOOLS_DIR / "lib" / "libcudart.so.12"
     if not (binary.exists() and cudart.exists()):
         log(f"perf_analyzer: fetching it from PyPI ({TRITONCLIENT_WHEEL}, {CUDART_WHEEL})")
-        downloads = ROOT / "build" / "downloads"
+        downloads = BUILD / "downloads"
         wheels = {
             "tritonclient": _download(TRITONCLIENT_WHEEL, "manylinux1_x86_64", downloads),
             "nvidia_cuda_runtime": _download(CUDART_WHEEL, "manylinux2014_x86_64", downloads),

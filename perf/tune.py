@@ -29,11 +29,10 @@ from perf import cpu
 from perf.analyzer import measure
 from perf.cpu import CpuMeter
 from perf.peers import perf_repository
-from perf.run import RESULTS
 from perf.systems import PERF_MODELS
 from perf.tools import ensure_perf_analyzer
 from perf.triton_stats import served
-from python_backend.paths import ROOT
+from python_backend.paths import BUILD, DATA, MODEL_REPOSITORY, PERF_RESULTS
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Variant:
     #: Poisson rates perf_analyzer offers (open loop) besides the closed loops.
     rates: tuple[int, ...] = (200, 500)
     #: The model's code: the committed fraud_scoring, or a stand-in from perf/models.
-    code: Path = ROOT / "model_repository" / "fraud_scoring" / "1" / "model.py"
+    code: Path = MODEL_REPOSITORY / "fraud_scoring" / "1" / "model.py"
 
 
 #: The design before this round: the fallback a Triton model hedged beside every primary
@@ -139,20 +138,21 @@ def set_primary_delay(client, delay_us: int) -> None:
     client.load_model("fraud_primary", config=json.dumps(config))
 
 
-def tune(scale: str, out: Path = RESULTS / "tuning", log=print, quick: bool = False) -> dict:
+def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool = False) -> dict:
     import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
     from client.local.services import redis_server
-    from client.local.triton import FRAUD_MODELS, MODEL_REPOSITORY, Ports
+    from client.local.triton import FRAUD_MODELS, Ports
     from client.local.triton import start as start_triton
     from feature_repo.store import StoreSettings, fill
     from perf import workload
+    from python_backend.paths import MODEL_REPOSITORY
 
     binary, env = ensure_perf_analyzer(log=log)
     scale = ensure_models(scale, log)
-    data_dir = ROOT / "build" / "data" / scale
-    work = ROOT / "build" / "perf"
+    data_dir = DATA / scale
+    work = BUILD / "perf"
     out.mkdir(parents=True, exist_ok=True)
     frame = workload.sample_transactions(data_dir, 2000)
     data = workload.perf_analyzer_data(frame, work / "input_data.json")

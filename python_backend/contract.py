@@ -34,6 +34,12 @@ class TensorSpec:
     def wire_dtype(self) -> str:
         return _WIRE_DTYPES[self.dtype]
 
+    @property
+    def field(self) -> str:
+        """The attribute of an inputs object that feeds this tensor: its name in lower case
+        (``ModelInputs.tabular`` feeds ``TABULAR``)."""
+        return self.name.lower()
+
 
 @dataclass(frozen=True)
 class ModelContract:

@@ -42,6 +42,3 @@ class FeatureGroup:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
-
-    def feature(self, name: str) -> StoredFeature:
-        return next(f for f in self.features if f.name == name)

@@ -22,7 +22,6 @@ class OnnxModel:
         path: str | Path,
         contract: ModelContract,
         threads: int = 1,
-        fields: dict[str, str] | None = None,
     ) -> None:
         options = ort.SessionOptions()
         # One thread per session: Triton scales with model instances, not intra-op threads,
@@ -34,9 +33,6 @@ class OnnxModel:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.contract = contract
-        #: Which field of the inputs object feeds each input tensor (default: its name in
-        #: lower case, as ``ModelInputs.tabular`` feeds ``TABULAR``).
-        self.fields = fields or {spec.name: spec.name.lower() for spec in contract.inputs}
         names = {i.name for i in self.session.get_inputs()}
         expected = {spec.name for spec in contract.inputs}
         if names != expected:
@@ -48,7 +44,7 @@ class OnnxModel:
     def feeds(self, inputs, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """The ONNX feed dict for ``rows`` of ``inputs``."""
         return {
-            spec.name: np.ascontiguousarray(getattr(inputs, self.fields[spec.name])[rows])
+            spec.name: np.ascontiguousarray(getattr(inputs, spec.field)[rows])
             for spec in self.contract.inputs
         }
 

@@ -19,6 +19,8 @@ FEATURE_REPO_BUILD = BUILD / "feature_repo"
 MODEL_REPOSITORY = ROOT / "model_repository"
 #: The serving interpreter (numpy<2, ONNX Runtime, the Triton server wheel; no Feast).
 SERVING_VENV = ROOT / ".venv-serving"
+#: The background server's state: pid files, logs, the Python backend directory.
+TRITON_STATE = BUILD / "triton"
 #: Model quality, feature latency and parity reports.
 REPORTS = BUILD / "reports"
 #: Benchmark and chaos results.

@@ -85,7 +85,7 @@ def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
     """A copy of the tiny build's repository with the committed ``model.py`` files."""
     import shutil
 
-    from client.local.triton import MODEL_REPOSITORY
+    from python_backend.paths import MODEL_REPOSITORY
 
     repository = root / "model_repository"
     shutil.copytree(tiny_build.repository, repository)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from python_backend import settings
-from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV
+from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV, TRITON_STATE
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _pytriton_dir() -> Path:
     return found[0]
 
 
-def backend_directory(build_dir: Path = ROOT / "build" / "triton") -> Path:
+def backend_directory(build_dir: Path = TRITON_STATE) -> Path:
     """A backend directory whose ``python/`` holds the backend library, its utilities and
     the stub for this Python version (the wheel ships one stub per version)."""
     tritonserver = _pytriton_dir()
@@ -191,7 +191,7 @@ def start(
     ``watchdog``, the stub watchdog runs beside it (and stops with it), so a Python model
     whose stub died is reloaded (``watchdog.log`` beside the server's log)."""
     ports = ports or Ports.from_env()
-    log_path = log_path or ROOT / "build" / "triton" / "server.log"
+    log_path = log_path or TRITON_STATE / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     process = subprocess.Popen(

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from client.local.triton import ROOT
-from perf.chaos.config import FAULTS, REPORTS, WARMUP_S, Timing
+from perf.chaos.config import FAULTS, WARMUP_S, Timing
 from perf.chaos.faults import _faults
 from perf.chaos.load import Load, ResourceWatch
 from perf.chaos.measure import Window
 from perf.chaos.report import console, summarize, write
 from perf.chaos.system import System
+from python_backend import paths
+from python_backend.paths import BUILD, DATA
 
 # -- the system ------------------------------------------------------------------------
 
@@ -68,20 +69,20 @@ async def _schedule(system, load, timing, names, stop, progress, log) -> list[Wi
 def run(
     quick: bool = False,
     scale: str = "small",
-    out: Path = REPORTS,
+    out: Path = paths.REPORTS,
     log: Callable = print,
     repository: Path | None = None,
     data_dir: Path | None = None,
-    work: Path = ROOT / "build" / "chaos",
+    work: Path = BUILD / "chaos",
     faults: tuple[str, ...] = FAULTS,
     timing: Timing | None = None,
 ) -> dict:
     from tqdm import tqdm
 
     from client.launcher import ensure_models
-    from client.local.triton import MODEL_REPOSITORY
     from perf import workload
     from python_backend.fraud.decision_log import read_all
+    from python_backend.paths import MODEL_REPOSITORY
 
     timing = timing or Timing.make(quick)
     started = time.perf_counter()
@@ -90,7 +91,7 @@ def run(
     if repository is None:
         scale = ensure_models(scale, log)
         repository = MODEL_REPOSITORY
-        data_dir = ROOT / "build" / "data" / scale
+        data_dir = DATA / scale
     rows = workload.rows(workload.sample_transactions(data_dir, 2000))
     system = System(work, repository, data_dir, log)
     try:

@@ -65,6 +65,3 @@ SCORING = ModelContract(
 
 #: Largest batch one ``fraud_scoring`` request may carry.
 SCORING_MAX_BATCH = 64
-
-#: Which :class:`~python_backend.fraud.features.ModelInputs` field feeds each model input.
-INPUT_FIELDS = {"TABULAR": "tabular", "SEQUENCE": "sequence", "CATEGORICAL": "categorical"}

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 
 from python_backend.contract import ModelContract, request_arrays
-from python_backend.fraud.contract import INPUT_FIELDS, SCORING
+from python_backend.fraud.contract import SCORING
 from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import ModelCallError
 from python_backend.fraud.service import Batch, ScoringRequest
@@ -24,7 +24,7 @@ class TritonCaller:
     def __init__(self, pb_utils, contract: ModelContract) -> None:
         self.pb_utils = pb_utils
         self.contract = contract
-        self.fields = [(s.name, INPUT_FIELDS[s.name]) for s in contract.inputs]
+        self.fields = [(s.name, s.field) for s in contract.inputs]
         self.outputs = [o.name for o in contract.outputs]
 
     async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:

@@ -3,6 +3,7 @@ the package never imports it): the scorer call and the responses."""
 
 from __future__ import annotations
 
+from python_backend.contract import request_arrays
 from python_backend.recommender.core import RECOMMEND, SCORER, UserFeatures
 from python_backend.recommender.service import Answer, ScorerError
 
@@ -33,12 +34,9 @@ class TritonScorer:
 
 def user_arrays(pb_utils, requests) -> list:
     """Each request's ``USER_ID`` array, None where absent."""
-    name = RECOMMEND.inputs[0].name
-    out = []
-    for request in requests:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        out.append(None if tensor is None else tensor.as_numpy())
-    return out
+    (user_id,) = RECOMMEND.inputs
+    get = pb_utils.get_input_tensor_by_name
+    return [request_arrays(r, get, RECOMMEND)[user_id.name] for r in requests]
 
 
 def responses(pb_utils, answers: list[Answer]) -> list:

@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from python_backend.image import IMAGE, IMAGE_PIPELINE, MAX_IMAGE_BYTES
-from python_backend.paths import ROOT
+from python_backend.paths import MODEL_REPOSITORY
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def image_build(tmp_path_factory):
     report = build_image(repository=repository, build_dir=root / "build", log=lambda _m: None)
     for model in ("image_preprocess", "image_classifier", "image_postprocess"):
         (repository / model / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "model_repository" / model / "1" / "model.py", repository / model / "1")
+        shutil.copy(MODEL_REPOSITORY / model / "1" / "model.py", repository / model / "1")
     return repository, report
 
 

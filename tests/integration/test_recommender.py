@@ -49,10 +49,11 @@ def test_quality_beats_popularity_and_the_clicks_add_to_it(rec_build) -> None:
 def rec_stack(rec_build, redis_service, kafka_service):
     """Redis (database 3) filled with the user views, the clicks consumer in a thread, and a
     Triton server with the recommender's models and the committed ``model.py`` files."""
-    from client.local.triton import MODEL_REPOSITORY, RECOMMEND_MODELS, Ports, running
+    from client.local.triton import RECOMMEND_MODELS, Ports, running
     from feature_repo.recommender import CLICK_SPEC, ClickConsumer, materialize
     from feature_repo.store import StoreSettings, feature_store
     from feature_repo.stream import ConsumerThread, ensure_topic, writer_for
+    from python_backend.paths import MODEL_REPOSITORY
     from python_backend.recommender.online import RedisUserReader
 
     root, _report = rec_build

@@ -10,7 +10,6 @@ terminal) pair against 0.7 ms for Feast's ``get_online_features``, 2.5 ms agains
 from __future__ import annotations
 
 import numpy as np
-import redis
 
 from python_backend.feast_layout import (
     PROJECT,
@@ -55,6 +54,8 @@ class RedisFeatureReader(OnlineFeatureReader):
         timeout_s: float = 0.025,
         single_call: bool | None = None,
     ) -> None:
+        import redis  # here, not at import: a process on the SQLite store never loads it
+
         # Short socket timeouts: a slow store must fail fast inside the request budget. 25 ms
         # (reads take 1-3 ms here): a read that waits blocks its whole batch, and the
         # features breaker counts anything over 20 ms as bad anyway. Measured in the chaos
