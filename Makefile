@@ -21,7 +21,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -71,8 +71,14 @@ feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day t
 serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002)
 	$(PY) -m client serve --scale $(DEMO_SCALE)
 
-stop:  ## Stop the background Triton server and the image API
+stop:  ## Stop the background Triton server, the image API, the collector and Prometheus
 	@if [ -x $(PY) ]; then $(PY) -m client stop; fi
+
+observe: $(STAMP)  ## Span collector (OTLP 4318) and Prometheus (9090) beside `make serve`; `make stop` stops them
+	$(PY) -m client observe
+
+trace-report: $(STAMP)  ## A traced load run: per-stage p50/p99 and the slowest 1% as waterfalls -> perf/results/traces
+	$(PY) -m perf trace-report --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)
 
 demo: $(STAMP)  ## The main job: build, serve, replay a day over gRPC, fail the primary on purpose, stop
 	$(PY) -m client demo --scale $(DEMO_SCALE)

@@ -1,5 +1,5 @@
 """``python -m client {score,replay,open-world,serve,stop,demo,image-api,classify,recommend,
-click,watchdog}``:
+click,watchdog,trace,collector,observe,settings}``:
 call and operate the services.
 
 - ``score``: one transaction, the decision as JSON.
@@ -13,6 +13,9 @@ call and operate the services.
 - ``recommend``: the top five items for a user (``recommend_top5``), as JSON.
 - ``click``: publish a click to the ``clicks`` topic (``KAFKA_BOOTSTRAP``).
 - ``watchdog``: reload models whose Python stub process died (``client.local.watchdog``).
+- ``trace``: one traced decision's spans as a waterfall, printed and drawn (``client.observe``).
+- ``collector``: the OTLP/HTTP span receiver in the foreground (``make observe`` starts it).
+- ``observe``: ``make observe`` (the collector and Prometheus beside ``make serve``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 
@@ -56,8 +60,14 @@ def cmd_score(args) -> int:
         "ts_ms": args.timestamp_ms or int(time.time() * 1000),
     }
     client = FraudClient(_url(args))
-    (decision,) = client.score([row], budget_ms=args.budget_ms)
+    (decision,) = client.score([row], budget_ms=args.budget_ms, trace=args.trace or None)
+    client.close()
     print(json.dumps(decision.as_dict(), indent=2))
+    if args.trace:
+        from python_backend import tracing
+
+        tracing.shutdown()  # the client's span goes out before the process ends
+        print(f"traced: `python -m client trace {row['transaction_id']}` draws it")
     return 0
 
 
@@ -244,8 +254,46 @@ def cmd_watchdog(args) -> int:
 
     watchdog = Watchdog(_url(args), tuple(args.models.split(",")))
     print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
+    if args.metrics_port:
+        watchdog.serve_metrics(args.metrics_port)
     with contextlib.suppress(KeyboardInterrupt):
         watchdog.run()
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from client.observe import traces
+
+    folder = args.spans or traces.SPANS_DIR
+    found = traces.find_decision(traces.load(folder), args.transaction_id)
+    if found is None:
+        print(
+            f"no trace of {args.transaction_id} in {folder / 'spans.jsonl'}: was it traced "
+            "(TRACE_SAMPLE, or `python -m client score --trace`) and is the collector "
+            "running (`make observe`)?",
+            file=sys.stderr,
+        )
+        return 1
+    print(traces.waterfall_text(found))
+    png = args.png or REPORTS / "traces" / f"trace-{args.transaction_id}.png"
+    traces.waterfall_png([found], png, title=f"decision {args.transaction_id}")
+    print(f"\nwaterfall: {png}")
+    return 0
+
+
+def cmd_collector(args) -> int:
+    from client.observe import collector, traces
+
+    folder = args.spans or traces.SPANS_DIR
+    print(f"collector: OTLP/HTTP on 127.0.0.1:{args.port}/v1/traces -> {folder / 'spans.jsonl'}")
+    collector.serve(args.port, folder, args.ready_file)
+    return 0
+
+
+def cmd_observe(args) -> int:
+    from client.observe import stack
+
+    stack.start_beside_serve()
     return 0
 
 
@@ -273,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--timestamp-ms", type=int, help="default: now")
     score.add_argument("--transaction-id")
     score.add_argument("--budget-ms", type=float, help="override the 95 ms budget")
+    score.add_argument("--trace", action="store_true", help="trace this decision")
     rep = sub.add_parser("replay", help="replay the last simulated day")
     rep.add_argument("--scale", help="data to replay (default: the built one)")
     rep.add_argument("--limit", type=int)
@@ -310,9 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     click.add_argument("--item-id", type=int, required=True)
     dog = sub.add_parser("watchdog", help="reload models whose Python stub died (foreground)")
     dog.add_argument("--models", default="fraud_primary,fraud_fallback")
+    dog.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    trace = sub.add_parser("trace", help="one decision's spans as a waterfall (and a PNG)")
+    trace.add_argument("transaction_id")
+    trace.add_argument("--spans", type=Path, default=None, help="the collector's folder")
+    trace.add_argument("--png", type=Path, default=None, help="where the picture goes")
+    col = sub.add_parser("collector", help="receive OTLP/HTTP spans into a folder (foreground)")
+    col.add_argument("--port", type=int, default=settings.OTLP_HTTP_PORT.get_int())
+    col.add_argument("--spans", type=Path, default=None, help="folder of spans.jsonl")
+    col.add_argument("--ready-file", type=Path, default=None)
+    sub.add_parser("observe", help="start the collector and Prometheus beside `make serve`")
     sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
+        "trace": cmd_trace,
+        "collector": cmd_collector,
+        "observe": cmd_observe,
         "watchdog": cmd_watchdog,
         "recommend": cmd_recommend,
         "click": cmd_click,

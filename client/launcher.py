@@ -20,7 +20,7 @@ from client.local.triton import (
     start,
 )
 from python_backend.paths import DATA, FEATURE_REPO_BUILD, TRITON_STATE
-from python_backend.settings import KAFKA_BOOTSTRAP
+from python_backend.settings import KAFKA_BOOTSTRAP, WATCHDOG_METRICS_PORT
 
 PID_FILE = TRITON_STATE / "server.pid"
 
@@ -139,6 +139,7 @@ def start_in_background(
         env=env,
         log_path=state_dir / "server.log",
         watchdog=True,
+        watchdog_metrics_port=WATCHDOG_METRICS_PORT.get_int(),
     )
     (state_dir / "server.pid").write_text(str(server.process.pid))
     (state_dir / "watchdog.pid").write_text(str(server.watchdog.pid))
@@ -164,8 +165,12 @@ def _stop_group(pid: int) -> None:
 
 
 def stop(log=print, state_dir=TRITON_STATE) -> bool:
-    """Stop the background server and watchdog started by :func:`serve` (and the image API)."""
+    """Stop the background server and watchdog started by :func:`serve` (and the image API,
+    the collector and Prometheus of ``make observe``)."""
+    from client.observe import stack
+
     stop_image_api(log)
+    stack.stop(log)
     watchdog = _alive(state_dir / "watchdog.pid")
     if watchdog:
         _stop_group(watchdog)

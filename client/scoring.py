@@ -2,6 +2,12 @@
 
 The tensors come from the contract in ``python_backend.contract``: nothing here names a
 tensor or a dtype by hand.
+
+Tracing: a client traces a share of its requests (``trace_share``, default
+``TRACE_SAMPLE``; ``score(..., trace=True)`` forces one). A traced request gets a
+``client.score`` span and carries its context to Triton as gRPC metadata ``traceparent``;
+Triton, the BLS, the primary and the stream consumer continue that trace. The decision's
+``trace_id`` says which (``python -m client trace TRANSACTION_ID`` draws it).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from python_backend import tracing
 from python_backend.fraud.contract import SCORING, STAGES
 
 _FIELDS = {
@@ -32,6 +39,8 @@ class Decision:
     path: str
     reasons: list[str]
     stage_us: dict[str, int]
+    #: The trace this decision was traced in, None when it was not traced.
+    trace_id: str | None = None
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -68,30 +77,84 @@ def parse(result: grpcclient.InferResult, transaction_ids: list[str]) -> list[De
     ]
 
 
-def infer_arguments(rows: list[Mapping], budget_ms: float | None, timeout_s: float) -> dict:
-    """Keyword arguments of ``infer`` for both clients (the grpc and grpc.aio ones)."""
+def infer_arguments(
+    rows: list[Mapping], budget_ms: float | None, timeout_s: float, context: str | None = None
+) -> dict:
+    """Keyword arguments of ``infer`` for both clients (the grpc and grpc.aio ones);
+    ``context``: the ``traceparent`` the request carries."""
     return {
         "model_name": SCORING.name,
         "inputs": build_inputs(rows),
         "outputs": [grpcclient.InferRequestedOutput(s.name) for s in SCORING.outputs],
         "parameters": {"budget_ms": budget_ms} if budget_ms else None,
         "client_timeout": timeout_s,
+        "headers": {tracing.TRACEPARENT: context} if context else None,
     }
+
+
+class ClientTrace:
+    """The ``client.score`` span of one traced request."""
+
+    def __init__(self, rows: list[Mapping]) -> None:
+        self.spans = tracing.tracer("fraud-client")
+        self.span, self.context = (None, None)
+        if self.spans is not None:
+            ids = [str(r["transaction_id"]) for r in rows]
+            self.span, self.context = self.spans.start(
+                "client.score", None, {"fraud.transaction_ids": ids}
+            )
+            self.trace_id = tracing.parse_traceparent(self.context)[0]
+
+    def done(self, decisions: list[Decision] | None, error: Exception | None = None) -> None:
+        if self.span is None:
+            return
+        if decisions:
+            first = decisions[0]
+            self.span.set_attribute("fraud.path", first.path)
+            for stage, us in first.stage_us.items():
+                self.span.set_attribute(f"fraud.stage_us.{stage}", us)
+            for decision in decisions:
+                decision.trace_id = self.trace_id
+        if error is not None:
+            self.span.set_attribute("error", repr(error))
+        self.span.end()
+
+
+def _trace(sampler: tracing.Sampler, rows: list[Mapping], trace: bool | None):
+    wanted = sampler() if trace is None else trace
+    return ClientTrace(rows) if wanted else None
 
 
 class FraudClient:
     """``FraudClient("127.0.0.1:8001").score([...])`` -> one :class:`Decision` per row."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0, trace_share: float | None = None
+    ) -> None:
         self.client = grpcclient.InferenceServerClient(url)
         self.timeout_s = timeout_s
+        self.sampler = tracing.Sampler(trace_share)
 
     def score(
-        self, transactions: Iterable[Mapping], budget_ms: float | None = None
+        self,
+        transactions: Iterable[Mapping],
+        budget_ms: float | None = None,
+        trace: bool | None = None,
     ) -> list[Decision]:
+        """``trace``: True traces this request, False does not, None samples."""
         rows = list(transactions)
-        result = self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s))
-        return parse(result, [str(r["transaction_id"]) for r in rows])
+        traced = _trace(self.sampler, rows, trace)
+        context = traced.context if traced is not None else None
+        try:
+            result = self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s, context))
+        except Exception as err:
+            if traced is not None:
+                traced.done(None, err)
+            raise
+        decisions = parse(result, [str(r["transaction_id"]) for r in rows])
+        if traced is not None:
+            traced.done(decisions)
+        return decisions
 
     def close(self) -> None:
         self.client.close()
@@ -101,18 +164,36 @@ class AsyncFraudClient:
     """The asyncio twin of :class:`FraudClient` (``tritonclient.grpc.aio``), for callers
     that keep many requests in flight from one thread."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0, trace_share: float | None = None
+    ) -> None:
         import tritonclient.grpc.aio as grpcaio
 
         self.client = grpcaio.InferenceServerClient(url)
         self.timeout_s = timeout_s
+        self.sampler = tracing.Sampler(trace_share)
 
     async def score(
-        self, transactions: Iterable[Mapping], budget_ms: float | None = None
+        self,
+        transactions: Iterable[Mapping],
+        budget_ms: float | None = None,
+        trace: bool | None = None,
     ) -> list[Decision]:
         rows = list(transactions)
-        result = await self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s))
-        return parse(result, [str(r["transaction_id"]) for r in rows])
+        traced = _trace(self.sampler, rows, trace)
+        context = traced.context if traced is not None else None
+        try:
+            result = await self.client.infer(
+                **infer_arguments(rows, budget_ms, self.timeout_s, context)
+            )
+        except Exception as err:
+            if traced is not None:
+                traced.done(None, err)
+            raise
+        decisions = parse(result, [str(r["transaction_id"]) for r in rows])
+        if traced is not None:
+            traced.done(decisions)
+        return decisions
 
     async def close(self) -> None:
         await self.client.close()

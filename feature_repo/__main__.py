@@ -19,6 +19,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from python_backend import tracing
 from python_backend.settings import kafka_bootstrap
 
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     con.add_argument("--group", default="card-recent-features", help="consumer group")
     con.add_argument("--stats-file", type=Path, help="write the consumer's counts here (JSON)")
     con.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
+    con.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
     rep = sub.add_parser("replay", help="publish simulated transactions onto the topic")
     rep.add_argument("--rate", type=float, default=None, help="events per second")
     rep.add_argument("--limit", type=int, default=None)
@@ -96,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             topic=topic,
         )
+        if args.metrics_port:
+            from feature_repo.stream.metrics import serve_metrics
+
+            serve_metrics(consumer, topic, args.metrics_port)
         try:
             _consume(consumer, args.ready_file, args.until_idle)
         finally:
             consumer.close()
+            tracing.shutdown()  # the spans of the last traced records go out
             if args.stats_file:
                 args.stats_file.write_text(json.dumps(dataclasses.asdict(consumer.stats)))
             print(

@@ -7,6 +7,7 @@
     python -m perf recommender  recommend_top5 sweep and click freshness (make perf-recommender)
     python -m perf feature-bench   online read latency, reader vs Feast SDK (make feature-bench)
     python -m perf feature-parity  a day through Kafka, online vs offline (make feature-parity)
+    python -m perf trace-report    tracing's cost and the per-stage breakdown (make trace-report)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -27,7 +28,16 @@ def main() -> None:
         "command",
         nargs="?",
         default="run",
-        choices=("run", "tune", "image", "chaos", "recommender", "feature-bench", "feature-parity"),
+        choices=(
+            "run",
+            "tune",
+            "image",
+            "chaos",
+            "recommender",
+            "feature-bench",
+            "feature-parity",
+            "trace-report",
+        ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
     parser.add_argument(
@@ -38,7 +48,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PERF_RESULTS)
     parser.add_argument("--limit", type=int, default=10_000, help="feature-parity: events")
     args = parser.parse_args()
-    if args.command == "image":
+    if args.command == "trace-report":
+        from perf.traces import run as run_traces
+
+        run_traces(args.scale, quick=args.quick)
+    elif args.command == "image":
         from perf.image import run as run_image
 
         run_image(args.quick)

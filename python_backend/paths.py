@@ -25,3 +25,5 @@ TRITON_STATE = BUILD / "triton"
 REPORTS = BUILD / "reports"
 #: Benchmark and chaos results.
 PERF_RESULTS = ROOT / "perf" / "results"
+#: What ``make observe`` runs and keeps: the collector's spans, Prometheus's data and config.
+OBSERVE = BUILD / "observe"

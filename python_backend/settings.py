@@ -76,6 +76,20 @@ TRITON_SERVER = _setting("TRITON_SERVER", None, "a tritonserver binary (default:
 TRITON_GRPC_PORT = _setting("TRITON_GRPC_PORT", "8001", "Triton's gRPC port (make serve)")
 TRITON_HTTP_PORT = _setting("TRITON_HTTP_PORT", "8000", "Triton's HTTP port (make serve)")
 TRITON_METRICS_PORT = _setting("TRITON_METRICS_PORT", "8002", "Triton's metrics port")
+# Traces (python_backend.tracing) and the observability tooling (client.observe).
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = _setting(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "http://127.0.0.1:4318/v1/traces",
+    "OTLP/HTTP traces endpoint of Triton, the BLS, the consumer, the client; off: no tracing",
+)
+TRACE_SAMPLE = _setting(
+    "TRACE_SAMPLE", "0", "share of requests the Python clients trace (0 to 1; 0.01: 1%)"
+)
+OTLP_HTTP_PORT = _setting("OTLP_HTTP_PORT", "4318", "the span collector's port (make observe)")
+PROMETHEUS_PORT = _setting("PROMETHEUS_PORT", "9090", "Prometheus's port (make observe)")
+WATCHDOG_METRICS_PORT = _setting(
+    "WATCHDOG_METRICS_PORT", "9109", "the stub watchdog's Prometheus metrics (make serve)"
+)
 # The image API.
 IMAGE_API_PORT = _setting("IMAGE_API_PORT", "8080", "the image web API's port")
 IMAGE_API_TRITON = _setting(

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_backend import settings
+from python_backend import settings, tracing
 from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV, TRITON_STATE
 
 
@@ -91,8 +91,14 @@ def served_models(repository: Path) -> list[str]:
 
 
 def server_command(
-    repository: Path, ports: Ports, models: list[str] | None, extra_repositories=()
+    repository: Path,
+    ports: Ports,
+    models: list[str] | None,
+    extra_repositories=(),
+    trace_url: str | None = None,
 ) -> list[str]:
+    """``trace_url``: where Triton exports the traces clients ask for (OpenTelemetry mode at
+    rate 0, ``python_backend.tracing``); None: no tracing."""
     binary = settings.TRITON_SERVER.get() or str(_pytriton_dir() / "bin" / "tritonserver")
     cmd = [
         binary,
@@ -112,7 +118,7 @@ def server_command(
     if models is None:
         models = served_models(repository)
     cmd += [f"--load-model={m}" for m in models]
-    return cmd
+    return cmd + tracing.triton_trace_arguments(trace_url)
 
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -161,14 +167,18 @@ class Server:
         stop_process(self.process, grace_s=20)
 
 
-def start_watchdog(grpc_url: str, log_path: Path) -> subprocess.Popen:
+def start_watchdog(
+    grpc_url: str, log_path: Path, metrics_port: int | None = None
+) -> subprocess.Popen:
     """``python -m client watchdog`` against ``grpc_url``, in its own session (it outlives a
-    ``make serve`` that returns), logging to ``log_path``."""
+    ``make serve`` that returns), logging to ``log_path``; its Prometheus metrics on
+    ``metrics_port`` if given."""
     import sys
 
+    metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "client", "--url", grpc_url, "watchdog"],
+            [sys.executable, "-m", "client", "--url", grpc_url, "watchdog", *metrics],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -186,6 +196,7 @@ def start(
     timeout_s: float = 120,
     extra_repositories: tuple[Path, ...] = (),
     watchdog: bool = False,
+    watchdog_metrics_port: int | None = None,
 ) -> Server:
     """Start the server and wait until it is ready; raise with the log's tail if not. With
     ``watchdog``, the stub watchdog runs beside it (and stops with it), so a Python model
@@ -194,11 +205,14 @@ def start(
     log_path = log_path or TRITON_STATE / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
+    environment = server_environment(env)
     process = subprocess.Popen(
-        server_command(repository, ports, models, extra_repositories),
+        server_command(
+            repository, ports, models, extra_repositories, tracing.endpoint(environment)
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=server_environment(env),
+        env=environment,
         start_new_session=True,
     )
     server = Server(ports, process, log_path)
@@ -209,7 +223,9 @@ def start(
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{err}\n--- {log_path} ---\n{tail}") from None
     if watchdog:
-        server.watchdog = start_watchdog(server.grpc_url, log_path.with_name("watchdog.log"))
+        server.watchdog = start_watchdog(
+            server.grpc_url, log_path.with_name("watchdog.log"), watchdog_metrics_port
+        )
     return server
 
 

@@ -68,10 +68,35 @@ class Watchdog:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checks = self._reloaded = None  # Prometheus counters, with serve_metrics
+
+    def serve_metrics(self, port: int) -> None:
+        """``fraud_watchdog_reloads_total{model}`` and ``fraud_watchdog_checks_total`` on
+        ``127.0.0.1:port/metrics`` (Prometheus: the alert on a watchdog reloading)."""
+        from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+        registry = CollectorRegistry()
+        self._checks = Counter(
+            "fraud_watchdog_checks", "Probe rounds of the watched models", registry=registry
+        )
+        self._reloaded = Counter(
+            "fraud_watchdog_reloads",
+            "Models reloaded because their stub process was gone",
+            ["model"],
+            registry=registry,
+        )
+        for name in self.models:
+            self._reloaded.labels(name)  # every watched model's series exists, at 0
+        try:
+            start_http_server(port, addr="127.0.0.1", registry=registry)
+        except OSError as err:  # a port taken must not stop the watchdog itself
+            self.log(f"watchdog: no metrics on port {port} ({err})")
 
     def check_once(self, client) -> None:
         from tritonclient.utils import InferenceServerException
 
+        if self._checks is not None:
+            self._checks.inc()
         for name in self.models:
             try:
                 client.infer(name, probe_inputs(CONTRACTS[name]), client_timeout=2)
@@ -82,6 +107,8 @@ class Watchdog:
                 started = time.monotonic()
                 reload(client, name)
                 self.reloads.append((started, name))
+                if self._reloaded is not None:
+                    self._reloaded.labels(name).inc()
                 self.log(f"watchdog: {name} reloaded in {time.monotonic() - started:.1f} s")
 
     def run(self) -> None:

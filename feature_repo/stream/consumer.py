@@ -19,6 +19,7 @@ from feature_repo.stream.buffers import (
     merge_entries,
 )
 from feature_repo.stream.writers import RecentWriter
+from python_backend import tracing
 from python_backend.events import TOPIC_TRANSACTIONS, EventError
 from python_backend.fraud.features import STREAM_HEARTBEAT_ID
 from python_backend.fraud.online import OnlineFeatureReader
@@ -54,6 +55,14 @@ def _store_unavailable(err: Exception) -> bool:
     return isinstance(
         err, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
     )
+
+
+def _traceparent(message) -> str | None:
+    """The ``traceparent`` header of a record (the BLS's ``fraud.publish`` span), if any."""
+    for key, value in message.headers() or ():
+        if key == tracing.TRACEPARENT and value:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
 
 
 def consumer_config(bootstrap: str, group: str) -> dict:
@@ -147,6 +156,12 @@ class BufferConsumer:
         self.batch_size = batch_size
         self.stats = ConsumerStats()
         self.log = log
+        #: Records not applied yet by (topic, partition), refreshed every ``lag_every_s``
+        #: from the watermarks the broker sent with its last fetch (no extra request).
+        self.lag: dict[tuple[str, int], int] = {}
+        self.lag_every_s = 2.0
+        self._lag_at = 0.0
+        self.last_applied = time.time()
 
     def _on_assign(self, _consumer, partitions) -> None:
         self.assigned = True
@@ -180,13 +195,16 @@ class BufferConsumer:
         """
         self._heartbeat()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
+        self._measure_lag()
         if not messages:
             return 0
         if self._unchecked:
             self._expect_committed()
         started = time.perf_counter()
+        consumed_ns = time.time_ns()
         events: dict[int, list[Entry]] = {}
         rewind: dict[tuple[str, int], int] = {}
+        traced: list[tuple[str, int, object]] = []  # (traceparent, produced ns, event)
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -214,6 +232,9 @@ class BufferConsumer:
                 self.log(f"rejected message at offset {message.offset()}: {err}")
                 continue
             events.setdefault(self.spec.entity(event), []).append(self.spec.to_entry(event))
+            context = _traceparent(message)
+            if context is not None:
+                traced.append((context, message.timestamp()[1] * 1_000_000, event))
         added = self._write_with_retry(events)
         self.stats.applied += sum(added.values())
         self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
@@ -238,7 +259,54 @@ class BufferConsumer:
             self.consumer.seek(TopicPartition(topic, partition, offset))
         self.stats.batches += 1
         self.stats.seconds += time.perf_counter() - started
+        self.last_applied = time.time()
+        if traced:
+            self._trace(traced, consumed_ns, time.time_ns(), len(messages))
         return len(messages)
+
+    def _trace(self, traced, consumed_ns: int, applied_ns: int, batch: int) -> None:
+        """Continue the trace of each traced record: ``kafka.queued`` (produced to
+        consumed) and ``stream.apply`` (consumed to written and committed)."""
+        spans = tracing.tracer("fraud-stream-consumer")
+        if spans is None:
+            return
+        for context, produced_ns, event in traced:
+            attributes = {
+                "messaging.system": "kafka",
+                "fraud.transaction_ids": [str(getattr(event, "transaction_id", ""))],
+                "stream.batch": batch,
+            }
+            spans.span(
+                "kafka.queued",
+                context,
+                min(produced_ns, consumed_ns),
+                consumed_ns,
+                attributes,
+                kind="CONSUMER",
+            )
+            spans.span("stream.apply", context, consumed_ns, applied_ns, attributes)
+
+    def _measure_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < self.lag_every_s:
+            return
+        self._lag_at = now
+        try:
+            assigned = self.consumer.assignment()
+        except KafkaException:
+            return
+        lag = {}
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            position = self.gaps.expected.get(key)
+            lag[key] = max(0, high - position) if position is not None else high
+        self.lag = lag
 
     def _heartbeat(self) -> None:
         """Every ``heartbeat_s``: this poll's wall-clock time as the buffer of entity

@@ -72,6 +72,9 @@ class LadderOutcome:
     reasons: list[str] = field(default_factory=list)
     primary_wait_s: float = 0.0
     fallback_wait_s: float = 0.0
+    #: Each model call: (model, started, ended, reason code or "" when it answered), in
+    #: the ladder's clock (the spans of a traced batch).
+    calls: list[tuple[str, float, float, str]] = field(default_factory=list)
 
 
 #: A half-open probe asks "does the primary answer again?": it waits at most this long, so a
@@ -151,7 +154,7 @@ class ModelLadder:
             if primary.state == HALF_OPEN:
                 timeout = min(timeout, PROBE_TIMEOUT_MS)
             started = self.clock()
-            scores, problem = await self._timed("primary", inputs, timeout)
+            scores, problem = await self._timed("primary", inputs, timeout, out)
             out.primary_wait_s = self.clock() - started
             if problem is None:  # a hedged fallback, if any, finishes unread
                 out.scores, out.path = scores, "primary"
@@ -182,16 +185,22 @@ class ModelLadder:
         if not self.breakers["fallback"].allow():
             out.reasons.append(rung("fallback", CIRCUIT_OPEN))
             return None
-        call = self._timed("fallback", inputs, budget.remaining_ms(self.rules_reserve_ms))
+        call = self._timed("fallback", inputs, budget.remaining_ms(self.rules_reserve_ms), out)
         return call if self.fallback_in_process else asyncio.ensure_future(call)
 
-    async def _timed(self, name: str, inputs: ModelInputs, timeout_ms: float):
-        """(scores, None) or (None, reason code); feeds the model's breaker."""
+    async def _timed(self, name: str, inputs: ModelInputs, timeout_ms: float, out: LadderOutcome):
+        """(scores, None) or (None, reason code); feeds the model's breaker; the call is
+        noted in ``out.calls``."""
         breaker = self.breakers[name]
         if timeout_ms < 1:
             breaker.cancel()  # allowed but not called: a half-open probe must not stay out
             return None, rung(name, NO_BUDGET)
         started = self.clock()
+        scores, problem = await self._call(name, breaker, inputs, timeout_ms, started)
+        out.calls.append((name, started, self.clock(), problem or ""))
+        return scores, problem
+
+    async def _call(self, name, breaker, inputs, timeout_ms: float, started: float):
         try:
             scores = await self.callers[name](inputs, timeout_ms)
         except TimeoutError:

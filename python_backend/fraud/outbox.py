@@ -12,6 +12,7 @@ from python_backend import settings
 from python_backend.events import TransactionEvent
 from python_backend.fraud.decision_log import DecisionLog
 from python_backend.fraud.service import Batch
+from python_backend.tracing import TRACEPARENT
 
 
 class Outbox:
@@ -50,7 +51,9 @@ class Outbox:
         bootstrap = settings.KAFKA_BOOTSTRAP.get()
         return cls(bootstrap, instance, count, log) if bootstrap else None
 
-    def send(self, batch: Batch) -> None:
+    def send(self, batch: Batch, traces: dict[int, str] | None = None) -> None:
+        """``traces``: the ``traceparent`` of traced rows, by row of the batch's
+        transactions; their records carry it as a header (the consumer continues it)."""
         tx = batch.transactions
         if tx is not None:
             sent = 0
@@ -63,7 +66,10 @@ class Outbox:
                     int(tx.timestamp_ms[i]),
                 )
                 try:
-                    self.publisher.produce(self.topic, key=event.key, value=event.encode())
+                    headers = {TRACEPARENT: traces[i]} if traces and i in traces else None
+                    self.publisher.produce(
+                        self.topic, key=event.key, value=event.encode(), headers=headers
+                    )
                     sent += 1
                 except BufferError:
                     pass

@@ -13,6 +13,7 @@ from python_backend.fraud.contract import SCORING
 from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import ModelCallError
 from python_backend.fraud.service import Batch, ScoringRequest
+from python_backend.tracing import Timeline, Tracer, tracer, triton_context
 
 
 class TritonCaller:
@@ -26,9 +27,13 @@ class TritonCaller:
         self.contract = contract
         self.fields = [(s.name, s.field) for s in contract.inputs]
         self.outputs = [o.name for o in contract.outputs]
+        #: The Triton trace the next calls belong to (``request.trace()`` of the batch's
+        #: first traced request, set by the BLS), so their queue and compute are in it.
+        self.trace = None
 
     async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:
         pb = self.pb_utils
+        traced = {"trace": self.trace} if self.trace is not None else {}
         request = pb.InferenceRequest(
             model_name=self.contract.name,
             requested_output_names=self.outputs,
@@ -37,6 +42,7 @@ class TritonCaller:
                 for name, attr in self.fields
             ],
             timeout=int(timeout_ms * 1000),
+            **traced,
         )
         response = await asyncio.wait_for(request.async_exec(), timeout_ms / 1000)
         if response.has_error():
@@ -63,3 +69,75 @@ def responses(pb_utils, batch: Batch, total_us: int) -> list:
         tensors = [pb_utils.Tensor(s.name, outputs[s.name]) for s in SCORING.outputs]
         out.append(pb_utils.InferenceResponse(tensors))
     return out
+
+
+class BatchTrace:
+    """The traced requests of one batch (those whose ``request.trace()`` has a context:
+    the client sent a ``traceparent``), the batch's :class:`Timeline`, and the spans made
+    from it under each of them: ``fraud.bls`` (the BLS's part of the decision) holding
+    ``fraud.validate``, ``fraud.features`` (with a ``store.*`` span per store call),
+    ``fraud.primary`` / ``fraud.fallback`` (each model call), ``fraud.rules`` and
+    ``fraud.respond``; then ``fraud.publish`` (the Kafka records, which carry its context
+    in their ``traceparent`` header, and the decision log).
+
+    The batch's stages are shared by its requests: each traced request gets the same
+    stage spans. The model calls carry one Triton trace, the first traced request's, so
+    the primary's queue and compute spans are under that one."""
+
+    def __init__(self, parents: dict[int, str], first_trace, spans: Tracer) -> None:
+        self.parents = parents
+        self.first_trace = first_trace
+        self.spans = spans
+        self.timeline = Timeline()
+        self.published: dict[int, object] = {}
+
+    @classmethod
+    def of(cls, requests, service: str = "fraud-scoring") -> BatchTrace | None:
+        """None when no request of the batch is traced (or tracing is off here)."""
+        parents, first = {}, None
+        for i, request in enumerate(requests):
+            trace = request.trace()
+            context = triton_context(trace)
+            if context:
+                parents[i] = context
+                first = first or trace
+        spans = tracer(service) if parents else None
+        return cls(parents, first, spans) if spans is not None else None
+
+    def answered(self, batch: Batch, responded: float) -> None:
+        """The decision's spans, under each traced request's Triton span."""
+        timeline = self.timeline
+        for i, parent in self.parents.items():
+            answer = batch.answers[i]
+            attributes = {
+                "fraud.transaction_ids": answer.transaction_ids,
+                "fraud.requests": len(batch.answers),
+                "fraud.rows": 0 if batch.transactions is None else len(batch.transactions),
+                "fraud.error": answer.error or "",
+            }
+            if batch.decided is not None:
+                attributes["fraud.path"] = batch.decided.path
+            bls = self.spans.span(
+                "fraud.bls",
+                parent,
+                timeline.ns(batch.started),
+                timeline.ns(responded),
+                attributes,
+            )
+            self.spans.emit(timeline, bls)
+
+    def publishing(self, batch: Batch) -> dict[int, str]:
+        """Open a ``fraud.publish`` span per traced request; the ``traceparent`` each row
+        of the batch's transactions carries to Kafka, by row."""
+        rows: dict[int, str] = {}
+        for i, parent in self.parents.items():
+            answer = batch.answers[i]
+            span, context = self.spans.start("fraud.publish", parent)
+            self.published[i] = span
+            for row in range(answer.offset, answer.offset + len(answer.valid)):
+                rows[row] = context
+        return rows
+
+    def published_done(self) -> None:
+        for span in self.published.values():
+            span.end()

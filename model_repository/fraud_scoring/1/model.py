@@ -20,6 +20,7 @@ default, ``python -m perf tune`` measured no change).
 
 import gc
 import json
+import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -31,7 +32,8 @@ from python_backend.fraud.metrics import ServiceMetrics
 from python_backend.fraud.online import open_reader
 from python_backend.fraud.outbox import Outbox
 from python_backend.fraud.rules import load_rules
-from python_backend.fraud.triton import TritonCaller, responses, scoring_requests
+from python_backend.fraud.triton import BatchTrace, TritonCaller, responses, scoring_requests
+from python_backend.tracing import endpoint
 
 DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
 
@@ -53,8 +55,10 @@ class TritonPythonModel:
             fallback = onnx_or_unavailable(onnx, FALLBACK, log.log_error)
         else:
             fallback = TritonCaller(pb_utils, FALLBACK)
+        self.primary = TritonCaller(pb_utils, PRIMARY)
+        self.callers = [self.primary] if in_process else [self.primary, fallback]
         ladder = ModelLadder(
-            TritonCaller(pb_utils, PRIMARY),
+            self.primary,
             fallback,
             fallback_in_process=in_process,
             hedge=params.get("HEDGE_FALLBACK", "always"),
@@ -72,6 +76,8 @@ class TritonPythonModel:
         )
         flush_s = float(params.get("METRICS_FLUSH_S", 1))
         self.metrics = ServiceMetrics(pb_utils.MetricFamily, self.service.breakers, flush_s=flush_s)
+        self.metrics.start_timer()  # what the last second counted is reported while idle
+        self.tracing = endpoint() is not None
         self.outbox = Outbox.from_env(args["model_instance_name"], self.metrics.count, log.log_warn)
         if self.outbox is not None:
             self.metrics.decision_log = self.outbox.decision_log
@@ -79,15 +85,29 @@ class TritonPythonModel:
             gc.freeze()  # the sessions, rules and reader stay: no full sweep walks them again
 
     async def execute(self, requests):
-        batch = await self.service.handle(scoring_requests(pb_utils, requests))
-        out = responses(pb_utils, batch, self.service.total_us(batch))
-        self.metrics.observe(batch)
+        traced = BatchTrace.of(requests) if self.tracing else None
+        for caller in self.callers:
+            caller.trace = traced.first_trace if traced is not None else None
+        timeline = traced.timeline if traced is not None else None
+        batch = await self.service.handle(scoring_requests(pb_utils, requests), timeline)
+        decided = time.perf_counter()
+        total_us = self.service.total_us(batch)
+        out = responses(pb_utils, batch, total_us)
+        self.metrics.observe(batch, total_us)
+        if traced is not None:
+            responded = time.perf_counter()
+            timeline.add("fraud.respond", decided, responded)
+            traced.answered(batch, responded)
         if self.outbox is not None:
-            self.outbox.send(batch)
+            contexts = traced.publishing(batch) if traced is not None else None
+            self.outbox.send(batch, contexts)
+        if traced is not None:
+            traced.published_done()
         self.metrics.flush()
         return out
 
     def finalize(self):
+        self.metrics.stop_timer()
         self.metrics.flush(force=True)
         if self.service.reader is not None:
             self.service.reader.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from python_backend.fraud.features import FEATURE_GROUPS, RECENT_BUFFER, default_stored
+from python_backend.tracing import Timeline
 
 
 @dataclass
@@ -41,6 +42,9 @@ class OnlineFeatureReader(abc.ABC):
 
     #: Whether one read is a single network round trip.
     single_round_trip: bool = True
+    #: Set by the service around the read of a traced batch: the reader notes each store
+    #: call on it (``store.<what>`` marks), so the trace shows the round trips.
+    timeline: Timeline | None = None
 
     @abc.abstractmethod
     def read(

@@ -9,6 +9,8 @@ terminal) pair against 0.7 ms for Feast's ``get_online_features``, 2.5 ms agains
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from python_backend.feast_layout import (
@@ -92,6 +94,7 @@ class RedisFeatureReader(OnlineFeatureReader):
         card_fields = self._fields["card_id"] if with_tx_ids else self._scoring_fields
         terminal_fields = self._fields["terminal_id"]
         use_script = batch > self.LUA_FROM_BATCH if self.single_call is None else self.single_call
+        called = time.perf_counter()
         if use_script:
             replies = self._script(
                 keys=keys,
@@ -108,6 +111,15 @@ class RedisFeatureReader(OnlineFeatureReader):
             for i, key in enumerate(keys):
                 pipe.hmget(key, card_fields if i < batch else terminal_fields)
             replies = pipe.execute()
+        if self.timeline is not None:
+            self.timeline.add(
+                "store.redis",
+                called,
+                time.perf_counter(),
+                store="redis",
+                call="script" if use_script else "pipeline",
+                keys=len(keys),
+            )
         if terminal_ids is None:
             replies += [[None] * len(terminal_fields)] * batch
         values: dict[str, list[bytes | None]] = {}

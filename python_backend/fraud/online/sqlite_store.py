@@ -7,6 +7,7 @@ writes one row per (entity, feature) holding a serialized ``feast.types.Value``.
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,11 +65,20 @@ class SqliteFeatureReader(OnlineFeatureReader):
                 continue
             keys = [entity_key(group.entity, int(v)) for v in ids[group.entity]]
             unique = list(dict.fromkeys(keys))
+            queried = time.perf_counter()
             rows = self.conn.execute(
                 f'SELECT entity_key, feature_name, value, event_ts FROM "{self.project}_'
                 f'{group.name}" WHERE entity_key IN ({",".join("?" * len(unique))})',
                 unique,
             ).fetchall()
+            if self.timeline is not None:
+                self.timeline.add(
+                    f"store.{group.name}",
+                    queried,
+                    time.perf_counter(),
+                    store="sqlite",
+                    keys=len(unique),
+                )
             by_key: dict[bytes, dict[str, bytes]] = {}
             ts_by_key: dict[bytes, int] = {}
             for key, feature, value, ts in rows:
