@@ -173,6 +173,11 @@ def cmd_demo(args) -> int:
         }
         report.write_text(json.dumps(runs_by_name, indent=2) + "\n")
         print(f"== 8. stopping the server; summary in {report.relative_to(ROOT)}")
+        print(
+            "   next: `make serve` then `make observe` (span collector and Prometheus beside it:"
+            " trace a decision with `python -m client score ... --trace`, then `python -m "
+            "client trace <id>`); `make trace-report` for where every millisecond goes"
+        )
     return 0 if ok else 1
 
 

@@ -227,6 +227,18 @@ def expressions(board: dict) -> list[tuple[str, list[str]]]:
     return [(p["title"], [t["expr"] for t in p.get("targets", [])]) for p in board["panels"]]
 
 
+def panels_without_series(prometheus_port: int, uid: str) -> list[str]:
+    """The titles of ``uid``'s panels none of whose queries returns a series from the
+    Prometheus on ``prometheus_port`` (the check a Grafana would show as "No data")."""
+    from client.observe.stack import query
+
+    return [
+        title
+        for title, exprs in expressions(dashboard(uid))
+        if not any(query(prometheus_port, expr) for expr in exprs)
+    ]
+
+
 def render(uid: str) -> str:
     return json.dumps(dashboard(uid), indent=2, sort_keys=True) + "\n"
 

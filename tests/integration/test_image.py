@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 
@@ -215,3 +216,31 @@ def test_page_uploads_a_photo_in_headless_chromium(image_service, tmp_path) -> N
         assert browser.find_element(By.ID, "error").text == ""
     finally:
         browser.quit()
+
+
+def test_image_dashboard_panels_return_live_series(image_service, tmp_path) -> None:
+    """Prometheus scraping this Triton and the web API while photos are classified: every
+    panel of the image dashboard has data."""
+    from client.local.services import free_port
+    from client.observe import dashboards, stack
+
+    server, url = image_service
+    prometheus = stack.start_prometheus(
+        free_port(),
+        tmp_path / "prometheus",
+        {
+            "triton": [f"127.0.0.1:{server.ports.metrics}"],
+            "image-api": [url.removeprefix("http://")],
+        },
+        interval_s=1,
+    )
+    try:
+        photo = _jpeg("chelsea")
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert _upload(url, photo)[0] == 200
+        time.sleep(3)  # two more scrapes after the last request
+        empty = dashboards.panels_without_series(prometheus.port, "image-api")
+        assert not empty, f"image panels with no series: {empty}"
+    finally:
+        prometheus.stop()

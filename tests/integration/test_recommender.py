@@ -91,6 +91,7 @@ def rec_stack(rec_build, redis_service, kafka_service):
             for user in range(1, 41):  # as `make serve` does: warm both instances first
                 recommend(client, [user])
             yield {
+                "metrics_port": server.ports.metrics,
                 "client": client,
                 "consumer": consumer,
                 "bootstrap": bootstrap,
@@ -192,3 +193,27 @@ def test_a_click_changes_the_next_recommendation_within_a_second(rec_stack, rec_
     assert times and all(t is not None for t in times), times
     # Median of three: one click on a busy shared machine must not fail the property.
     assert sorted(times)[len(times) // 2] < 1000, times
+
+
+def test_recommender_dashboard_panels_return_live_series(rec_stack, tmp_path) -> None:
+    """Prometheus scraping the recommender's Triton under requests: every panel has data."""
+    from client.local.services import free_port
+    from client.observe import dashboards, stack
+
+    prometheus = stack.start_prometheus(
+        free_port(),
+        tmp_path / "prometheus",
+        {"triton": [f"127.0.0.1:{rec_stack['metrics_port']}"]},
+        interval_s=1,
+    )
+    try:
+        deadline = time.monotonic() + 6
+        user = 0
+        while time.monotonic() < deadline:
+            recommend(rec_stack["client"], [1 + user % 40])
+            user += 1
+        time.sleep(3)
+        empty = dashboards.panels_without_series(prometheus.port, "recommender")
+        assert not empty, f"recommender panels with no series: {empty}"
+    finally:
+        prometheus.stop()

@@ -33,7 +33,7 @@ from python_backend.fraud.online import open_reader
 from python_backend.fraud.outbox import Outbox
 from python_backend.fraud.rules import load_rules
 from python_backend.fraud.triton import BatchTrace, TritonCaller, responses, scoring_requests
-from python_backend.tracing import endpoint
+from python_backend.tracing import endpoint, tracer
 
 DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
 
@@ -78,6 +78,8 @@ class TritonPythonModel:
         self.metrics = ServiceMetrics(pb_utils.MetricFamily, self.service.breakers, flush_s=flush_s)
         self.metrics.start_timer()  # what the last second counted is reported while idle
         self.tracing = endpoint() is not None
+        if self.tracing:  # the SDK's import (~0.1 s) at load, not in the first traced batch
+            tracer("fraud-scoring")
         self.outbox = Outbox.from_env(args["model_instance_name"], self.metrics.count, log.log_warn)
         if self.outbox is not None:
             self.metrics.decision_log = self.outbox.decision_log
