@@ -93,11 +93,13 @@ def infer_arguments(
 
 
 class ClientTrace:
-    """The ``client.score`` span of one traced request."""
+    """The ``client.score`` span of one request when it is traced (``context`` is then its
+    ``traceparent``), nothing otherwise. A context manager: the span ends with the call,
+    an error recorded on it."""
 
-    def __init__(self, rows: list[Mapping]) -> None:
-        self.spans = tracing.tracer("fraud-client")
-        self.span, self.context = (None, None)
+    def __init__(self, rows: list[Mapping], traced: bool) -> None:
+        self.spans = tracing.tracer("fraud-client") if traced else None
+        self.span = self.context = self.trace_id = None
         if self.spans is not None:
             ids = [str(r["transaction_id"]) for r in rows]
             self.span, self.context = self.spans.start(
@@ -105,24 +107,33 @@ class ClientTrace:
             )
             self.trace_id = tracing.parse_traceparent(self.context)[0]
 
-    def done(self, decisions: list[Decision] | None, error: Exception | None = None) -> None:
-        if self.span is None:
-            return
-        if decisions:
+    @classmethod
+    def sampled(cls, sampler: tracing.Sampler, rows: list[Mapping], trace: bool | None):
+        return cls(rows, sampler() if trace is None else trace)
+
+    def decided(self, decisions: list[Decision]) -> list[Decision]:
+        if self.span is not None and decisions:
             first = decisions[0]
             self.span.set_attribute("fraud.path", first.path)
             for stage, us in first.stage_us.items():
                 self.span.set_attribute(f"fraud.stage_us.{stage}", us)
             for decision in decisions:
                 decision.trace_id = self.trace_id
+        return decisions
+
+    def __enter__(self) -> ClientTrace:
+        return self
+
+    def __exit__(self, kind, error, _tb) -> None:
+        if self.span is None:
+            return
         if error is not None:
             self.span.set_attribute("error", repr(error))
         self.span.end()
 
 
-def _trace(sampler: tracing.Sampler, rows: list[Mapping], trace: bool | None):
-    wanted = sampler() if trace is None else trace
-    return ClientTrace(rows) if wanted else None
+def _ids(rows: list[Mapping]) -> list[str]:
+    return [str(r["transaction_id"]) for r in rows]
 
 
 class FraudClient:
@@ -143,18 +154,9 @@ class FraudClient:
     ) -> list[Decision]:
         """``trace``: True traces this request, False does not, None samples."""
         rows = list(transactions)
-        traced = _trace(self.sampler, rows, trace)
-        context = traced.context if traced is not None else None
-        try:
-            result = self.client.infer(**infer_arguments(rows, budget_ms, self.timeout_s, context))
-        except Exception as err:
-            if traced is not None:
-                traced.done(None, err)
-            raise
-        decisions = parse(result, [str(r["transaction_id"]) for r in rows])
-        if traced is not None:
-            traced.done(decisions)
-        return decisions
+        with ClientTrace.sampled(self.sampler, rows, trace) as traced:
+            arguments = infer_arguments(rows, budget_ms, self.timeout_s, traced.context)
+            return traced.decided(parse(self.client.infer(**arguments), _ids(rows)))
 
     def close(self) -> None:
         self.client.close()
@@ -180,20 +182,9 @@ class AsyncFraudClient:
         trace: bool | None = None,
     ) -> list[Decision]:
         rows = list(transactions)
-        traced = _trace(self.sampler, rows, trace)
-        context = traced.context if traced is not None else None
-        try:
-            result = await self.client.infer(
-                **infer_arguments(rows, budget_ms, self.timeout_s, context)
-            )
-        except Exception as err:
-            if traced is not None:
-                traced.done(None, err)
-            raise
-        decisions = parse(result, [str(r["transaction_id"]) for r in rows])
-        if traced is not None:
-            traced.done(decisions)
-        return decisions
+        with ClientTrace.sampled(self.sampler, rows, trace) as traced:
+            arguments = infer_arguments(rows, budget_ms, self.timeout_s, traced.context)
+            return traced.decided(parse(await self.client.infer(**arguments), _ids(rows)))
 
     async def close(self) -> None:
         await self.client.close()

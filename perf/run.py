@@ -93,6 +93,7 @@ def run(
 
     plan = plan or Plan.make(quick)
     started = time.perf_counter()
+    built = repository is None  # `make perf` on the built models (the tests pass their own)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     ensure_perf_analyzer(log=log)
@@ -196,5 +197,10 @@ def run(
     summary["seconds"] = round(time.perf_counter() - started, 1)
     report.write(summary, out)
     log(report.console(summary))
-    log(f"perf: wrote {out}/ in {summary['seconds']:.0f} s")
+    if built:
+        # Tracing's cost side by side (off, 1%, every request) and where the time goes.
+        from perf import traces
+
+        traces.run(scale, quick=quick, out=out / "traces", log=log)
+    log(f"perf: wrote {out}/ in {time.perf_counter() - started:.0f} s")
     return summary

@@ -242,21 +242,7 @@ def _summary(results: dict[str, list[dict]], decided: list, out: Path) -> dict:
     }
     tail_stage = None
     if tail:
-        parts = {
-            s: float(np.mean([d.stage_us.get(s, 0) for d in tail]))
-            for s in (
-                "request_in",
-                "triton_queue",
-                "validate",
-                "features",
-                "primary_queue",
-                "primary_compute",
-                "fallback",
-                "rules",
-                "respond",
-                "response_out",
-            )
-        }
+        parts = {s: float(np.mean([d.stage_us.get(s, 0) for d in tail])) for s in traces.SEQUENTIAL}
         tail_stage = max(parts, key=parts.get)
     return {
         "modes": modes,

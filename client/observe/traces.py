@@ -4,8 +4,8 @@ waterfall, and the per-stage breakdown of many.
 A decision's trace holds, by service: ``fraud-client`` (``client.score``), ``triton``
 (``InferRequest`` -> ``fraud_scoring`` with its queue events -> ``compute``; a
 ``fraud_primary`` span per primary call with its own ``compute``), ``fraud-scoring`` (the
-BLS: ``fraud.bls`` -> validate, features -> ``store.*``, primary, fallback, rules,
-respond; ``fraud.publish``) and ``fraud-stream-consumer`` (``kafka.queued``,
+BLS: ``fraud.bls`` -> inputs, validate, features -> ``store.*``, primary, fallback,
+rules, respond; ``fraud.publish``) and ``fraud-stream-consumer`` (``kafka.queued``,
 ``stream.apply``). :func:`stages` names the durations an operator reads (a Triton queue is
 the time from ``QUEUE_START`` to the model's ``compute`` span).
 """
@@ -23,24 +23,35 @@ from client.observe.collector import SPANS_FILE
 from python_backend.paths import OBSERVE
 
 SPANS_DIR = OBSERVE / "spans"
-#: The stages of the breakdown, in the order of a decision. ``client`` is the whole call as
-#: the client saw it; the others are parts of it (``publish`` and the consumer's come after
-#: the answer and are not).
-STAGES = (
-    "client",
+#: The stages of a decision that follow one another (the slowest one owns a decision's time).
+SEQUENTIAL = (
     "request_in",
     "triton_queue",
-    "bls",
+    "stub_in",
+    "inputs",
     "validate",
     "features",
-    "store",
-    "primary",
     "primary_queue",
     "primary_compute",
     "fallback",
     "rules",
     "respond",
     "response_out",
+)
+#: The stages of the breakdown, in the order of a decision. ``client`` is the whole call as
+#: the client saw it; ``bls`` holds validate to respond, ``store`` is inside ``features``,
+#: ``primary`` (the BLS's wait) holds the primary's queue and compute; ``publish`` and the
+#: consumer's come after the answer.
+STAGES = (
+    "client",
+    *SEQUENTIAL[:3],
+    "bls",
+    *SEQUENTIAL[3:6],
+    "store",
+    "primary",
+    *SEQUENTIAL[6:8],
+    "primary_hop",
+    *SEQUENTIAL[8:],
     "publish",
     "kafka_queued",
     "stream_apply",
@@ -109,6 +120,7 @@ def stages(trace: list[dict]) -> Decision:
     if client is not None:
         us["client"] = length(client)
     model = next(iter(named.get("fraud_scoring", [])), None)
+    compute = None
     if model is not None:
         compute = next((c for c in children[model["span_id"]] if c["name"] == "compute"), None)
         queued = _event(model, "QUEUE_START") or model["start_ns"]
@@ -124,6 +136,7 @@ def stages(trace: list[dict]) -> Decision:
             us["request_in"] = (model["start_ns"] - request["start_ns"]) / 1000
     for name, stage in (
         ("fraud.bls", "bls"),
+        ("fraud.inputs", "inputs"),
         ("fraud.validate", "validate"),
         ("fraud.features", "features"),
         ("fraud.primary", "primary"),
@@ -139,7 +152,13 @@ def stages(trace: list[dict]) -> Decision:
     stores = [s for s in trace if s["name"].startswith("store.")]
     if stores:
         us["store"] = sum(length(s) for s in stores)
+    bls = next(iter(named.get("fraud.bls", [])), None)
+    if bls is not None and model is not None and compute is not None:
+        us["stub_in"] = (bls["start_ns"] - compute["start_ns"]) / 1000  # Triton to the stub
     primary = named.get("fraud_primary", [])
+    if primary and "primary" in us:
+        # The BLS's wait on the primary less Triton's time for it: the stub's round trip.
+        us["primary_hop"] = us["primary"] - length(primary[0])
     if primary:
         span = primary[0]
         compute = next((c for c in children[span["span_id"]] if c["name"] == "compute"), None)

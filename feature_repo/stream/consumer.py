@@ -195,8 +195,8 @@ class BufferConsumer:
         """
         self._heartbeat()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
-        self._measure_lag()
         if not messages:
+            self._measure_lag()
             return 0
         if self._unchecked:
             self._expect_committed()
@@ -260,6 +260,7 @@ class BufferConsumer:
         self.stats.batches += 1
         self.stats.seconds += time.perf_counter() - started
         self.last_applied = time.time()
+        self._measure_lag()
         if traced:
             self._trace(traced, consumed_ns, time.time_ns(), len(messages))
         return len(messages)

@@ -72,17 +72,17 @@ def responses(pb_utils, batch: Batch, total_us: int) -> list:
 
 
 class BatchTrace:
-    """The traced requests of one batch (those whose ``request.trace()`` has a context:
-    the client sent a ``traceparent``), the batch's :class:`Timeline`, and the spans made
-    from it under each of them: ``fraud.bls`` (the BLS's part of the decision) holding
-    ``fraud.validate``, ``fraud.features`` (with a ``store.*`` span per store call),
-    ``fraud.primary`` / ``fraud.fallback`` (each model call), ``fraud.rules`` and
-    ``fraud.respond``; then ``fraud.publish`` (the Kafka records, which carry its context
-    in their ``traceparent`` header, and the decision log).
+    """The traced requests of one batch (those whose ``request.trace()`` has a context: the
+    client sent a ``traceparent``), the batch's :class:`Timeline`, and the spans made from
+    it under each of them: ``fraud.bls`` (the BLS's part of the decision) holding
+    ``fraud.inputs`` (the request tensors read), ``fraud.validate``, ``fraud.features``
+    (with a ``store.*`` span per store call), ``fraud.primary`` / ``fraud.fallback`` (each
+    model call), ``fraud.rules`` and ``fraud.respond``; then ``fraud.publish`` (the Kafka
+    records, which carry its context in their ``traceparent`` header, and the decision log).
 
-    The batch's stages are shared by its requests: each traced request gets the same
-    stage spans. The model calls carry one Triton trace, the first traced request's, so
-    the primary's queue and compute spans are under that one."""
+    The batch's stages are shared by its requests: each traced request gets the same stage
+    spans. The model calls carry one Triton trace, the first traced request's, so the
+    primary's queue and compute spans are under that one."""
 
     def __init__(self, parents: dict[int, str], first_trace, spans: Tracer) -> None:
         self.parents = parents
@@ -104,8 +104,10 @@ class BatchTrace:
         spans = tracer(service) if parents else None
         return cls(parents, first, spans) if spans is not None else None
 
-    def answered(self, batch: Batch, responded: float) -> None:
-        """The decision's spans, under each traced request's Triton span."""
+    def answered(self, batch: Batch, entered: float, responded: float) -> None:
+        """The decision's spans, under each traced request's Triton span: ``fraud.bls``
+        from ``execute``'s entry (``fraud.inputs``: the request tensors read) to the
+        responses built."""
         timeline = self.timeline
         for i, parent in self.parents.items():
             answer = batch.answers[i]
@@ -120,7 +122,7 @@ class BatchTrace:
             bls = self.spans.span(
                 "fraud.bls",
                 parent,
-                timeline.ns(batch.started),
+                timeline.ns(entered),
                 timeline.ns(responded),
                 attributes,
             )

@@ -160,6 +160,7 @@ EVERY_SPAN = {
     "fraud_scoring",
     "compute",
     "fraud.bls",
+    "fraud.inputs",
     "fraud.validate",
     "fraud.features",
     "store.redis",

@@ -247,6 +247,12 @@ class _Message:
     def value(self) -> bytes:
         return _event(self._partition * 1000 + self._offset, 1_000 + self._offset).encode()
 
+    def headers(self):
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_000 + self._offset)
+
 
 class _ScriptedKafka:
     """Batches as a broker that serves out of order would (pure consumer logic: the real
@@ -282,6 +288,16 @@ class _ScriptedKafka:
     def seek(self, tp) -> None:
         self.seeks.append((tp.partition, tp.offset))
 
+    def assignment(self):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition("tx", 0), TopicPartition("tx", 1)]
+
+    def get_watermark_offsets(self, tp, cached: bool = False):
+        """The partition's high watermark: one past the last offset the script holds."""
+        served = [o for batch in self.batches for p, o in batch if p == tp.partition]
+        return (0, max(served, default=-1) + 1)
+
 
 def _memory_consumer(kafka: _ScriptedKafka, gap_wait_s: float = 2.0) -> tuple:
     from confluent_kafka import TopicPartition
@@ -313,8 +329,12 @@ def test_consumer_rereads_from_a_hole_and_never_commits_past_it() -> None:
         committed={0: 0, 1: 10},
     )
     consumer, store = _memory_consumer(kafka)
+    consumer.lag_every_s = 0  # measured at every poll (seconds apart by default)
     consumer.poll_once()
     assert kafka.seeks == [(0, 2)], "re-read partition 0 from its hole"
+    # The lag is what the broker holds past the next offset to apply: partition 0 waits
+    # at its hole (2) below a high watermark of 5, partition 1 at 11 below 12.
+    assert consumer.lag == {("tx", 0): 3, ("tx", 1): 1}
     assert kafka.commits == [[(0, 2), (1, 11)]], "committed up to the hole, not past it"
     consumer.poll_once()
     assert kafka.commits[-1] == [(0, 5), (1, 12)]

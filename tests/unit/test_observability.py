@@ -173,6 +173,8 @@ def test_stages_of_a_trace_are_read_from_its_spans() -> None:
     assert us["features"] == 190 and us["store"] == 160
     assert us["primary_queue"] == 80 and us["primary_compute"] == 290
     assert us["request_in"] == 90 and us["response_out"] == 100
+    assert us["stub_in"] == 0  # fraud.bls starts as the model's compute does, here
+    assert us["primary_hop"] == 400 - 390  # the BLS's wait less Triton's span
     assert traces.coverage(found) == pytest.approx((90 + 100 + 700 + 100) / 1000)
     assert found.client_stage_us == {"features": 190}
     assert traces.find_decision(_decision_trace(), "x") is not None

@@ -87,6 +87,7 @@ class TritonPythonModel:
             gc.freeze()  # the sessions, rules and reader stay: no full sweep walks them again
 
     async def execute(self, requests):
+        entered = time.perf_counter()
         traced = BatchTrace.of(requests) if self.tracing else None
         for caller in self.callers:
             caller.trace = traced.first_trace if traced is not None else None
@@ -98,8 +99,9 @@ class TritonPythonModel:
         self.metrics.observe(batch, total_us)
         if traced is not None:
             responded = time.perf_counter()
+            timeline.add("fraud.inputs", entered, batch.started)
             timeline.add("fraud.respond", decided, responded)
-            traced.answered(batch, responded)
+            traced.answered(batch, entered, responded)
         if self.outbox is not None:
             contexts = traced.publishing(batch) if traced is not None else None
             self.outbox.send(batch, contexts)
