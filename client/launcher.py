@@ -127,6 +127,7 @@ def start_in_background(
     repository=MODEL_REPOSITORY,
     state_dir=TRITON_STATE,
     log=print,
+    watchdog_metrics_port: int | None = None,
 ) -> Server:
     """What ``make serve`` leaves running: Triton on ``repository`` and the stub watchdog
     beside it (a model whose stub died is reloaded), their pids and logs in ``state_dir``
@@ -139,7 +140,7 @@ def start_in_background(
         env=env,
         log_path=state_dir / "server.log",
         watchdog=True,
-        watchdog_metrics_port=WATCHDOG_METRICS_PORT.get_int(),
+        watchdog_metrics_port=watchdog_metrics_port or WATCHDOG_METRICS_PORT.get_int(),
     )
     (state_dir / "server.pid").write_text(str(server.process.pid))
     (state_dir / "watchdog.pid").write_text(str(server.watchdog.pid))

@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     con.add_argument("--stats-file", type=Path, help="write the consumer's counts here (JSON)")
     con.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
     con.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (make observe scrapes 9108)",
     )
     rep = sub.add_parser("replay", help="publish simulated transactions onto the topic")
     rep.add_argument("--rate", type=float, default=None, help="events per second")

@@ -87,6 +87,11 @@ TRACE_SAMPLE = _setting(
 )
 OTLP_HTTP_PORT = _setting("OTLP_HTTP_PORT", "4318", "the span collector's port (make observe)")
 PROMETHEUS_PORT = _setting("PROMETHEUS_PORT", "9090", "Prometheus's port (make observe)")
+CONSUMER_METRICS_PORT = _setting(
+    "CONSUMER_METRICS_PORT",
+    "9108",
+    "where make observe's Prometheus scrapes the stream consumer (consume --metrics-port)",
+)
 WATCHDOG_METRICS_PORT = _setting(
     "WATCHDOG_METRICS_PORT", "9109", "the stub watchdog's Prometheus metrics (make serve)"
 )

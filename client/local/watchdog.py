@@ -73,6 +73,13 @@ class Watchdog:
     def serve_metrics(self, port: int) -> None:
         """``fraud_watchdog_reloads_total{model}`` and ``fraud_watchdog_checks_total`` on
         ``127.0.0.1:port/metrics`` (Prometheus: the alert on a watchdog reloading)."""
+        try:
+            self._serve_metrics(port)
+        except Exception as err:  # metrics are never worth the watchdog itself
+            self._checks = self._reloaded = None
+            self.log(f"watchdog: no metrics on port {port} ({err!r})")
+
+    def _serve_metrics(self, port: int) -> None:
         from prometheus_client import CollectorRegistry, Counter, start_http_server
 
         registry = CollectorRegistry()
@@ -87,10 +94,7 @@ class Watchdog:
         )
         for name in self.models:
             self._reloaded.labels(name)  # every watched model's series exists, at 0
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=registry)
-        except OSError as err:  # a port taken must not stop the watchdog itself
-            self.log(f"watchdog: no metrics on port {port} ({err})")
+        start_http_server(port, addr="127.0.0.1", registry=registry)
 
     def check_once(self, client) -> None:
         from tritonclient.utils import InferenceServerException

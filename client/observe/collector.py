@@ -130,7 +130,10 @@ def _handler(store: SpanStore):
         def do_POST(self):
             if self.path.rstrip("/") != "/v1/traces":
                 return self._answer(404, b"spans are posted to /v1/traces\n")
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                body = self._chunked()
+            else:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             kind = self.headers.get("Content-Type", "")
@@ -140,9 +143,20 @@ def _handler(store: SpanStore):
                 else:
                     spans = spans_from_protobuf(body)
             except Exception as err:  # a malformed export is refused, the receiver stays
+                print(f"collector: refused an export ({kind}, {len(body)} bytes): {err}")
                 return self._answer(400, f"not an OTLP trace export: {err}\n".encode())
             store.add(spans)
             self._answer(200, b"{}" if "json" in kind else b"", kind or "application/x-protobuf")
+
+        def _chunked(self) -> bytes:
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
 
         def _answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:
             self.send_response(status)
@@ -167,6 +181,9 @@ def serve(port: int, folder: str | Path, ready_file: Path | None = None) -> None
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     if ready_file is not None:
         ready_file.write_text(str(port))
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ def default_targets() -> dict[str, list[str]]:
     """The jobs' targets on one machine with the default ports."""
     return {
         "triton": [f"127.0.0.1:{settings.TRITON_METRICS_PORT.get()}"],
-        "stream-consumer": ["127.0.0.1:9108"],
+        "stream-consumer": [f"127.0.0.1:{settings.CONSUMER_METRICS_PORT.get()}"],
         "watchdog": [f"127.0.0.1:{settings.WATCHDOG_METRICS_PORT.get()}"],
         "image-api": [f"127.0.0.1:{settings.IMAGE_API_PORT.get()}"],
     }

@@ -309,3 +309,30 @@ def breakdown_table(rows: list[dict]) -> str:
             f"| {r['stage']} | {r['decisions']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {share} |"
         )
     return "\n".join(lines)
+
+
+def breakdown_png(rows: list[dict], path: Path, title: str = "") -> Path:
+    """p50 and p99 per stage as bars (log scale: the stages span three decades)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shown = [r for r in rows if r["stage"] not in ("kafka_queued", "stream_apply")]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(shown) + 1.2))
+    y = np.arange(len(shown))
+    ax.barh(y - 0.2, [max(r["p50_ms"], 1e-3) for r in shown], 0.4, label="p50")
+    ax.barh(y + 0.2, [max(r["p99_ms"], 1e-3) for r in shown], 0.4, label="p99")
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["stage"] for r in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ms (log scale)")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

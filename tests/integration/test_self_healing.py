@@ -7,21 +7,33 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 
 from tests.conftest import serving_repository
 
 
 def test_killed_primary_stub_is_reloaded_under_the_serve_launcher(
-    tiny_build, tmp_path, redis_service
+    tiny_build, tmp_path, redis_service, monkeypatch
 ) -> None:
     from client.launcher import start_in_background, stop
-    from client.local.services import stub_pids
+    from client.local.services import free_port, stub_pids
     from client.local.triton import Ports
     from client.scoring import FraudClient
 
+    # As after `make serve` returns: Feast's import pointed prometheus_client at a temporary
+    # folder that is gone now; the watchdog must neither inherit it nor die of it.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
     repository = serving_repository(tiny_build, tmp_path)
     env = {"FEATURE_STORE": "redis", "REDIS_URL": f"redis://127.0.0.1:{redis_service.port}/2"}
-    server = start_in_background(Ports.free(), env, repository, state_dir=tmp_path, log=print)
+    metrics_port = free_port()
+    server = start_in_background(
+        Ports.free(),
+        env,
+        repository,
+        state_dir=tmp_path,
+        log=print,
+        watchdog_metrics_port=metrics_port,
+    )
     client = FraudClient(server.grpc_url)
     row = {"card_id": 1, "terminal_id": 1, "amount": 12.0, "ts_ms": int(time.time() * 1000)}
 
@@ -46,6 +58,10 @@ def test_killed_primary_stub_is_reloaded_under_the_serve_launcher(
         assert "fallback" in paths, "the kill was seen: decisions fell back meanwhile"
         assert "fraud_primary reloaded" in _log(tmp_path)
         print(f"primary back {back_s:.1f} s after its stubs were killed")
+        # The reload is on the watchdog's metrics (the FraudWatchdogReloading alert's series).
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
+            metrics = answer.read().decode()
+        assert 'fraud_watchdog_reloads_total{model="fraud_primary"} 1.0' in metrics, metrics
     finally:
         client.close()
         watchdog_pid = server.watchdog.pid

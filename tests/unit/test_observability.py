@@ -191,11 +191,14 @@ def test_waterfall_nests_spans_and_marks_what_came_after_the_answer() -> None:
     assert "after the answer" in next(line for line in lines if "stream.apply" in line)
 
 
-def test_breakdown_reports_percentiles_and_shares() -> None:
+def test_breakdown_reports_percentiles_and_shares(tmp_path) -> None:
     rows = {r["stage"]: r for r in traces.breakdown([traces.stages(_decision_trace())] * 3)}
     assert rows["features"]["p50_ms"] == pytest.approx(0.19)
     assert rows["features"]["share_of_total"] == pytest.approx(0.19)
     assert "| features | 3 |" in traces.breakdown_table(list(rows.values()))
+    assert traces.breakdown_png(list(rows.values()), tmp_path / "s.png").stat().st_size > 5000
+    waterfall = traces.waterfall_png([_decision_trace()], tmp_path / "w.png")
+    assert waterfall.stat().st_size > 5000
 
 
 def test_latency_histograms_count_every_decision_in_cumulative_buckets() -> None:
