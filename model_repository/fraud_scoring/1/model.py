@@ -6,6 +6,10 @@ Lifecycle:
   metrics and, with ``KAFKA_BOOTSTRAP``, the outbox (scored transactions and decision log).
 - ``execute``: the requests the dynamic batcher handed over, decided together by
   ``python_backend.fraud.FraudService``; one response per request, in order, errors included.
+  A batch holding a traced request (the client sent a ``traceparent``) records its stages
+  and gets spans under that request's Triton span (``BatchTrace``), its model calls carry
+  the trace, and its Kafka records the context; the metrics count every batch and are
+  handed to Triton after it and every ``METRICS_FLUSH_S`` from a timer.
 - ``finalize``: flush the metrics, close the reader and the outbox (decisions the broker has
   not taken by then go to the spool, replayed by the next instance).
 
