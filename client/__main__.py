@@ -288,10 +288,12 @@ def cmd_trace(args) -> int:
 
 def cmd_collector(args) -> int:
     from client.observe import collector, traces
+    from python_backend import tracing
 
     folder = args.spans or traces.SPANS_DIR
-    print(f"collector: OTLP/HTTP on 127.0.0.1:{args.port}/v1/traces -> {folder / 'spans.jsonl'}")
-    collector.serve(args.port, folder, args.ready_file)
+    port = args.port or tracing.endpoint_port(tracing.endpoint())
+    print(f"collector: OTLP/HTTP on 127.0.0.1:{port}/v1/traces -> {folder / 'spans.jsonl'}")
+    collector.serve(port, folder, args.ready_file)
     return 0
 
 
@@ -370,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--spans", type=Path, default=None, help="the collector's folder")
     trace.add_argument("--png", type=Path, default=None, help="where the picture goes")
     col = sub.add_parser("collector", help="receive OTLP/HTTP spans into a folder (foreground)")
-    col.add_argument("--port", type=int, default=settings.OTLP_HTTP_PORT.get_int())
+    col.add_argument(
+        "--port", type=int, default=None, help="default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT's"
+    )
     col.add_argument("--spans", type=Path, default=None, help="folder of spans.jsonl")
     col.add_argument("--ready-file", type=Path, default=None)
     sub.add_parser("observe", help="start the collector and Prometheus beside `make serve`")

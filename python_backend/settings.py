@@ -85,7 +85,6 @@ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = _setting(
 TRACE_SAMPLE = _setting(
     "TRACE_SAMPLE", "0", "share of requests the Python clients trace (0 to 1; 0.01: 1%)"
 )
-OTLP_HTTP_PORT = _setting("OTLP_HTTP_PORT", "4318", "the span collector's port (make observe)")
 PROMETHEUS_PORT = _setting("PROMETHEUS_PORT", "9090", "Prometheus's port (make observe)")
 CONSUMER_METRICS_PORT = _setting(
     "CONSUMER_METRICS_PORT",

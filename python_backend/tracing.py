@@ -32,6 +32,14 @@ def endpoint(environ=None) -> str | None:
     return None if not value or value == "off" else value
 
 
+def endpoint_port(url: str | None = None) -> int:
+    """The port of the traces endpoint (where ``make observe`` starts the collector)."""
+    from urllib.parse import urlsplit
+
+    found = urlsplit(url or settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.default).port
+    return found or 4318
+
+
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     """``(trace_id, span_id)`` in hex from a W3C ``traceparent``, None if malformed."""
     if not value:

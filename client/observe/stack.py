@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from python_backend import settings
+from python_backend import settings, tracing
 from python_backend.paths import OBSERVE, ROOT
 
 RULES = ROOT / "deploy" / "prometheus" / "fraud.rules.yml"
@@ -180,14 +180,15 @@ PIDS = OBSERVE / "pids.json"
 
 
 def start_beside_serve(log=print) -> None:
-    """``make observe``: the collector (OTLP/HTTP on ``OTLP_HTTP_PORT``, 4318) and
+    """``make observe``: the collector (OTLP/HTTP on the port of
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, 4318) and
     Prometheus (``PROMETHEUS_PORT``, 9090) scraping ``make serve``'s Triton, its watchdog,
     a stream consumer and the image API on their default ports; stopped by ``make stop``."""
     from client.observe import dashboards, traces
 
     if PIDS.exists() and any(_alive(p) for p in json.loads(PIDS.read_text()).values()):
         raise RuntimeError(f"observability already running ({PIDS}): `make stop` first")
-    collector_port = settings.OTLP_HTTP_PORT.get_int()
+    collector_port = tracing.endpoint_port(tracing.endpoint())
     prometheus_port = settings.PROMETHEUS_PORT.get_int()
     collector = start_collector(collector_port, traces.SPANS_DIR, detach=True)
     prometheus = start_prometheus(

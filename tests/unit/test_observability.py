@@ -47,6 +47,8 @@ def test_triton_is_traced_at_rate_zero_only_when_an_endpoint_is_set() -> None:
     assert "--trace-config=mode=opentelemetry" in flags
     assert "--trace-config=rate=0" in flags  # the client decides what is traced
     assert tracing.endpoint({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "off"}) is None
+    assert tracing.endpoint_port("http://127.0.0.1:4999/v1/traces") == 4999
+    assert tracing.endpoint_port(None) == 4318  # the default endpoint's
 
 
 class _Trace:
