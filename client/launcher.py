@@ -205,12 +205,9 @@ def _alive(pid_file) -> int | None:
 
 def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60):
     """The FastAPI gateway under uvicorn, in its own session; returns once it is ready."""
-    import urllib.request
+    from client.local.services import child_environment, wait_http
 
-    env = {**os.environ, "IMAGE_API_TRITON": triton_url}
-    # Importing Feast (to fill the online store) points prometheus_client at a temporary
-    # multiprocess directory that goes with this process: the API keeps its own metrics.
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = child_environment({"IMAGE_API_TRITON": triton_url})
     cmd = [
         sys.executable,
         "-m",
@@ -228,19 +225,14 @@ def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60)
         process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the image API exited at start; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return process
-        except OSError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise TimeoutError(f"the image API was not ready in {timeout_s:.0f} s; see {log_path}")
+    try:
+        wait_http(
+            f"http://127.0.0.1:{port}/health", process, "the image API", log_path, None, timeout_s
+        )
+    except TimeoutError:
+        process.kill()
+        raise
+    return process
 
 
 def serve_image_api(port: int, log=print) -> None:

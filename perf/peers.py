@@ -10,8 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +68,7 @@ def plain_service(
 ) -> Iterator[tuple[str, int]]:
     """The FastAPI peer under uvicorn, one worker per core; yields its ``/score`` URL and
     the master's pid."""
-    from client.local.services import free_port, stop_process
+    from client.local.services import free_port, stop_process, wait_http
 
     port = free_port()
     workers = str(os.cpu_count() or 1)
@@ -95,7 +93,7 @@ def plain_service(
             cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_http(
+        wait_http(
             f"http://127.0.0.1:{port}/health",
             process,
             "plain_service",
@@ -108,29 +106,13 @@ def plain_service(
         stop_process(process, grace_s=10)
 
 
-def _wait_http(
-    url: str, process: subprocess.Popen, name: str, log_path: Path, ready=None, timeout_s=180
-):
-    """Until ``url`` answers 200 (and ``ready(body)``, where given)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited at start; see {log_path}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200 and (ready is None or ready(r.read())):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} not ready in {timeout_s} s; see {log_path}")
-        time.sleep(0.3)
-
-
 @contextlib.contextmanager
 def bento_service(
     env: dict[str, str], repository: Path, log_path: Path, log=print
 ) -> Iterator[tuple[str, int]]:
     """The BentoML peer (``perf.bento_service``) under ``bentoml serve``, in its own
     environment; yields its ``/score`` URL and the server's pid."""
-    from client.local.services import free_port, stop_process
+    from client.local.services import child_environment, free_port, stop_process, wait_http
     from perf.tools import ensure_bentoml
 
     bentoml = ensure_bentoml(log=log)
@@ -144,14 +126,14 @@ def bento_service(
         "--port",
         str(port),
     ]
-    full_env = {
-        **os.environ,
-        **env,
-        settings.BENTO_REPOSITORY.name: str(repository),
-        "BENTOML_HOME": str(log_path.parent / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    full_env = child_environment(
+        {
+            **env,
+            settings.BENTO_REPOSITORY.name: str(repository),
+            "BENTOML_HOME": str(log_path.parent / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+    )
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             cmd,
@@ -162,7 +144,7 @@ def bento_service(
             start_new_session=True,
         )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", process, "bento_service", log_path)
+        wait_http(f"http://127.0.0.1:{port}/readyz", process, "bento_service", log_path)
         yield f"http://127.0.0.1:{port}/score", process.pid
     finally:
         stop_process(process, grace_s=10)

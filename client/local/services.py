@@ -36,6 +36,42 @@ def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout_s: f
     raise TimeoutError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s} s")
 
 
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child that outlives it or keeps its own Prometheus
+    metrics: importing Feast points ``prometheus_client`` at a temporary multiprocess folder
+    that goes with this process (a child still pointed at it fails making a metric)."""
+    import os
+
+    env = {**os.environ, **(extra or {})}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def wait_http(
+    url: str,
+    process: subprocess.Popen,
+    name: str,
+    log_path: Path,
+    ready=None,
+    timeout_s: float = 180,
+    poll_s: float = 0.3,
+) -> None:
+    """Until ``url`` answers 200 (and ``ready(body)``, where given); raise, naming the log,
+    if ``process`` exits first or ``timeout_s`` passes."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start; see {log_path}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200 and (ready is None or ready(r.read())):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready in {timeout_s} s; see {log_path}")
+        time.sleep(poll_s)
+
+
 def stop_process(process: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM, then SIGKILL if the process is still there after ``grace_s``."""
     if process.poll() is None:

@@ -176,10 +176,9 @@ def start_watchdog(
     import sys
 
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # Importing Feast points prometheus_client at a temporary multiprocess directory that
-    # goes with the launcher: the watchdog (it outlives it) keeps its own metrics.
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from client.local.services import child_environment
+
+    env = child_environment({"PYTHONUNBUFFERED": "1"})
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "client", "--url", grpc_url, "watchdog", *metrics],

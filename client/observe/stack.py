@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from client.local.services import wait_http
 from python_backend import settings, tracing
 from python_backend.paths import OBSERVE, ROOT
 
@@ -85,22 +85,6 @@ class Process:
         stop_process(self.process, grace_s=5)
 
 
-def _wait(url: str, process: subprocess.Popen, name: str, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{name} exited with code {process.returncode} at start\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{name} was not ready at {url} within {timeout_s} s; see {log}")
-
-
 def start_collector(port: int, folder: Path, detach: bool = False) -> Process:
     """``python -m client collector`` on ``127.0.0.1:port``, spans into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,7 +97,7 @@ def start_collector(port: int, folder: Path, detach: bool = False) -> Process:
             stderr=subprocess.STDOUT,
             start_new_session=detach,
         )
-    _wait(f"http://127.0.0.1:{port}/health", process, "the span collector", log, 30)
+    wait_http(f"http://127.0.0.1:{port}/health", process, "the span collector", log, None, 30, 0.1)
     return Process("collector", port, process, log)
 
 
@@ -152,7 +136,7 @@ def start_prometheus(
             stderr=subprocess.STDOUT,
             start_new_session=detach,
         )
-    _wait(f"http://127.0.0.1:{port}/-/ready", process, "Prometheus", log, 30)
+    wait_http(f"http://127.0.0.1:{port}/-/ready", process, "Prometheus", log, None, 30, 0.1)
     return Process("prometheus", port, process, log)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from client.local.services import child_environment
 from client.local.triton import FRAUD_MODELS, Ports
 from python_backend import settings
 
@@ -69,8 +69,7 @@ class System:
         """``python -m feature_repo materialize`` into Redis (a process of its own, as the
         scheduled job would be). Returns its seconds."""
         started = time.perf_counter()
-        env = {**os.environ, **self.feature_env()}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = child_environment(self.feature_env())
         # At the lowest CPU priority: a batch job beside the service (on this 2-core machine
         # the refill took a core for half a minute and the service's P99 with it).
         subprocess.run(
@@ -126,8 +125,7 @@ class System:
     def _consumer_process(self, name: str, *args: str, wait_s: float | None = None):
         """``python -m feature_repo consume`` in this run's group, stats in ``<name>.json``,
         output in ``<name>.log``: started (``wait_s`` None), or run to its end."""
-        env = {**os.environ, **self.feature_env()}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = child_environment(self.feature_env())
         command = [
             sys.executable,
             "-m",

@@ -44,7 +44,7 @@ def _row(i: int, card: int = 1) -> dict:
 @pytest.fixture(scope="module")
 def observed(tiny_build, tmp_path_factory, redis_service, kafka_service):
     from client.launcher import warm_up
-    from client.local.services import free_port, stop_process
+    from client.local.services import child_environment, free_port, stop_process
     from client.local.triton import Ports, running
     from client.scoring import FraudClient
     from feature_repo.store import StoreSettings, fill
@@ -68,15 +68,15 @@ def observed(tiny_build, tmp_path_factory, redis_service, kafka_service):
     }
     consumer_port, watchdog_port = free_port(), free_port()
     ready = root / "consumer.ready"
-    consumer_env = {
-        **os.environ,
-        **env,
-        "FEATURE_STORE": "redis",
-        "REDIS_URL": redis_url,
-        "FEATURE_DATA": str(data_dir),
-        "FEATURE_REPO_DIR": str(root / "features"),
-    }
-    consumer_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    consumer_env = child_environment(
+        {
+            **env,
+            "FEATURE_STORE": "redis",
+            "REDIS_URL": redis_url,
+            "FEATURE_DATA": str(data_dir),
+            "FEATURE_REPO_DIR": str(root / "features"),
+        }
+    )
     consumer = subprocess.Popen(
         [
             sys.executable,
