@@ -58,12 +58,6 @@ def traceparent(trace_id: str, span_id: str, sampled: bool = True) -> str:
     return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
 
 
-def new_traceparent(rng: random.Random | None = None) -> str:
-    """A fresh sampled trace context (a root the client's span is the child of)."""
-    rng = rng or random
-    return traceparent(f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(64):016x}")
-
-
 def triton_context(trace) -> str | None:
     """The ``traceparent`` of a Triton request's span (``request.trace()`` in a Python
     model), None when the request is not traced. Triton gives ``{"traceparent": ...}``."""
@@ -161,16 +155,14 @@ class Tracer:
             attributes=_attributes(attributes or {}),
         )
         span.end(end_time=end_ns)
-        ctx = span.get_span_context()
-        return traceparent(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        return _context_of(span)
 
     def start(self, name: str, parent: str | None, attributes: dict | None = None):
         """A span started now (the caller ends it: ``span.end()``) and its ``traceparent``."""
         span = self.tracer.start_span(
             name, context=self._context(parent), attributes=_attributes(attributes or {})
         )
-        ctx = span.get_span_context()
-        return span, traceparent(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        return span, _context_of(span)
 
     def emit(self, timeline: Timeline, parent: str) -> dict[str, str]:
         """The timeline's marks as spans under ``parent``; a mark whose ``parent`` names an
@@ -188,6 +180,12 @@ class Tracer:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _context_of(span) -> str:
+    """A span's own ``traceparent`` (what its children and the Kafka headers carry)."""
+    ctx = span.get_span_context()
+    return traceparent(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
 
 
 def _attributes(attributes: dict) -> dict:

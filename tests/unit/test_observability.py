@@ -24,9 +24,12 @@ from tests.unit.test_metrics import FakeFamily
 
 
 def test_traceparent_round_trips_and_malformed_ones_are_refused() -> None:
-    made = tracing.new_traceparent(random.Random(1))
-    trace_id, span_id = tracing.parse_traceparent(made)
-    assert made == tracing.traceparent(trace_id, span_id)
+    made = tracing.traceparent("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert made == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert tracing.parse_traceparent(made) == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+    )
     for bad in ("", None, "00-abc-def-01", "00-" + "z" * 32 + "-" + "1" * 16 + "-01"):
         assert tracing.parse_traceparent(bad) is None
 
