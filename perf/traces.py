@@ -27,36 +27,21 @@ import numpy as np
 from python_backend.paths import PERF_RESULTS
 
 MODES = {"off": None, "1%": 0.01, "100%": 1.0}
+#: Transaction ids of a mode's runs start with ``tr-<tag>-``: the report reads the spans
+#: of the fully traced runs by it.
+TAGS = {"off": "off", "1%": "1pct", "100%": "all"}
+MODELS = ("fraud_scoring", "fraud_primary")
 
 
-def _rows(scale: str, n: int) -> list[dict]:
-    import pandas as pd
-
-    from python_backend.paths import DATA
-
-    tx = pd.read_parquet(DATA / scale / "transactions.parquet").tail(n)
-    return [
-        {
-            "transaction_id": str(r.transaction_id),
-            "card_id": int(r.card_id),
-            "terminal_id": int(r.terminal_id),
-            "amount": float(r.amount),
-            "ts_ms": int(r.ts_ms),
-        }
-        for r in tx.itertuples()
-    ]
-
-
-async def _run(url: str, share: float, rows: list[dict], rate: float, requests: int, seed: int):
+async def _run(url: str, mode: str, rows: list[dict], rate: float, requests: int, seed: int):
     from client.scoring import AsyncFraudClient
     from perf import loadgen
 
-    client = AsyncFraudClient(url, trace_share=share)
-    run_id = f"{seed}-{share}"
+    client = AsyncFraudClient(url, trace_share=MODES[mode] or 0.0)
 
     async def call(i: int) -> dict[str, int]:
         row = dict(rows[i % len(rows)])
-        row["transaction_id"] = f"tr-{run_id}-{i}"
+        row["transaction_id"] = f"tr-{TAGS[mode]}-{seed}-{i}"
         (decision,) = await client.score([row])
         return decision.stage_us
 
@@ -66,32 +51,18 @@ async def _run(url: str, share: float, rows: list[dict], rate: float, requests: 
         await client.close()
 
 
-def _statistics(url: str) -> dict:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    stats = client.get_inference_statistics(as_json=True)
-    client.close()
-    return {
-        m["name"]: {
-            "count": int(m["inference_stats"]["success"].get("count", 0)),
-            "queue_ns": int(m["inference_stats"]["queue"].get("ns", 0)),
-            "compute_ns": int(m["inference_stats"]["compute_infer"].get("ns", 0)),
-        }
-        for m in stats["model_stats"]
-    }
-
-
 def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=print) -> dict:
+    import tritonclient.grpc as grpcclient
     from tqdm import tqdm
 
     from client.launcher import ensure_features, ensure_models, warm_up
     from client.local.services import free_port
     from client.local.triton import Ports, start
     from client.observe import stack, traces
-    from perf import cpu
+    from perf import cpu, workload
+    from perf.triton_stats import model_statistics, statistics_delta
     from python_backend import tracing
-    from python_backend.paths import TRITON_STATE
+    from python_backend.paths import DATA, TRITON_STATE
 
     out = out or PERF_RESULTS / "traces"
     out.mkdir(parents=True, exist_ok=True)
@@ -119,32 +90,34 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
         )
         for server in servers.values():
             warm_up(server, 100)
-        rows = _rows(scale, 5000)
+        stats = {n: grpcclient.InferenceServerClient(s.grpc_url) for n, s in servers.items()}
+        rows = workload.rows(workload.sample_transactions(DATA / scale, 5000))
         results: dict[str, list[dict]] = {m: [] for m in MODES}
-        full_ids: list[str] = []
         loop = asyncio.new_event_loop()
         progress = tqdm(total=repeats * len(MODES), desc="trace-report", unit="run")
         for k in range(repeats):
             order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
             for mode in order:
-                share = MODES[mode]
-                server = servers["off" if share is None else "on"]
+                name = "off" if MODES[mode] is None else "on"
+                server = servers[name]
                 meter = cpu.CpuMeter(server.process.pid)
-                before_stats = _statistics(server.grpc_url)
+                before_stats = model_statistics(stats[name], MODELS)
                 before = meter.sample()
                 result = loop.run_until_complete(
-                    _run(server.grpc_url, share or 0.0, rows, rate, requests, seed=k)
+                    _run(server.grpc_url, mode, rows, rate, requests, seed=k)
                 )
                 after = meter.sample()
                 row = result.row(target_rps=rate)
                 row["cpu"] = cpu.per_decision(before, after, result.ok)
-                row["triton"] = _delta(before_stats, _statistics(server.grpc_url))
+                row["triton"] = statistics_delta(
+                    before_stats, model_statistics(stats[name], MODELS)
+                )
                 results[mode].append(row)
-                if mode == "100%":
-                    full_ids.append(f"tr-{k}-{share}-")
                 progress.update(1)
         progress.close()
         loop.close()
+        for client in stats.values():
+            client.close()
         tracing.shutdown()
         time.sleep(2)  # the BLS's and Triton's last spans reach the collector
     finally:
@@ -153,14 +126,14 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
         collector.stop()
         os.environ.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
     spans = traces.load(spans_dir)
+    full = f"tr-{TAGS['100%']}-"
     decided = [
         d
         for d in traces.decisions(spans)
         if any(
-            str(i).startswith(tuple(full_ids))
+            s["name"] == "client.score"
+            and s["attributes"].get("fraud.transaction_ids", [""])[0].startswith(full)
             for s in d.spans
-            if s["name"] == "client.score"
-            for i in s["attributes"].get("fraud.transaction_ids", [])
         )
     ]
     summary = _summary(results, decided, out)
@@ -169,20 +142,6 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
     log(_markdown(summary))
     log(f"\nresults: {out}")
     return summary
-
-
-def _delta(before: dict, after: dict) -> dict:
-    out = {}
-    for model, now in after.items():
-        was = before.get(model, {"count": 0, "queue_ns": 0, "compute_ns": 0})
-        n = now["count"] - was["count"]
-        if n > 0:
-            out[model] = {
-                "requests": n,
-                "queue_us": (now["queue_ns"] - was["queue_ns"]) / n / 1000,
-                "compute_us": (now["compute_ns"] - was["compute_ns"]) / n / 1000,
-            }
-    return out
 
 
 def _median(rows: list[dict], key) -> float:
