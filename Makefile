@@ -68,8 +68,11 @@ feature-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Online read lat
 feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day through Kafka; compare online and offline features
 	$(PY) -m perf feature-parity
 
-serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002)
-	$(PY) -m client serve --scale $(DEMO_SCALE)
+# Triton replicas behind Envoy for `make serve` (0: one server on the ports, no Envoy).
+REPLICAS ?= 0
+export REPLICAS
+serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002; REPLICAS=N: N behind Envoy)
+	$(PY) -m client serve --scale $(DEMO_SCALE) --replicas $(REPLICAS)
 
 stop:  ## Stop the background Triton server, the image API, the collector and Prometheus
 	@if [ -x $(PY) ]; then $(PY) -m client stop; fi

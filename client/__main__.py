@@ -100,7 +100,7 @@ def cmd_open_world(args) -> int:
 def cmd_serve(args) -> int:
     from client.launcher import serve
 
-    serve(args.scale)
+    serve(args.scale, replicas=args.replicas)
     return 0
 
 
@@ -112,7 +112,6 @@ def cmd_stop(_args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_features, ensure_models, warm_up
     from client.local.triton import running
@@ -142,7 +141,9 @@ def cmd_demo(args) -> int:
         print(table(open_world))
         outage = day.sample(min(len(day), args.outage), random_state=1)
         print(f"== 5. unload fraud_primary on purpose, replay {len(outage):,} more")
-        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        from client.local.operator import admin_client
+
+        admin = admin_client(server.grpc_url)
         admin.unload_model("fraud_primary")
         failed = replay(server.grpc_url, outage, args.concurrency)
         admin.load_model("fraud_primary")
@@ -348,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--json", action="store_true")
     serve = sub.add_parser("serve", help="start the server in the background")
     serve.add_argument("--scale", default="small", help="scale to build if nothing is built")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=settings.REPLICAS.get_int(),
+        help="Triton replicas behind Envoy on the gRPC port (0: one server, no Envoy)",
+    )
     sub.add_parser("stop", help="stop the background server")
     demo = sub.add_parser("demo", help="the whole job, start to finish")
     demo.add_argument("--scale", default="small", help="scale to build if nothing is built")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from client.local.operator import admin_client
 from client.local.triton import (
     FRAUD_MODELS,
     IMAGE_MODELS,
@@ -20,7 +21,12 @@ from client.local.triton import (
     start,
 )
 from python_backend.paths import DATA, FEATURE_REPO_BUILD, TRITON_STATE
-from python_backend.settings import KAFKA_BOOTSTRAP, WATCHDOG_METRICS_PORT
+from python_backend.settings import (
+    ENVOY_ADMIN_PORT,
+    KAFKA_BOOTSTRAP,
+    REPLICA_BASE_PORT,
+    WATCHDOG_METRICS_PORT,
+)
 
 PID_FILE = TRITON_STATE / "server.pid"
 
@@ -110,15 +116,107 @@ def warm_up(server: Server, requests: int = 30) -> None:
     client.close()
 
 
-def serve(scale: str, ports: Ports | None = None, log=print) -> Server:
+def serve(scale: str, ports: Ports | None = None, log=print, replicas: int = 0):
     """Build what is missing, then start Triton and its stub watchdog in the background and
-    record their pids."""
-    pid = _alive(PID_FILE)
+    record their pids. ``replicas`` > 0: that many replicas (each with its watchdog) behind
+    Envoy, which takes the gRPC port (:func:`serve_mesh`)."""
+    pid = _alive(PID_FILE) or _mesh_alive()
     if pid:
         raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
     scale = ensure_models(scale, log)
     env = ensure_features(scale, log)
+    if replicas > 0:
+        return serve_mesh(replicas, ports or Ports.from_env(), env, log=log)
     return start_in_background(ports or Ports.from_env(), env, log=log)
+
+
+MESH_STATE = TRITON_STATE / "mesh.json"
+
+
+def serve_mesh(replicas: int, ports: Ports, env: dict[str, str], log=print, state_dir=TRITON_STATE):
+    """``make serve REPLICAS=N``: N replicas (``client.mesh.mesh.replica_ports``), each with
+    its stub watchdog (metrics on ``WATCHDOG_METRICS_PORT`` + i), warmed and admitted one by
+    one behind Envoy on ``ports.grpc``; pids and ports in ``build/triton/mesh.json``."""
+    from client.mesh.config import MeshConfig
+    from client.mesh.mesh import Mesh, replica_ports
+
+    base = REPLICA_BASE_PORT.get_int()
+    watchdog_port = WATCHDOG_METRICS_PORT.get_int()
+
+    def start_replica(replica):
+        folder = state_dir / f"replica-{replica.index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return start(
+            ports=replica.ports,
+            env=env,
+            log_path=folder / "server.log",
+            watchdog=True,
+            watchdog_metrics_port=watchdog_port + replica.index,
+        )
+
+    config = MeshConfig(listen_port=ports.grpc, admin_port=ENVOY_ADMIN_PORT.get_int())
+    mesh = Mesh(
+        state_dir / "mesh",
+        config,
+        [replica_ports(i, base) for i in range(replicas)],
+        start_replica,
+        warm_up,
+        log=log,
+    )
+    try:
+        mesh.start()
+    except Exception:
+        mesh.stop()
+        raise
+    state = {
+        "envoy": mesh.envoy.process.pid,
+        "envoy_admin_port": config.admin_port,
+        "grpc_port": ports.grpc,
+        "replicas": [
+            {
+                "pid": r.server.process.pid,
+                "watchdog_pid": r.server.watchdog.pid,
+                "grpc": r.ports.grpc,
+                "http": r.ports.http,
+                "metrics": r.ports.metrics,
+                "watchdog_metrics": watchdog_port + r.index,
+            }
+            for r in mesh.replicas
+        ],
+    }
+    MESH_STATE.write_text(json.dumps(state, indent=2))
+    log(
+        f"Envoy on gRPC 127.0.0.1:{ports.grpc} (admin and stats: http://127.0.0.1:"
+        f"{config.admin_port}/stats/prometheus) in front of {replicas} replica(s): "
+        + ", ".join(f"gRPC {r.address}, metrics :{r.ports.metrics}" for r in mesh.replicas)
+        + f" (logs: {state_dir})"
+    )
+    return mesh
+
+
+def _mesh_alive() -> int | None:
+    if not MESH_STATE.exists():
+        return None
+    pid = json.loads(MESH_STATE.read_text())["envoy"]
+    try:
+        os.kill(pid, 0)
+        return pid
+    except ProcessLookupError:
+        return None
+
+
+def stop_mesh(log=print) -> bool:
+    if not MESH_STATE.exists():
+        return False
+    state = json.loads(MESH_STATE.read_text())
+    for replica in state["replicas"]:
+        _stop_group(replica["watchdog_pid"])
+        _stop_group(replica["pid"])
+        log(f"stopped replica gRPC :{replica['grpc']} (pid {replica['pid']}) and its watchdog")
+    _stop_group(state["envoy"])
+    log(f"stopped Envoy (pid {state['envoy']})")
+    MESH_STATE.unlink(missing_ok=True)
+    return True
 
 
 def start_in_background(
@@ -172,6 +270,7 @@ def stop(log=print, state_dir=TRITON_STATE) -> bool:
 
     stop_image_api(log)
     stack.stop(log)
+    meshed = stop_mesh(log)
     watchdog = _alive(state_dir / "watchdog.pid")
     if watchdog:
         _stop_group(watchdog)
@@ -179,8 +278,9 @@ def stop(log=print, state_dir=TRITON_STATE) -> bool:
         log(f"stopped the stub watchdog (pid {watchdog})")
     pid_file = state_dir / "server.pid"
     if not pid_file.exists():
-        log("no server running (no pid file)")
-        return False
+        if not meshed:
+            log("no server running (no pid file)")
+        return meshed
     pid = int(pid_file.read_text())
     _stop_group(pid)
     pid_file.unlink(missing_ok=True)
@@ -239,7 +339,6 @@ def serve_image_api(port: int, log=print) -> None:
     """``make image-api``: build the image model if missing, make sure Triton serves the
     image pipeline (the running ``make serve`` server, or one started for it), and start the
     web API in the background."""
-    import tritonclient.grpc as grpcclient
 
     from build_engines.image import build_image
 
@@ -247,9 +346,16 @@ def serve_image_api(port: int, log=print) -> None:
         raise RuntimeError("the image API is already running: `make stop` first")
     build_image(log=log)
     ports = Ports.from_env()
-    if _alive(PID_FILE):
+    if _mesh_alive():
+        log("Triton replicas behind Envoy: loading the image models into each")
+        for replica in json.loads(MESH_STATE.read_text())["replicas"]:
+            admin = admin_client(f"127.0.0.1:{replica['grpc']}")
+            for model in IMAGE_MODELS:
+                admin.load_model(model)
+            admin.close()
+    elif _alive(PID_FILE):
         log(f"Triton already running: loading the image models into it (gRPC {ports.grpc})")
-        admin = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
+        admin = admin_client(f"127.0.0.1:{ports.grpc}")
         for model in IMAGE_MODELS:
             admin.load_model(model)
         admin.close()

@@ -140,9 +140,15 @@ class FraudClient:
     """``FraudClient("127.0.0.1:8001").score([...])`` -> one :class:`Decision` per row."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0, trace_share: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        timeout_s: float = 5.0,
+        trace_share: float | None = None,
+        **channel,
     ) -> None:
-        self.client = grpcclient.InferenceServerClient(url)
+        """``channel``: tritonclient's connection options (``ssl``, ``root_certificates``
+        for a TLS listener, ``channel_args``)."""
+        self.client = grpcclient.InferenceServerClient(url, **channel)
         self.timeout_s = timeout_s
         self.sampler = tracing.Sampler(trace_share)
 
@@ -167,11 +173,17 @@ class AsyncFraudClient:
     that keep many requests in flight from one thread."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout_s: float = 5.0, trace_share: float | None = None
+        self,
+        url: str = "127.0.0.1:8001",
+        timeout_s: float = 5.0,
+        trace_share: float | None = None,
+        **channel,
     ) -> None:
+        """``channel``: tritonclient's connection options (``ssl``, ``root_certificates``
+        for a TLS listener, ``channel_args``)."""
         import tritonclient.grpc.aio as grpcaio
 
-        self.client = grpcaio.InferenceServerClient(url)
+        self.client = grpcaio.InferenceServerClient(url, **channel)
         self.timeout_s = timeout_s
         self.sampler = tracing.Sampler(trace_share)
 

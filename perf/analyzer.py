@@ -7,6 +7,8 @@ import io
 import subprocess
 from pathlib import Path
 
+from client.local import operator
+from client.local.operator import admin_client
 from perf import cpu
 from perf.systems import COMPOSING, MODEL_OF
 from perf.tools import ensure_perf_analyzer
@@ -59,6 +61,7 @@ def perf_analyzer(
         str(trials),
         "-f",
         str(csv_path),
+        *operator.perf_analyzer_arguments(),
     ]
     if model.startswith("fraud_scoring"):
         # Not the fallback: a model that has not run yet has no statistics per version,
@@ -120,10 +123,9 @@ def pa_point(row: dict, offered: float | None, concurrency: int | None) -> dict:
 
 
 def sweep_perf_analyzer(plan, server, data: Path, out: Path, progress) -> dict:
-    import tritonclient.grpc as grpcclient
 
     binary, env = ensure_perf_analyzer(log=progress.write)
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = admin_client(server.grpc_url)
     results: dict = {}
     csv_dir = out / "raw"
     csv_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.local.operator import admin_client
 from feature_repo.stream import ConsumerThread
 from python_backend.paths import BUILD, PERF_RESULTS
 
@@ -70,7 +71,6 @@ def run(
     data_dir: Path | None = None,
     work: Path = BUILD / "perf" / "recommender",
 ) -> dict:
-    import tritonclient.grpc as grpcclient
     from tqdm import tqdm
 
     from build_engines import recommender as build
@@ -132,7 +132,7 @@ def run(
             log_path=work / "server.log",
         )
         try:
-            client = grpcclient.InferenceServerClient(server.grpc_url)
+            client = admin_client(server.grpc_url)
             for u in users[:100]:  # warm both instances and the scorer
                 recommend(client, [u])
             points = []

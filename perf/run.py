@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from client.local.operator import admin_client
 from perf import cpu, loadgen, workload
 from perf.analyzer import sweep_perf_analyzer
 from perf.peers import bento_service, perf_repository, plain_service
@@ -79,7 +80,6 @@ def run(
 ) -> dict:
     """The whole run. ``repository`` and ``data_dir`` default to the built models and their
     data (built at ``scale`` when missing); the tests pass their own and a smoke plan."""
-    import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
     from client.local.services import redis_server
@@ -164,7 +164,7 @@ def run(
                     for i in range(50):
                         loop.run_until_complete(calls[name](i % len(rows)))
                 floor.service_times_ms(200)
-                stats_client = grpcclient.InferenceServerClient(server.grpc_url)
+                stats_client = admin_client(server.grpc_url)
 
                 def stats() -> dict:
                     return model_statistics(stats_client, ("fraud_scoring", *COMPOSING))
@@ -184,7 +184,7 @@ def run(
                     loop.run_until_complete(close())
                 loop.close()
                 stats_client.close()
-                admin = grpcclient.InferenceServerClient(server.grpc_url)
+                admin = admin_client(server.grpc_url)
                 config = {
                     m: admin.get_model_config(m, as_json=True)["config"]
                     for m in ("fraud_scoring", "fraud_primary", "fraud_fallback", "fraud_fused")

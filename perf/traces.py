@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.local.operator import admin_client
 from python_backend.paths import PERF_RESULTS
 
 MODES = {"off": None, "1%": 0.01, "100%": 1.0}
@@ -52,7 +53,6 @@ async def _run(url: str, mode: str, rows: list[dict], rate: float, requests: int
 
 
 def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=print) -> dict:
-    import tritonclient.grpc as grpcclient
     from tqdm import tqdm
 
     from client.launcher import ensure_features, ensure_models, warm_up
@@ -90,7 +90,7 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
         )
         for server in servers.values():
             warm_up(server, 100)
-        stats = {n: grpcclient.InferenceServerClient(s.grpc_url) for n, s in servers.items()}
+        stats = {n: admin_client(s.grpc_url) for n, s in servers.items()}
         rows = workload.rows(workload.sample_transactions(DATA / scale, 5000))
         results: dict[str, list[dict]] = {m: [] for m in MODES}
         loop = asyncio.new_event_loop()

@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from build_engines.triton_config import PRIMARY_QUEUE_DELAY_US
+from client.local.operator import admin_client
 from perf import cpu
 from perf.analyzer import measure
 from perf.cpu import CpuMeter
@@ -139,7 +140,6 @@ def set_primary_delay(client, delay_us: int) -> None:
 
 
 def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool = False) -> dict:
-    import tritonclient.grpc as grpcclient
 
     from client.launcher import ensure_models, warm_up
     from client.local.services import redis_server
@@ -173,7 +173,7 @@ def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool
         )
         try:
             warm_up(server, requests=50)
-            admin = grpcclient.InferenceServerClient(server.grpc_url)
+            admin = admin_client(server.grpc_url)
             rounds = [list(VARIANTS)] if quick else [list(VARIANTS), list(reversed(VARIANTS))]
             total = sum(len(LOADS) + len(v.rates) for r in rounds for v in r)
             meter = CpuMeter(server.process.pid)

@@ -76,6 +76,19 @@ TRITON_SERVER = _setting("TRITON_SERVER", None, "a tritonserver binary (default:
 TRITON_GRPC_PORT = _setting("TRITON_GRPC_PORT", "8001", "Triton's gRPC port (make serve)")
 TRITON_HTTP_PORT = _setting("TRITON_HTTP_PORT", "8000", "Triton's HTTP port (make serve)")
 TRITON_METRICS_PORT = _setting("TRITON_METRICS_PORT", "8002", "Triton's metrics port")
+TRITON_OPERATOR_KEY = _setting(
+    "TRITON_OPERATOR_KEY",
+    None,
+    "the operator's key for Triton's administrative APIs (default: build/triton/operator.key)",
+)
+# The mesh (client.mesh): Envoy in front of Triton replicas.
+REPLICAS = _setting(
+    "REPLICAS", "0", "make serve: Triton replicas behind Envoy on the gRPC port (0: no Envoy)"
+)
+ENVOY_ADMIN_PORT = _setting("ENVOY_ADMIN_PORT", "9901", "Envoy's admin port (stats, clusters)")
+REPLICA_BASE_PORT = _setting(
+    "REPLICA_BASE_PORT", "8100", "replica i of make serve: HTTP base+10i, gRPC +1, metrics +2"
+)
 # Traces (python_backend.tracing) and the observability tooling (client.observe).
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = _setting(
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",

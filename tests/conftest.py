@@ -79,6 +79,9 @@ class Serving:
     repository: Path
     data_dir: Path
     client: object
+    #: What the server was started with (the online store, the broker): replicas beside it
+    #: (the mesh's tests) start with the same.
+    env: dict
 
 
 def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
@@ -123,5 +126,5 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     ) as server:
         warm_up(server)  # as `make serve` does: the first requests after a load are slow
         client = FraudClient(server.grpc_url)
-        yield Serving(server, repository, data_dir, client)
+        yield Serving(server, repository, data_dir, client, env)
         client.close()

@@ -7,7 +7,8 @@ server starts with ``.venv-serving/bin`` first. Where the NGC container's ``trit
 is on ``PATH`` and ``TRITON_SERVER`` points at it, that one is used instead.
 
 Every port binds 127.0.0.1; explicit model control is on, so tests and operators can load
-and unload models through the API.
+and unload models through the API, with the operator's key (``client.local.operator``):
+a plain caller gets inference, metadata and health only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.local import operator
 from python_backend import settings, tracing
 from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV, TRITON_STATE
 
@@ -118,6 +120,8 @@ def server_command(
     if models is None:
         models = served_models(repository)
     cmd += [f"--load-model={m}" for m in models]
+    # The callers' API only, unless the operator's key comes with the request.
+    cmd += operator.restricted_arguments()
     return cmd + tracing.triton_trace_arguments(trace_url)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from client.local.operator import admin_client
 from python_backend.contract import ModelContract
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 
@@ -116,15 +117,14 @@ class Watchdog:
                 self.log(f"watchdog: {name} reloaded in {time.monotonic() - started:.1f} s")
 
     def run(self) -> None:
-        import tritonclient.grpc as grpcclient
 
-        client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        client = admin_client(self.url, channel_args=CHANNEL_ARGS)
         while not self._stop.wait(self.interval_s):
             try:
                 self.check_once(client)
             except Exception as err:  # the server may be away (restarting): try again later
                 client.close()
-                client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+                client = admin_client(self.url, channel_args=CHANNEL_ARGS)
                 if "UNAVAILABLE" not in str(err) and "StatusCode" not in str(err):
                     self.log(f"watchdog: check failed: {err!r}")
         client.close()

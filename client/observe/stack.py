@@ -28,17 +28,26 @@ from python_backend.paths import OBSERVE, ROOT
 RULES = ROOT / "deploy" / "prometheus" / "fraud.rules.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 #: Scrape jobs: what each one scrapes (the image API serves ``/metrics`` too).
-JOBS = ("triton", "stream-consumer", "watchdog", "image-api")
+JOBS = ("triton", "stream-consumer", "watchdog", "image-api", "envoy")
+#: Where a job's metrics are when not at ``/metrics`` (Envoy's admin interface).
+METRICS_PATHS = {"envoy": "/stats/prometheus"}
 
 
-def default_targets() -> dict[str, list[str]]:
-    """The jobs' targets on one machine with the default ports."""
-    return {
+def default_targets(mesh_state: Path | None = None) -> dict[str, list[str]]:
+    """The jobs' targets on one machine with the default ports; with ``make serve
+    REPLICAS=N`` running (its ``mesh.json``), each replica's and watchdog's ports."""
+    targets = {
         "triton": [f"127.0.0.1:{settings.TRITON_METRICS_PORT.get()}"],
         "stream-consumer": [f"127.0.0.1:{settings.CONSUMER_METRICS_PORT.get()}"],
         "watchdog": [f"127.0.0.1:{settings.WATCHDOG_METRICS_PORT.get()}"],
         "image-api": [f"127.0.0.1:{settings.IMAGE_API_PORT.get()}"],
+        "envoy": [f"127.0.0.1:{settings.ENVOY_ADMIN_PORT.get()}"],
     }
+    if mesh_state is not None and mesh_state.exists():
+        replicas = json.loads(mesh_state.read_text())["replicas"]
+        targets["triton"] = [f"127.0.0.1:{r['metrics']}" for r in replicas]
+        targets["watchdog"] = [f"127.0.0.1:{r['watchdog_metrics']}" for r in replicas]
+    return targets
 
 
 def prometheus_config(
@@ -53,7 +62,11 @@ def prometheus_config(
         },
         "rule_files": [str(rules)],
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": targets[job]}]}
+            {
+                "job_name": job,
+                **({"metrics_path": METRICS_PATHS[job]} if job in METRICS_PATHS else {}),
+                "static_configs": [{"targets": targets[job]}],
+            }
             for job in JOBS
             if targets.get(job)
         ],
@@ -175,8 +188,10 @@ def start_beside_serve(log=print) -> None:
     collector_port = tracing.endpoint_port(tracing.endpoint())
     prometheus_port = settings.PROMETHEUS_PORT.get_int()
     collector = start_collector(collector_port, traces.SPANS_DIR, detach=True)
+    from client.launcher import MESH_STATE
+
     prometheus = start_prometheus(
-        prometheus_port, OBSERVE / "prometheus", default_targets(), detach=True
+        prometheus_port, OBSERVE / "prometheus", default_targets(MESH_STATE), detach=True
     )
     PIDS.write_text(
         json.dumps({"collector": collector.process.pid, "prometheus": prometheus.process.pid})

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from client.local.operator import admin_client
 from client.local.services import child_environment
 from client.local.triton import FRAUD_MODELS, Ports
 from python_backend import settings
@@ -251,6 +252,5 @@ class System:
         self.stack.close()
 
     def admin(self):
-        import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(self.server.grpc_url)
+        return admin_client(self.server.grpc_url)

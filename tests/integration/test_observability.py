@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from client.local.operator import admin_client
 from client.observe import dashboards, stack, traces
 from python_backend.paths import ROOT
 
@@ -276,9 +277,8 @@ def test_metrics_reach_triton_while_the_server_idles(observed) -> None:
 
 def _drive(observed, seconds: float) -> None:
     """Traffic for the dashboards, with the primary away for a while (degradations)."""
-    import tritonclient.grpc as grpcclient
 
-    admin = grpcclient.InferenceServerClient(observed.server.grpc_url)
+    admin = admin_client(observed.server.grpc_url)
     deadline = time.monotonic() + seconds
     i = 0
     unloaded = False

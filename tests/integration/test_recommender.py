@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from client.local.operator import admin_client
 from client.recommender import recommend
 from python_backend.recommender.core import TOP_K
 
@@ -87,7 +88,7 @@ def rec_stack(rec_build, redis_service, kafka_service):
             env=env,
             log_path=root / "server.log",
         ) as server:
-            client = grpcclient.InferenceServerClient(server.grpc_url)
+            client = admin_client(server.grpc_url)
             for user in range(1, 41):  # as `make serve` does: warm both instances first
                 recommend(client, [user])
             yield {

@@ -9,9 +9,9 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from client.local.operator import admin_client
 from client.scoring import build_inputs
 from python_backend.fraud.contract import DECISIONS, SCORING, STAGES
 from python_backend.fraud.features import MS_PER_DAY
@@ -70,7 +70,7 @@ def test_fraud_scores_higher_than_normal_traffic(serving, last_day) -> None:
 
 
 def _unload(serving, *models):
-    admin = grpcclient.InferenceServerClient(serving.server.grpc_url)
+    admin = admin_client(serving.server.grpc_url)
     for model in models:
         admin.unload_model(model)
     return admin
@@ -268,7 +268,7 @@ def test_missing_input_is_named(serving, last_day) -> None:
 def test_primary_slower_than_budget_falls_back_within_budget(serving, last_day) -> None:
     from pathlib import Path
 
-    admin = grpcclient.InferenceServerClient(serving.server.grpc_url)
+    admin = admin_client(serving.server.grpc_url)
     config = admin.get_model_config("fraud_primary", as_json=True)["config"]
     # A changed config makes Triton reload (with the same one it keeps the loaded model).
     config["parameters"] = {"STAND_IN": {"string_value": "slow_primary"}}
@@ -397,7 +397,7 @@ def test_triton_fallback_mode_hedges_the_fraud_fallback_model(serving, last_day)
     and measurements): the ``fraud_fallback`` model decides when the primary is down, and
     the rules when it is down too."""
     rows = _rows(last_day.head(3))
-    admin = grpcclient.InferenceServerClient(serving.server.grpc_url)
+    admin = admin_client(serving.server.grpc_url)
     config = admin.get_model_config("fraud_scoring", as_json=True)["config"]
     config["parameters"]["FALLBACK"] = {"string_value": "triton"}
     admin.load_model("fraud_scoring", config=json.dumps(config))

@@ -1,0 +1,165 @@
+"""N Triton replicas behind one Envoy, and the operator's moves on them: drain (no new
+requests, those in flight finished), stop, crash, start, warm, readmit.
+
+A replica is admitted only once it is warm and its ``fraud_scoring`` is ready; Envoy's
+active gRPC health checks then keep it in (or take it out when it stops answering), and
+outlier detection ejects one that keeps failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.local.triton import Ports, Server
+from client.mesh import config as mesh_config
+from client.mesh import envoy as envoy_process
+
+HEALTHY, DRAINING = "HEALTHY", "DRAINING"
+
+
+def replica_ports(index: int, base: int = 8100) -> Ports:
+    """``make serve REPLICAS=N``'s replica ``index``: HTTP base+10i, gRPC +1, metrics +2."""
+    return Ports(grpc=base + 10 * index + 1, http=base + 10 * index, metrics=base + 10 * index + 2)
+
+
+@dataclass
+class Replica:
+    index: int
+    ports: Ports
+    server: Server | None = None
+    status: str = DRAINING  # not admitted until it is warm
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+
+class Mesh:
+    """Replicas started by ``start_replica(replica)`` (a callable returning a ready
+    :class:`Server`), Envoy in front on ``config.listen_port``."""
+
+    def __init__(
+        self,
+        work: Path,
+        config: mesh_config.MeshConfig,
+        ports: list[Ports],
+        start_replica: Callable[[Replica], Server],
+        warm: Callable[[Server], None] | None = None,
+        log=print,
+    ) -> None:
+        self.work, self.log = work, log
+        self.eds = work / "endpoints" / "eds.yaml"
+        self.config = _with_endpoints(config, self.eds)
+        self.replicas = [Replica(i, p) for i, p in enumerate(ports)]
+        self._start_replica, self._warm = start_replica, warm
+        self.envoy: envoy_process.Envoy | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.config.listen_port}"
+
+    # -- the endpoint file --------------------------------------------------------------
+
+    def _publish(self) -> None:
+        envoy_process.write_endpoints(
+            self.eds, [("127.0.0.1", r.ports.grpc, r.status) for r in self.replicas]
+        )
+
+    def _wait(self, replica: Replica, healthy: bool, timeout_s: float = 30) -> None:
+        def seen(hosts: dict) -> bool:
+            flags = hosts.get(replica.address, {}).get("health_flags", "")
+            return (flags == "healthy") == healthy
+
+        state = "admitted" if healthy else "out of rotation"
+        self.envoy.wait_hosts(seen, timeout_s, f"replica {replica.index} {state}")
+
+    # -- the operator's moves -----------------------------------------------------------
+
+    def start(self) -> Mesh:
+        self.eds.parent.mkdir(parents=True, exist_ok=True)
+        self._publish()  # every replica DRAINING: Envoy sends nothing yet
+        self.envoy = envoy_process.start(self.config, self.work)
+        for replica in self.replicas:
+            self.boot(replica)
+        return self
+
+    def boot(self, replica: Replica) -> None:
+        """Start, warm and admit ``replica``."""
+        started = time.perf_counter()
+        replica.server = self._start_replica(replica)
+        if self._warm is not None:
+            self._warm(replica.server)
+        self.admit(replica)
+        self.log(
+            f"mesh: replica {replica.index} (gRPC {replica.address}) admitted "
+            f"{time.perf_counter() - started:.1f} s after its start"
+        )
+
+    def admit(self, replica: Replica) -> None:
+        replica.status = HEALTHY
+        self._publish()
+        self._wait(replica, healthy=True)
+
+    def drain(self, replica: Replica, timeout_s: float = 10) -> float:
+        """Out of rotation (DRAINING: no new requests), then until its requests in flight
+        are answered; returns the seconds it took."""
+        started = time.perf_counter()
+        replica.status = DRAINING
+        self._publish()
+        self._wait(replica, healthy=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.envoy.hosts().get(replica.address, {}).get("rq_active", "0") == "0":
+                break
+            time.sleep(0.02)
+        return time.perf_counter() - started
+
+    def stop_replica(self, replica: Replica) -> None:
+        if replica.server is not None:
+            replica.server.stop()
+            replica.server = None
+
+    def crash(self, replica: Replica) -> None:
+        """SIGKILL to the whole server (tritonserver and its Python stubs), no drain: what
+        Envoy's health checks and retries are for."""
+        server = replica.server
+        if server is None:
+            return
+        if server.watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.watchdog.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    def restart(self, replica: Replica) -> dict[str, float]:
+        """Drain, stop, start, warm, readmit; the seconds of each step."""
+        started = time.perf_counter()
+        drained = self.drain(replica)
+        self.stop_replica(replica)
+        stopped = time.perf_counter()
+        self.boot(replica)
+        return {
+            "drain_s": round(drained, 2),
+            "stop_s": round(stopped - started - drained, 2),
+            "start_to_admitted_s": round(time.perf_counter() - stopped, 2),
+        }
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            with contextlib.suppress(Exception):
+                self.stop_replica(replica)
+        if self.envoy is not None:
+            self.envoy.stop()
+
+
+def _with_endpoints(config: mesh_config.MeshConfig, eds: Path) -> mesh_config.MeshConfig:
+    from dataclasses import replace
+
+    return replace(config, endpoints=mesh_config.Endpoints(file=str(eds)))
