@@ -18,10 +18,12 @@ SERVING_PYTHON := /usr/bin/python3.11
 # The serving interpreter of the Triton Python-backend models (numpy<2, no Feast).
 SERVING_VENV := .venv-serving
 PYTRITON := nvidia-pytriton==0.7.0
+# The chart's validators (kubernetes-validate, checkov) and helm (from a PyPI wheel), apart.
+CHART_VENV := .venv-chart
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe rollout perf-mesh trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -33,7 +35,7 @@ export FEATURE_DATA
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt requirements-serving.txt Makefile
+$(STAMP): pyproject.toml constraints.txt requirements-serving.txt requirements-chart.txt Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
@@ -46,6 +48,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-serving.txt Makefile
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-serving.txt
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps $(PYTRITON)
 	$(SERVING_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	@test -x $(CHART_VENV)/bin/python || $(PYTHON) -m venv $(CHART_VENV)
+	$(CHART_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-chart.txt
+	$(PY) -m client.chart install-helm
 	@touch $@
 
 setup: $(STAMP)  ## Create .venv and install pinned dependencies (idempotent)
@@ -79,6 +84,13 @@ stop:  ## Stop the background Triton server, the image API, the collector and Pr
 
 observe: $(STAMP)  ## Span collector (OTLP 4318) and Prometheus (9090) beside `make serve`; `make stop` stops them
 	$(PY) -m client observe
+
+rollout: $(STAMP)  ## Roll out fraud_primary VERSION=N (PUBLISH=copy|inverted|file.onnx first): shadow, canary, promote or roll back
+	@test -n "$(VERSION)" || { echo "make rollout VERSION=N [PUBLISH=copy|inverted|path.onnx]"; exit 2; }
+	$(PY) -m client rollout --version $(VERSION) $(if $(PUBLISH),--publish $(PUBLISH))
+
+perf-mesh: $(STAMP)  ## What Envoy adds: the same load direct and through Envoy, side by side -> perf/results/mesh
+	$(PY) -m perf mesh --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)
 
 trace-report: $(STAMP)  ## A traced load run: per-stage p50/p99 and the slowest 1% as waterfalls -> perf/results/traces
 	$(PY) -m perf trace-report --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)

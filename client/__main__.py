@@ -305,6 +305,44 @@ def cmd_observe(args) -> int:
     return 0
 
 
+def cmd_rollout(args) -> int:
+    from client import rollout
+    from client.launcher import MESH_STATE, _mesh_alive
+    from python_backend.paths import MODEL_REPOSITORY
+
+    repository = args.repository or MODEL_REPOSITORY
+    if args.publish:
+        rollout.publish(repository, args.version, args.publish)
+    if args.replicas:
+        replicas = args.replicas.split(",")
+    elif _mesh_alive():
+        state = json.loads(MESH_STATE.read_text())
+        replicas = [f"127.0.0.1:{r['grpc']}" for r in state["replicas"]]
+    else:
+        replicas = [args.url or f"127.0.0.1:{settings.TRITON_GRPC_PORT.get()}"]
+    prometheus = rollout.Prometheus(args.prometheus)
+    try:
+        prometheus.query("up", time.time())
+    except OSError as err:
+        print(
+            f"rollout: no Prometheus at {args.prometheus} ({err}): the rollout decides on its "
+            "numbers; start it with `make observe` (beside `make serve`) or pass --prometheus",
+            file=sys.stderr,
+        )
+        return 2
+    steps = tuple(float(s) / 100 for s in args.steps.split(","))
+    report = rollout.Rollout(
+        repository,
+        args.version,
+        replicas,
+        prometheus,
+        shadow_share=args.shadow_share,
+        steps=steps,
+        step_s=args.step_s,
+    ).run()
+    return 0 if report["outcome"] == "promoted" else 1
+
+
 def cmd_settings(args) -> int:
     rows = settings.table()
     width = max(len(name) for name, *_ in rows)
@@ -385,6 +423,26 @@ def main(argv: list[str] | None = None) -> int:
     col.add_argument("--spans", type=Path, default=None, help="folder of spans.jsonl")
     col.add_argument("--ready-file", type=Path, default=None)
     sub.add_parser("observe", help="start the collector and Prometheus beside `make serve`")
+    roll = sub.add_parser(
+        "rollout",
+        help="a new fraud_primary version: shadow, canary 1-10-50-100%%, promote or roll back",
+    )
+    roll.add_argument("--version", type=int, required=True, help="the fraud_primary version")
+    roll.add_argument(
+        "--publish",
+        help="put the candidate in the repository first: copy (the champion again), inverted "
+        "(a deliberately bad one) or an ONNX file",
+    )
+    roll.add_argument("--repository", type=Path, help="default: model_repository/")
+    roll.add_argument("--replicas", help="gRPC addresses (default: make serve's)")
+    roll.add_argument(
+        "--prometheus",
+        default=f"http://127.0.0.1:{settings.PROMETHEUS_PORT.get()}",
+        help="where the metrics are read (make observe's by default)",
+    )
+    roll.add_argument("--shadow-share", type=float, default=0.2, help="0: no shadow step")
+    roll.add_argument("--steps", default="1,10,50,100", help="canary shares, in percent")
+    roll.add_argument("--step-s", type=float, default=15.0, help="each step's window")
     sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
@@ -403,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop": cmd_stop,
         "demo": cmd_demo,
         "settings": cmd_settings,
+        "rollout": cmd_rollout,
     }[args.command](args)
 
 

@@ -77,16 +77,81 @@ def problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+#: An oversized upload is read and thrown away up to this many bytes so that its sender gets
+#: the 413: a server that answers and closes with the body unread resets the connection, and
+#: the client sees only the reset. Past it the connection is closed.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+async def _drain(receive, more: bool) -> bool:
+    """Read and discard the rest of a request body (at most DRAIN_LIMIT_BYTES); whether all
+    of it was read."""
+    read = 0
+    while more and read <= DRAIN_LIMIT_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        read += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    return not more
+
+
+class UploadLimit:
+    """ASGI middleware for ``/classify``: a body over ``MAX_BODY_BYTES``, declared by its
+    ``Content-Length`` or counted as a chunked one arrives, is refused with a 413 that says
+    the limit, before the form is parsed; the rest of the body is read first so the answer
+    reaches the client."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/classify":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await problem(400, "Content-Length: not a number of bytes")(
+                    scope, receive, send
+                )
+            if int(declared) > MAX_BODY_BYTES:
+                await _drain(receive, True)
+                return await self._refuse(scope, receive, send, f"upload of {int(declared):,}")
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                await _drain(receive, more)
+                return await self._refuse(scope, receive, send, "chunked upload of over")
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replayed, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, what: str) -> None:
+        message = (
+            f"{what} bytes: the limit is {MAX_IMAGE_BYTES:,} bytes per image; send a smaller "
+            "image (resize or recompress it)"
+        )
+        await problem(413, message)(scope, receive, send)
+
+
+app.add_middleware(UploadLimit)
+
+
 @app.middleware("http")
 async def arrival_time(request: Request, call_next):
-    """Stamp arrival before the body is read, and refuse oversized bodies before reading."""
+    """Stamp arrival before the body is read."""
     request.state.arrived = time.perf_counter()
-    length = request.headers.get("content-length")
-    if request.url.path == "/classify" and length and int(length) > MAX_BODY_BYTES:
-        return problem(
-            413,
-            f"upload of {int(length):,} bytes: the limit is {MAX_IMAGE_BYTES:,} bytes per image",
-        )
     return await call_next(request)
 
 
@@ -119,7 +184,9 @@ async def classify(request: Request, file: Annotated[UploadFile, File()]) -> Res
         message = err.message() or str(err)
         if "IMAGE:" in message:  # the preprocessing refused it: the caller's to fix
             return problem(422, message[message.index("IMAGE:") :].replace("IMAGE:", "file:", 1))
-        return problem(503, f"the model server did not answer: {message}")
+        if err.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+            return problem(503, f"the model server did not answer, retry later: {message}")
+        return problem(500, f"the model server failed on this image: {message}")
     answered = time.perf_counter()
     preprocess_ms = float(result.as_numpy("PREPROCESS_US")[0, 0]) / 1000
     inference_ms = float(result.as_numpy("INFER_US")[0, 0]) / 1000

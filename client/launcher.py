@@ -148,6 +148,7 @@ def serve_mesh(replicas: int, ports: Ports, env: dict[str, str], log=print, stat
         folder.mkdir(parents=True, exist_ok=True)
         return start(
             ports=replica.ports,
+            nice=replica.nice,
             env=env,
             log_path=folder / "server.log",
             watchdog=True,

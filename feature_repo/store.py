@@ -33,7 +33,7 @@ from python_backend import settings
 from python_backend.feast_layout import PROJECT
 from python_backend.fraud.features import CARD_RECENT, FEATURE_GROUPS, MS_PER_DAY
 from python_backend.fraud.offline import recent_buffers
-from python_backend.stores import LOCATIONS, store_kind
+from python_backend.stores import LOCATIONS, REDIS_KINDS, store_kind
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class StoreSettings:
     @property
     def reader_location(self) -> str:
         """What ``python_backend.fraud.online.open_reader`` needs for this store."""
-        return self.redis_url if self.kind == "redis" else str(self.sqlite_path)
+        return self.redis_url if self.kind in REDIS_KINDS else str(self.sqlite_path)
 
     def serving_env(self) -> dict[str, str]:
         """The environment a server (or a job) needs to read this store."""
@@ -81,11 +81,19 @@ def _redis_connection_string(url: str) -> str:
 
 
 def repo_config(store_settings: StoreSettings) -> RepoConfig:
-    online = (
-        RedisOnlineStoreConfig(connection_string=_redis_connection_string(store_settings.redis_url))
-        if store_settings.kind == "redis"
-        else SqliteOnlineStoreConfig(path=str(store_settings.sqlite_path))
-    )
+    if store_settings.kind == "redis":
+        online = RedisOnlineStoreConfig(
+            connection_string=_redis_connection_string(store_settings.redis_url)
+        )
+    elif store_settings.kind == "redis_cluster":
+        # Feast's cluster client takes the seed nodes (host:port, comma-separated), no db.
+        parsed = urlparse(store_settings.redis_url)
+        online = RedisOnlineStoreConfig(
+            redis_type="redis_cluster",
+            connection_string=f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}",
+        )
+    else:
+        online = SqliteOnlineStoreConfig(path=str(store_settings.sqlite_path))
     return RepoConfig(
         project=PROJECT,
         provider="local",

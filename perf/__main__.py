@@ -8,6 +8,7 @@
     python -m perf feature-bench   online read latency, reader vs Feast SDK (make feature-bench)
     python -m perf feature-parity  a day through Kafka, online vs offline (make feature-parity)
     python -m perf trace-report    tracing's cost and the per-stage breakdown (make trace-report)
+    python -m perf mesh       what Envoy adds, direct vs through it side by side (make perf-mesh)
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -37,6 +38,7 @@ def main() -> None:
             "feature-bench",
             "feature-parity",
             "trace-report",
+            "mesh",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -52,6 +54,10 @@ def main() -> None:
         from perf.traces import run as run_traces
 
         run_traces(args.scale, quick=args.quick)
+    elif args.command == "mesh":
+        from perf.mesh import run as run_mesh
+
+        run_mesh(args.scale, quick=args.quick)
     elif args.command == "image":
         from perf.image import run as run_image
 

@@ -76,6 +76,13 @@ def decode(data: bytes):
         image.load()
     except ImageError:
         raise
+    except Image.DecompressionBombError:
+        # Pillow refuses, before decoding, what would decode to over twice its pixel limit:
+        # a small file that would become a huge bitmap.
+        raise ImageError(
+            f"IMAGE: decodes to over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+            f"bomb); the limit is {MAX_SIDE} pixels per side"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(
             f"IMAGE: not a readable {', '.join(FORMATS)} image ({type(err).__name__}: {err})"

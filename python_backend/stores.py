@@ -14,7 +14,15 @@ from typing import TypeVar
 from python_backend import settings
 
 #: Each store's location setting: a Redis URL, or the SQLite file.
-LOCATIONS = {"sqlite": settings.FEATURE_SQLITE_PATH, "redis": settings.REDIS_URL}
+#: ``redis_cluster``: a Redis Cluster, ``REDIS_URL`` one of its nodes (the client finds the
+#: others and routes each key to the node holding its slot).
+LOCATIONS = {
+    "sqlite": settings.FEATURE_SQLITE_PATH,
+    "redis": settings.REDIS_URL,
+    "redis_cluster": settings.REDIS_URL,
+}
+#: The stores that are Redis, single node or cluster.
+REDIS_KINDS = ("redis", "redis_cluster")
 
 Reader = TypeVar("Reader")
 
@@ -36,4 +44,8 @@ def open_store(
     """The reader of ``readers`` for ``kind`` (default ``FEATURE_STORE``) at ``location``
     (default the store's setting: ``REDIS_URL`` or ``FEATURE_SQLITE_PATH``)."""
     kind = store_kind(kind)
+    if kind not in readers:
+        raise ValueError(
+            f"FEATURE_STORE={kind}: this pipeline reads {' or '.join(sorted(readers))} only"
+        )
     return readers[kind](location or LOCATIONS[kind].get())

@@ -60,6 +60,30 @@ def kafka_service():
         yield service
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_service():
+    """A real three-node Redis Cluster (all slots assigned) on loopback for the session."""
+    from client.local.services import redis_cluster
+
+    with redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_service) -> str:
+    """A seed node's URL of the cluster, every node emptied."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(redis_cluster_service.url)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+    return redis_cluster_service.url
+
+
+#: Each store's URL fixture, for tests parametrized over the stores.
+STORE_URL_FIXTURES = {"redis": "redis_url", "redis_cluster": "redis_cluster_url"}
+
+
 @pytest.fixture
 def redis_url(redis_service) -> str:
     """A Redis URL on an empty database."""

@@ -86,3 +86,20 @@ def perf_analyzer_arguments() -> list[str]:
     """perf_analyzer reads the model's configuration and statistics: it sends the key too
     (its ``-H`` headers go out as gRPC metadata)."""
     return ["-H", f"{GRPC_HEADER}:{operator_key()}"]
+
+
+def override_parameters(admin, model: str, **parameters: str | None) -> None:
+    """Reload ``model`` with these config parameters set (None: removed), through Triton's
+    model-control API: the new version loads beside the old one and takes over (a load
+    that fails leaves the old one serving). Undo with the same call: a plain
+    ``load_model`` keeps a config given by an earlier override (seen with Triton 2.51)."""
+    import json
+
+    config = admin.get_model_config(model, as_json=True)["config"]
+    current = config.setdefault("parameters", {})
+    for key, value in parameters.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = {"string_value": value}
+    admin.load_model(model, config=json.dumps(config))

@@ -155,6 +155,69 @@ def redis_server(port: int | None = None) -> Iterator[Service]:
         yield service
 
 
+def _free_cluster_port() -> int:
+    """A port P with P + 10000 free too (a cluster node's bus port)."""
+    for _ in range(50):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class RedisCluster:
+    nodes: list[Service]
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL: redis-py's ``RedisCluster`` finds the others from it."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+
+@contextlib.contextmanager
+def redis_cluster(nodes: int = 3) -> Iterator[RedisCluster]:
+    """A Redis Cluster of ``nodes`` primaries (no replicas) on 127.0.0.1, all 16,384 slots
+    assigned, no persistence; stopped with the context."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise FileNotFoundError("redis-server not found: `make setup` installs it (apt-get)")
+    with contextlib.ExitStack() as stack:
+        services = []
+        for _ in range(nodes):
+            port = _free_cluster_port()
+            workdir = stack.enter_context(tempfile.TemporaryDirectory())
+            cmd = [
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir, "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
+            services.append(stack.enter_context(_service("redis-cluster", cmd, port, 10)))
+        created = subprocess.run(
+            [cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in services],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create: {created.stdout}{created.stderr}")
+        deadline = time.monotonic() + 20
+        while True:
+            info = subprocess.run(
+                [cli, "-p", str(services[0].port), "cluster", "info"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout  # fmt: skip
+            if "cluster_state:ok" in info:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis Cluster not ok after 20 s: {info}")
+            time.sleep(0.2)
+        yield RedisCluster(services)
+
+
 @contextlib.contextmanager
 def kafka_broker(port: int | None = None) -> Iterator[Service]:
     """A Kafka-protocol broker (tansu, in-memory storage) on 127.0.0.1."""

@@ -204,6 +204,7 @@ def start(
     extra_repositories: tuple[Path, ...] = (),
     watchdog: bool = False,
     watchdog_metrics_port: int | None = None,
+    nice: int = 0,
 ) -> Server:
     """Start the server and wait until it is ready; raise with the log's tail if not. With
     ``watchdog``, the stub watchdog runs beside it (and stops with it), so a Python model
@@ -213,10 +214,17 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     environment = server_environment(env)
+    command = server_command(
+        repository, ports, models, extra_repositories, tracing.endpoint(environment)
+    )
+    if nice:
+        # A replica booting beside one that serves (``client.mesh``) starts at a lower CPU
+        # priority; its stubs inherit it; the mesh raises it again once the replica is warm.
+        # nice(1) execs the server (same pid); never preexec_fn: Python code between fork
+        # and exec in a process with gRPC threads crashed the child (SIGSEGV, seen here).
+        command = ["nice", "-n", str(nice), *command]
     process = subprocess.Popen(
-        server_command(
-            repository, ports, models, extra_repositories, tracing.endpoint(environment)
-        ),
+        command,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=environment,

@@ -45,7 +45,8 @@ def reload(client, name: str) -> None:
     """Load ``name`` again beside the broken one. Triton ignores a load whose config did not
     change, so the config goes back with a marker. Seen with Triton 2.51: a later plain
     ``load_model(name)`` keeps a config given by an override (the marker included); a rollout
-    that changes the config must give it the same way (``perf.chaos.override_parameters``)."""
+    that changes the config must give it the same way
+    (``client.local.operator.override_parameters``)."""
     import json
 
     config = client.get_model_config(name, as_json=True)["config"]

@@ -80,6 +80,9 @@ class Endpoints:
         return {
             "type": "STRICT_DNS",
             "dns_lookup_family": "V4_ONLY",
+            # A pod leaving the headless service (its preStop) is out of rotation within 1 s.
+            "dns_refresh_rate": "1s",
+            "respect_dns_ttl": False,
             "load_assignment": {
                 "cluster_name": CLUSTER,
                 "endpoints": [{"lb_endpoints": [endpoint(host, port)]}],
@@ -303,6 +306,9 @@ def _cluster(config: MeshConfig) -> dict:
         "name": CLUSTER,
         "connect_timeout": "0.25s",
         "lb_policy": "LEAST_REQUEST",
+        # A replica admitted again after a restart takes a growing share over this window:
+        # its first seconds at full share put decisions over budget on two cores.
+        "least_request_lb_config": {"slow_start_config": {"slow_start_window": "5s"}},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"

@@ -120,6 +120,23 @@ FRAUD = (
         ),
     ),
     Panel(
+        "Model versions: rows and call time (rollouts)",
+        (
+            (
+                "sum by (version, role) (rate(fraud_model_rows_total[1m]))",
+                "rows/s {{role}} v{{version}}",
+            ),
+            (
+                "histogram_quantile(0.99, sum by (version, role, le) "
+                "(rate(fraud_model_seconds_bucket[1m])))",
+                "p99 s {{role}} v{{version}}",
+            ),
+        ),
+        "short",
+        "Which fraud_primary version decides (champion, canary) or scores beside it (shadow): "
+        "python -m client rollout reads the same series.",
+    ),
+    Panel(
         "Stub watchdog",
         (
             ("sum by (model) (increase(fraud_watchdog_reloads_total[15m]))", "reloads {{model}}"),

@@ -4,6 +4,7 @@ the offsets (a transaction aborted or a record not yet visible) re-read, never s
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,27 @@ from python_backend import tracing
 from python_backend.events import TOPIC_TRANSACTIONS, EventError
 from python_backend.fraud.features import STREAM_HEARTBEAT_ID
 from python_backend.fraud.online import OnlineFeatureReader
+
+
+class RecentIds:
+    """The last ``size`` ids added, for membership (a set with a first-in-first-out bound)."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self._order: collections.deque = collections.deque()
+        self._ids: set = set()
+
+    def __contains__(self, item) -> bool:
+        return item in self._ids
+
+    def add(self, items) -> None:
+        for item in items:
+            if item in self._ids:
+                continue
+            self._ids.add(item)
+            self._order.append(item)
+            if len(self._order) > self.size:
+                self._ids.discard(self._order.popleft())
 
 
 @dataclass
@@ -155,6 +177,9 @@ class BufferConsumer:
         self.writer = writer
         self.batch_size = batch_size
         self.stats = ConsumerStats()
+        #: The ids this process applied last: a duplicate is known even once its buffer
+        #: has let it go.
+        self.recent_ids = RecentIds()
         self.log = log
         #: Records not applied yet by (topic, partition), refreshed every ``lag_every_s``
         #: from the watermarks the broker sent with its last fetch (no extra request).
@@ -231,11 +256,19 @@ class BufferConsumer:
                 self.stats.rejected += 1
                 self.log(f"rejected message at offset {message.offset()}: {err}")
                 continue
-            events.setdefault(self.spec.entity(event), []).append(self.spec.to_entry(event))
+            entry = self.spec.to_entry(event)
+            if entry[-1] in self.recent_ids:
+                # Applied already, though maybe no longer in its buffer (a newer entry pushed
+                # it out): a decision made twice (a retry on another replica) publishes its
+                # transaction twice.
+                self.stats.duplicates += 1
+                continue
+            events.setdefault(self.spec.entity(event), []).append(entry)
             context = _traceparent(message)
             if context is not None:
                 traced.append((context, message.timestamp()[1] * 1_000_000, event))
         added = self._write_with_retry(events)
+        self.recent_ids.add(entry[-1] for entries in events.values() for entry in entries)
         self.stats.applied += sum(added.values())
         self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
         if commit:

@@ -88,6 +88,11 @@ class RedisRecentWriter(RecentWriter):
         return ts.SerializeToString()
 
     def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
+        return self._write_through(self.client, buffers, base)
+
+    def _write_through(self, client, buffers, base) -> list[int]:
+        """One pipeline on ``client`` of a compare-and-set per card; the cards that changed
+        under the merge."""
         from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
 
         def proto(kind: str, items: list) -> Value:
@@ -98,7 +103,7 @@ class RedisRecentWriter(RecentWriter):
             return Value(string_list_val=StringList(val=items))
 
         cards = list(buffers)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for card in cards:
             entries = buffers[card]
             values = {
@@ -118,14 +123,35 @@ class RedisRecentWriter(RecentWriter):
         return [card for card, ok in zip(cards, results, strict=True) if not ok]
 
 
+class RedisClusterRecentWriter(RedisRecentWriter):
+    """The same compare-and-set on a Redis Cluster: a script's key must be on the node it
+    runs on, and redis-py's cluster pipeline refuses scripts, so the cards are grouped by the
+    node holding their slot and each group is one plain pipeline to that node."""
+
+    def write(self, buffers: dict[int, list[Entry]], base: dict[int, list[Entry]]) -> list[int]:
+        by_node: dict[str, tuple[object, dict[int, list[Entry]]]] = {}
+        for card, entries in buffers.items():
+            node = self.client.get_node_from_key(self._key(card))
+            by_node.setdefault(node.name, (node, {}))[1][card] = entries
+        changed = []
+        for node, group in by_node.values():
+            connection = self.client.get_redis_connection(node)
+            changed += self._write_through(connection, group, base)
+        return changed
+
+
 def writer_for(settings, store, spec: BufferSpec = CARD_SPEC) -> RecentWriter:
     """The buffer writer (``card_recent`` by default) for the configured store."""
+    from python_backend.feast_layout import PROJECT
+
     if settings.kind == "redis":
         import redis
 
-        from python_backend.feast_layout import PROJECT
-
         return RedisRecentWriter(redis.Redis.from_url(settings.redis_url), PROJECT, spec)
+    if settings.kind == "redis_cluster":
+        from redis.cluster import RedisCluster
+
+        return RedisClusterRecentWriter(RedisCluster.from_url(settings.redis_url), PROJECT, spec)
     return FeastRecentWriter(store, spec)
 
 

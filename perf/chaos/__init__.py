@@ -1,16 +1,19 @@
 """``make chaos``: the whole system under a steady Poisson load, one fault at a time.
 
 The run starts Redis (filled from the offline store), a Kafka-protocol broker, the stream
-consumer (``python -m feature_repo consume``, a process of its own), Triton with the fraud
-models, and the stub watchdog (``client.local.watchdog``). It offers ``rate`` requests per
-second (one transaction each, unique transaction ids, unary gRPC ``ModelInfer``), and
-injects each fault of ``FAULTS`` in turn: held for ``fault_s``, lifted, then watched for
-``watch_s``. Clients retry what did not get an answer (transport errors, a stopped server,
-timeouts), with the same transaction id and a new request id (``<tx>#<attempt>``).
+consumer (``python -m feature_repo consume``, a process of its own), two Triton replicas with
+the fraud models behind Envoy (``client.mesh``), and a stub watchdog per replica
+(``client.local.watchdog``). It offers ``rate`` requests per second through Envoy (one
+transaction each, unique transaction ids, unary gRPC ``ModelInfer``), and injects each fault
+of ``FAULTS`` in turn: held for ``fault_s``, lifted, then watched for ``watch_s``. The client
+is a plain one with a deadline: it retries what did not get an answer (transport errors,
+timeouts) with the same transaction id and a new request id (``<tx>#<attempt>``); routing
+around a replica that is down is Envoy's (health checks, retries on another host, outlier
+detection), and a restart is the operator's drain, stop, start, warm, readmit.
 
-Every fault switch is operator tooling here: models are swapped for the stand-in of
-``perf/models/faulty`` through Triton's model-control API, processes are stopped or frozen
-with signals. The serving path has no back door.
+Every fault switch is operator tooling here: models are swapped (on every replica) for the
+stand-in of ``perf/models/faulty`` through Triton's model-control API, processes are stopped
+or frozen with signals. The serving path has no back door.
 
 After the load, a reconciliation reads the ``decisions`` topic and counts accepted requests
 against logged decisions, and the consumer's counts against the ``transactions`` topic.

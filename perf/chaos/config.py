@@ -18,10 +18,6 @@ RETRY_DEADLINE_S = 30.0
 #: sent as fast as the server answers, not all at once (a retry storm keeps a recovered
 #: server overloaded). Waiting for a slot counts in the request's latency.
 MAX_IN_FLIGHT = 128
-#: A replica that refused a connection is left alone this long (then tried again).
-FAILOVER_S = 1.0
-#: How long a replica taken out of the pool gets to finish its in-flight requests.
-DRAIN_S = 1.5
 #: gRPC reconnects at most a second after the server went away (its default backs off to
 #: two minutes, so a restarted server would be found late).
 CHANNEL_ARGS = [
@@ -32,6 +28,9 @@ CHANNEL_ARGS = [
 #: The load's first seconds (client and server warming up) are left out of the baseline.
 WARMUP_S = 3.0
 TARGETS = {"decided": 0.999, "within_budget": 0.99, "recovery_s": 10.0, "lost": 0}
+#: A crashed replica is found by Envoy within this long; from then on the shares are held
+#: to the same targets (``settled``).
+SETTLE_S = 2.0
 FAULTS = (
     "primary_errors",
     "primary_slow",
@@ -43,6 +42,7 @@ FAULTS = (
     "kafka_down",
     "server_restart",
     "rolling_restart",
+    "replica_crash",
 )
 DESCRIPTIONS = {
     "primary_errors": "fraud_primary answers every request with an error",
@@ -54,9 +54,12 @@ DESCRIPTIONS = {
     "redis_down": "Redis stopped, then started empty and refilled",
     "redis_slow": "Redis blocked by DEBUG SLEEP 0.2 s, back to back",
     "kafka_down": "the broker frozen (SIGSTOP), then resumed (SIGCONT)",
-    "server_restart": "Triton stopped (SIGTERM) and started again on the same ports",
-    "rolling_restart": "a second replica started and warmed, the first stopped and started "
-    "again, then the second stopped; clients fail over between them",
+    "server_restart": "replica 0 drained out of Envoy's rotation, stopped (SIGTERM), started "
+    "again on the same ports, warmed and readmitted; replica 1 serves meanwhile",
+    "rolling_restart": "each replica in turn drained, stopped, started, warmed and readmitted "
+    "behind Envoy",
+    "replica_crash": "replica 1's whole server (tritonserver and its stubs) killed with "
+    "SIGKILL, no drain; started again when the fault is lifted",
 }
 
 

@@ -11,46 +11,43 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from client.local.operator import override_parameters
 from client.local.services import stub_pids
-from perf.chaos.config import DRAIN_S, FAULTY_MODEL
+from perf.chaos.config import FAULTY_MODEL
 from perf.chaos.system import System
 
 
+def _on_every_replica(system: System, act: Callable) -> None:
+    """``act(admin)`` on every running replica, as a bad deploy reaches all of them."""
+    for admin in system.admins():
+        try:
+            act(admin)
+        finally:
+            admin.close()
+
+
 def _stand_in(system: System, model: str, fault: str) -> None:
-    admin = system.admin()
-    config = admin.get_model_config(model, as_json=True)["config"]
-    config["parameters"] = {"FAULT": {"string_value": fault}}
-    config.pop("model_warmup", None)  # a failing stand-in would fail its own warm-up
-    admin.load_model(
-        model, config=json.dumps(config), files={"file:1/model.py": FAULTY_MODEL.read_bytes()}
-    )
-    admin.close()
+    def act(admin) -> None:
+        config = admin.get_model_config(model, as_json=True)["config"]
+        config["parameters"] = {"FAULT": {"string_value": fault}}
+        config.pop("model_warmup", None)  # a failing stand-in would fail its own warm-up
+        admin.load_model(
+            model, config=json.dumps(config), files={"file:1/model.py": FAULTY_MODEL.read_bytes()}
+        )
+
+    _on_every_replica(system, act)
 
 
 def _reload(system: System, *models: str) -> None:
-    admin = system.admin()
-    for model in models:
-        admin.load_model(model)
-    admin.close()
+    def act(admin) -> None:
+        for model in models:
+            admin.load_model(model)
+
+    _on_every_replica(system, act)
 
 
 #: Where a broken in-process fallback is pointed: no such file, as after a bad rollout.
 BROKEN_FALLBACK_ONNX = "/nonexistent/fraud_fallback.onnx"
-
-
-def override_parameters(admin, model: str, **parameters: str | None) -> None:
-    """Reload ``model`` with these config parameters set (None: removed), through Triton's
-    model-control API: the new version loads beside the old one and takes over. Undo with
-    the same call: a plain ``load_model`` keeps a config given by an earlier override
-    (seen with Triton 2.51)."""
-    config = admin.get_model_config(model, as_json=True)["config"]
-    current = config.setdefault("parameters", {})
-    for key, value in parameters.items():
-        if value is None:
-            current.pop(key, None)
-        else:
-            current[key] = {"string_value": value}
-    admin.load_model(model, config=json.dumps(config))
 
 
 def break_in_process_fallback(admin) -> None:
@@ -67,16 +64,12 @@ def restore_in_process_fallback(admin) -> None:
 def _fallback_fails_too(system: System) -> None:
     _stand_in(system, "fraud_primary", "error")
     _stand_in(system, "fraud_fallback", "error")  # callers of the Triton model see it fail too
-    admin = system.admin()
-    break_in_process_fallback(admin)
-    admin.close()
+    _on_every_replica(system, break_in_process_fallback)
 
 
 def _fallback_restored(system: System) -> None:
     _reload(system, "fraud_primary", "fraud_fallback")
-    admin = system.admin()
-    restore_in_process_fallback(admin)
-    admin.close()
+    _on_every_replica(system, restore_in_process_fallback)
 
 
 class RedisSleeper:
@@ -113,8 +106,6 @@ class Fault:
 
 
 def _faults() -> dict[str, Fault]:
-    from client.launcher import warm_up
-
     state: dict = {}
 
     def kill_stub(system: System) -> None:
@@ -140,29 +131,66 @@ def _faults() -> dict[str, Fault]:
         state["sleeper"] = RedisSleeper(system.redis_url)
         state["sleeper"].start()
 
-    def restart(system: System) -> None:
-        system.stop_server()
+    def pid(replica) -> int | None:
+        return replica.server.process.pid if replica.server else None
 
-    def rolled(system: System) -> None:
-        system.start_server()
-        warm_up(system.server, requests=50)
-        system.load.drain(0, False)  # the first one is back in the pool
-        system.load.drain(1, True)  # the temporary one leaves it, finishes, stops
-        time.sleep(DRAIN_S)
-        system.replica.stop()
-        system.replica = None
-        system.load.drain(1, False)
+    def stop_first(system: System) -> None:
+        # What an orchestrator does to a pod it replaces: out of Envoy's rotation, in-flight
+        # requests finished, then SIGTERM. The other replica carries the whole load meanwhile.
+        mesh = system.mesh
+        replica = mesh.replicas[0]
+        state["restart"] = {"fault": "server_restart", "replica": 0, "pid": pid(replica)}
+        state["started"] = time.perf_counter()
+        state["restart"]["drain_s"] = round(mesh.drain(replica), 2)
+        mesh.stop_replica(replica)
+
+    def start_first(system: System) -> None:
+        replica = system.mesh.replicas[0]
+        stopped = time.perf_counter()
+        system.mesh.boot(replica)
+        record = state.pop("restart")
+        record["start_to_admitted_s"] = round(time.perf_counter() - stopped, 2)
+        record["total_s"] = round(time.perf_counter() - state.pop("started"), 2)
+        system.restarts.append({**record, "pids": [record.pop("pid"), pid(replica)]})
 
     def rolling(system: System) -> None:
-        # A rolling restart as a load balancer runs one: the new replica up and warm first,
-        # the old one taken out of the pool, its in-flight requests finished, then stopped.
-        system.start_replica()
-        system.load.drain(0, True)
-        time.sleep(DRAIN_S)
-        system.stop_server()
+        # Each replica in turn: drained, stopped, started, warmed, readmitted; the next one
+        # only once the last is back.
+        for replica in system.mesh.replicas:
+            before = pid(replica)
+            steps = system.mesh.restart(replica)
+            system.restarts.append(
+                {
+                    "fault": "rolling_restart",
+                    "replica": replica.index,
+                    **steps,
+                    "pids": [before, pid(replica)],
+                }
+            )
 
-    def restarted(system: System) -> None:
-        system.start_server()
+    def crash_last(system: System) -> None:
+        # kill -9 of a whole server, no drain: Envoy finds out from failed requests (retried
+        # on the other replica) and its health checks.
+        mesh = system.mesh
+        replica = mesh.replicas[-1]
+        state["crash"] = {"fault": "replica_crash", "replica": replica.index, "pid": pid(replica)}
+        killed = time.perf_counter()
+        mesh.crash(replica)
+        mesh.envoy.wait_hosts(
+            lambda hosts: hosts.get(replica.address, {}).get("health_flags", "") != "healthy",
+            10,
+            "the crashed replica out of rotation",
+        )
+        state["crash"]["out_of_rotation_s"] = round(time.perf_counter() - killed, 2)
+
+    def restart_crashed(system: System) -> None:
+        replica = system.mesh.replicas[-1]
+        system.mesh.stop_replica(replica)  # reaps what is left of it
+        started = time.perf_counter()
+        system.mesh.boot(replica)
+        record = state.pop("crash")
+        record["start_to_admitted_s"] = round(time.perf_counter() - started, 2)
+        system.restarts.append({**record, "pids": [record.pop("pid"), pid(replica)]})
 
     return {
         "primary_errors": Fault(
@@ -177,7 +205,7 @@ def _faults() -> dict[str, Fault]:
         ),
         "primary_unloaded": Fault(
             "primary_unloaded",
-            lambda s: s.admin().unload_model("fraud_primary"),
+            lambda s: _on_every_replica(s, lambda admin: admin.unload_model("fraud_primary")),
             lambda s: _reload(s, "fraud_primary"),
         ),
         "primary_stub_killed": Fault(
@@ -191,6 +219,7 @@ def _faults() -> dict[str, Fault]:
         "redis_down": Fault("redis_down", redis_down, redis_back),
         "redis_slow": Fault("redis_slow", redis_slow, lambda s: state["sleeper"].stop()),
         "kafka_down": Fault("kafka_down", lambda s: s.kafka.pause(), lambda s: s.kafka.resume()),
-        "server_restart": Fault("server_restart", restart, restarted),
-        "rolling_restart": Fault("rolling_restart", rolling, rolled),
+        "server_restart": Fault("server_restart", stop_first, start_first),
+        "rolling_restart": Fault("rolling_restart", rolling, lambda s: None, instantaneous=True),
+        "replica_crash": Fault("replica_crash", crash_last, restart_crashed),
     }

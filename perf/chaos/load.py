@@ -19,7 +19,6 @@ import numpy as np
 from perf.chaos.config import (
     ATTEMPT_TIMEOUT_S,
     CHANNEL_ARGS,
-    FAILOVER_S,
     MAX_IN_FLIGHT,
     RETRY_DEADLINE_S,
 )
@@ -51,16 +50,14 @@ def _error_kind(err: BaseException) -> str:
 
 
 class Load:
-    """An open-loop Poisson generator with retries; one :class:`Outcome` per transaction."""
+    """An open-loop Poisson generator with retries; one :class:`Outcome` per transaction.
 
-    def __init__(
-        self, urls: list[str], rows: list[dict], rate: float, run_id: str, seed: int = 7
-    ) -> None:
-        # Replicas in order of preference: requests go to the first that is not marked
-        # down; one that refuses a connection is marked down for FAILOVER_S.
-        self.urls, self.rows, self.rate, self.run_id = urls, rows, rate, run_id
-        self.down_until = [0.0] * len(urls)
-        self.clients: list = []
+    A plain client of one address (Envoy's): which replica answers, and routing around one
+    that is down, is the mesh's business, not the caller's."""
+
+    def __init__(self, url: str, rows: list[dict], rate: float, run_id: str, seed: int = 7) -> None:
+        self.url, self.rows, self.rate, self.run_id = url, rows, rate, run_id
+        self.client = None
         self.requested: list = []  # the outputs asked for, the same for every request
         self.rng = np.random.default_rng(seed)
         self.outcomes: list[Outcome] = []
@@ -70,14 +67,6 @@ class Load:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def _replica(self) -> int | None:
-        now = time.monotonic()
-        return next((k for k, t in enumerate(self.down_until) if t <= now), None)
-
-    def drain(self, replica: int, out: bool) -> None:
-        """Take a replica out of the pool (no new requests) or put it back (operator)."""
-        self.down_until[replica] = float("inf") if out else 0.0
-
     async def _one(self, outcome: Outcome, row: dict, due: float) -> None:
         from client.scoring import build_inputs
 
@@ -86,24 +75,13 @@ class Load:
         backoff = 0.05
         while True:
             outcome.attempts += 1
-            replica = self._replica()
             try:
-                if replica is None:
-                    raise ConnectionError("UNAVAILABLE: every replica is marked down")
                 async with self.slots:
-                    result = await self._attempt(self.clients[replica], outcome, inputs, requested)
+                    result = await self._attempt(self.client, outcome, inputs, requested)
             except Exception as err:  # retried until the deadline, counted by kind
                 outcome.error = _error_kind(err)
                 if self.now() - outcome.arrival_s + backoff > RETRY_DEADLINE_S:
                     return
-                if replica is not None and outcome.error in ("unavailable", "stopping"):
-                    # Connection refused or the server going away: try the next replica
-                    # at once (if another is up) and keep this one off for a while.
-                    self.down_until[replica] = max(
-                        self.down_until[replica], time.monotonic() + FAILOVER_S
-                    )
-                    if self._replica() is not None:
-                        continue
                 # Exponential backoff with full jitter: retries after an outage spread out
                 # instead of arriving together.
                 await asyncio.sleep(self.rng.uniform(0, backoff))
@@ -137,9 +115,7 @@ class Load:
 
         from python_backend.fraud.contract import SCORING
 
-        self.clients = [
-            grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS) for url in self.urls
-        ]
+        self.client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         self.requested = [grpcclient.InferRequestedOutput(o.name) for o in SCORING.outputs]
         # The outcomes grow to tens of thousands of objects: a full collection would stall
         # the generator for tens of milliseconds, charged to the service. Nothing here makes
@@ -163,8 +139,7 @@ class Load:
                 tasks = [t for t in tasks if not t.done()]
         await asyncio.gather(*tasks)
         gc.enable()
-        for client in self.clients:
-            await client.close()
+        await self.client.close()
 
 
 class ResourceWatch:

@@ -78,14 +78,32 @@ def recovery_s(
     return None
 
 
-def reconcile(outcomes: list[Outcome], records: list[dict]) -> dict:
-    """Accepted requests against the decision log."""
+def reconcile(
+    outcomes: list[Outcome],
+    records: list[dict],
+    mesh_retries: int = 0,
+    crashes: tuple[float, ...] = (),
+    crash_window_s: float = 1.0,
+) -> dict:
+    """Accepted requests against the decision log.
+
+    ``mesh_retries``: the requests Envoy sent again to another replica (its
+    ``upstream_rq_retry``); each may have been decided by both (the first attempt is not
+    cancelled on the replica), a second decision under the same request id. Up to that many
+    such duplicates are explained by them. ``crashes``: when a replica was killed (seconds
+    into the load); a decision answered within ``crash_window_s`` before a kill may still
+    have been in its producer's memory (the broker's linger), and is counted apart as
+    ``lost_in_crash``."""
     by_tx: dict[str, list[dict]] = {}
     for r in records:
         by_tx.setdefault(r["transaction_id"], []).append(r)
     accepted = {o.transaction_id for o in outcomes if o.ok}
     missing = sorted(accepted - set(by_tx))
-    retry_dups = redelivered = unexplained = 0
+    arrival = {o.transaction_id: o.arrival_s for o in outcomes}
+    in_crash = [
+        tx for tx in missing if any(c - crash_window_s <= arrival[tx] <= c for c in crashes)
+    ]
+    retry_dups = redelivered = unexplained = same_request = 0
     for tx_records in by_tx.values():
         if len(tx_records) < 2:
             continue
@@ -96,7 +114,10 @@ def reconcile(outcomes: list[Outcome], records: list[dict]) -> dict:
         if distinct > 1 and len(requests) >= distinct:
             retry_dups += distinct - 1  # a retry made a second decision: identified
         elif distinct > 1:
-            unexplained += distinct - len(requests)
+            retry_dups += len(requests) - 1
+            same_request += distinct - len(requests)  # the same request decided twice
+    from_mesh = min(same_request, mesh_retries)
+    unexplained = same_request - from_mesh
     answered = {o.transaction_id for o in outcomes if o.ok}
     return {
         "accepted": len(accepted),
@@ -104,6 +125,9 @@ def reconcile(outcomes: list[Outcome], records: list[dict]) -> dict:
         "log_records": len(records),
         "missing": len(missing),
         "missing_examples": missing[:5],
+        "lost_in_crash": len(in_crash),
+        "mesh_retries": mesh_retries,
+        "duplicates_from_mesh_retries": from_mesh,
         "duplicates_from_retries": retry_dups,
         "duplicates_redelivered": redelivered,
         "duplicates_unexplained": unexplained,

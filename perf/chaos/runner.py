@@ -96,9 +96,7 @@ def run(
     system = System(work, repository, data_dir, log)
     try:
         system.start()
-        urls = [system.server.grpc_url, f"127.0.0.1:{system.replica_ports.grpc}"]
-        load = Load(urls, rows, timing.rate, system.run_id)
-        system.load = load
+        load = Load(system.url, rows, timing.rate, system.run_id)
         resources = ResourceWatch(system, load.now)
         cycles = 1
         if timing.soak_s:
@@ -147,7 +145,8 @@ def run(
         consumer["after_restart"] = system.drain_consumer()
         consumer["committed_before_stop"] = caught_up
         consumer["committed_at_end"] = system.committed()
-        reloads = list(system.watchdog.reloads)
+        reloads = system.reloads
+        system.envoy = system.envoy_stats()
     finally:
         system.stop()
     summary = summarize(

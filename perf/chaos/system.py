@@ -1,6 +1,7 @@
 """The system under test, started on loopback: Redis (filled from the offline store), the
-Kafka-protocol broker, the stream consumer process, Triton with the fraud models, the stub
-watchdog; with the operator's switches the faults use (stop, start, freeze, refill)."""
+Kafka-protocol broker, the stream consumer process, two Triton replicas with the fraud
+models behind Envoy (``client.mesh``), a stub watchdog per replica; with the operator's
+switches the faults use (drain, stop, crash, start, freeze, refill)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from client.local.operator import admin_client
 from client.local.services import child_environment
 from client.local.triton import FRAUD_MODELS, Ports
 from python_backend import settings
+
+#: Replicas behind Envoy in a chaos run.
+REPLICAS = 2
 
 
 class System:
@@ -30,12 +33,12 @@ class System:
         self.decisions = f"chaos-decisions-{self.run_id}"
         self.consumer_group = f"chaos-{self.run_id}"
         self.spool = work / "spool"
-        self.ports = Ports.free()
-        self.replica_ports = Ports.free()
-        self.replica = None
-        self.load = None  # the clients' pool, drained and refilled by the rolling restart
-        self.redis = self.kafka = self.server = self.consumer = self.watchdog = None
+        self.mesh = None
+        self.redis = self.kafka = self.consumer = None
+        self.watchdogs: list = []
         self.refills: list[float] = []
+        self.envoy: dict[str, int] = {}
+        self.restarts: list[dict] = []  # each replica restart's steps, in seconds
         self.starts = 0
 
     # Redis ------------------------------------------------------------------------------
@@ -94,32 +97,31 @@ class System:
             "DECISION_SPOOL_DIR": str(self.spool),
         }
 
-    def _start(self, ports: Ports, env: dict[str, str], log_name: str):
+    def _start_replica(self, replica):
+        """Replica ``i`` with its own decision spool; both publish to the same topics."""
         from client.local.triton import start
 
+        self.starts += 1
+        spool = self.spool / f"replica-{replica.index}"
+        env = {**self.server_env(), "DECISION_SPOOL_DIR": str(spool)}
         return start(
             repository=self.repository,
-            ports=ports,
+            ports=replica.ports,
+            nice=replica.nice,
             models=list(FRAUD_MODELS),
             env=env,
-            log_path=self.work / log_name,
+            log_path=self.work / f"replica-{replica.index}-{self.starts}.log",
         )
 
-    def start_server(self) -> None:
-        self.starts += 1
-        self.server = self._start(self.ports, self.server_env(), f"server-{self.starts}.log")
+    @property
+    def server(self):
+        """Replica 0's server: the one whose models and stubs the model faults act on."""
+        return self.mesh.replicas[0].server
 
-    def stop_server(self) -> None:
-        self.server.stop()
-
-    def start_replica(self) -> None:
-        """A second server on its own ports (and its own decision spool), beside the first:
-        the rolling restart brings it up before the first one goes down."""
-        from client.launcher import warm_up
-
-        env = {**self.server_env(), "DECISION_SPOOL_DIR": str(self.spool / "replica")}
-        self.replica = self._start(self.replica_ports, env, "server-replica.log")
-        warm_up(self.replica, requests=50)
+    @property
+    def url(self) -> str:
+        """Where the load goes: Envoy."""
+        return self.mesh.url
 
     # The consumer -----------------------------------------------------------------------
 
@@ -218,8 +220,10 @@ class System:
 
     def start(self) -> None:
         from client.launcher import warm_up
-        from client.local.services import kafka_broker
+        from client.local.services import free_port, kafka_broker
         from client.local.watchdog import Watchdog
+        from client.mesh.config import MeshConfig
+        from client.mesh.mesh import Mesh
         from feature_repo.stream import ensure_topic
 
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -231,26 +235,55 @@ class System:
         self.log(f"chaos: Redis :{self.redis_port}, broker :{self.kafka.port}; filling Redis")
         self.refills.append(self.refill())
         self.start_consumer()
-        self.start_server()
-        warm_up(self.server, requests=50)
-        self.watchdog = Watchdog(self.server.grpc_url, log=self.log).start()
-        self.log(f"chaos: Triton ready on gRPC :{self.ports.grpc}")
+        config = MeshConfig(listen_port=free_port(), admin_port=free_port())
+        self.mesh = Mesh(
+            self.work / "mesh",
+            config,
+            [Ports.free() for _ in range(REPLICAS)],
+            self._start_replica,
+            lambda server: warm_up(server, requests=50),
+            log=self.log,
+        )
+        self.mesh.start()
+        self.watchdogs = [Watchdog(r.address, log=self.log).start() for r in self.mesh.replicas]
+        self.log(f"chaos: Envoy on gRPC :{config.listen_port} in front of {REPLICAS} replicas")
+
+    #: Envoy's counters a run reports: what the mesh did about the faults.
+    ENVOY_STATS = (
+        "upstream_rq_retry",
+        "upstream_rq_retry_overflow",
+        "upstream_rq_per_try_timeout",
+        "upstream_cx_none_healthy",
+        "upstream_rq_503",
+        "health_check.failure",
+        "outlier_detection.ejections_enforced_total",
+    )
+
+    def envoy_stats(self) -> dict[str, int]:
+        from client.mesh.config import CLUSTER
+
+        found = self.mesh.envoy.stats(f"cluster.{CLUSTER}.")
+        return {k: found.get(f"cluster.{CLUSTER}.{k}", 0) for k in self.ENVOY_STATS}
+
+    @property
+    def reloads(self) -> list:
+        return sorted(r for w in self.watchdogs for r in w.reloads)
 
     def stop(self) -> None:
-        if self.watchdog:
-            self.watchdog.stop()
+        for watchdog in self.watchdogs:
+            watchdog.stop()
         with contextlib.suppress(Exception):
-            if self.server:
-                self.stop_server()
-        with contextlib.suppress(Exception):
-            if self.replica:
-                self.replica.stop()
+            if self.mesh:
+                self.mesh.stop()
         if self.consumer and self.consumer.poll() is None:
             self.consumer.kill()
         with contextlib.suppress(Exception):
             self.stop_redis()
         self.stack.close()
 
-    def admin(self):
+    def admins(self) -> list:
+        """An operator's client per running replica: model faults act on every replica, as a
+        bad deploy would."""
+        from client.local.operator import admin_client
 
-        return admin_client(self.server.grpc_url)
+        return [admin_client(r.address) for r in self.mesh.replicas if r.server is not None]

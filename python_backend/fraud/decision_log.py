@@ -14,6 +14,7 @@ from a second decision on the same transaction (a client retry, with its own ``r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -49,6 +50,106 @@ def record(
         "decided_at_ms": int(time.time() * 1000),
         "model": model,
     }
+
+
+class Journal:
+    """What the decision log has taken but the broker has not acknowledged yet, on disk.
+
+    ``produce`` only queues in memory (librdkafka, ``linger.ms``): a process killed with
+    SIGKILL loses what was queued, decisions its callers already have. So each batch's
+    records are first appended to a segment file (one ``write``, no fsync: the page cache
+    outlives the process, not the machine), named by the writing process's pid. A segment is
+    deleted once every record in it was delivered or spooled, and a new one started every
+    ``rotate_s``. A process that starts hands every segment of a process no longer running to
+    the spool (:meth:`recover`), which replays it: a record the broker had after all comes
+    twice, with its ``decision_id`` (a redelivery), none is lost."""
+
+    def __init__(self, spool_path: Path, rotate_s: float = 2.0, log=print) -> None:
+        self.folder = spool_path.parent / "journal"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.spool_path = spool_path
+        self.rotate_s = rotate_s
+        self.log = log
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._pending: dict[int, int] = {}  # segment -> records not yet resolved
+        self._open_segment()
+
+    def _path(self, seq: int) -> Path:
+        return self.folder / f"{self.pid}-{seq}.jsonl"
+
+    def _open_segment(self) -> None:
+        self._seq += 1
+        self._pending[self._seq] = 0
+        self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._opened = time.monotonic()
+
+    def write(self, values: list[bytes]) -> Callable[[], None]:
+        """Append ``values`` to the open segment; the callable marks one of them resolved."""
+        with self._lock:
+            seq = self._seq
+            os.write(self._fd, b"".join(v + b"\n" for v in values))
+            self._pending[seq] += len(values)
+
+        def resolved() -> None:
+            with self._lock:
+                self._pending[seq] -= 1
+                if self._pending[seq] <= 0 and seq != self._seq:
+                    self._drop(seq)
+
+        return resolved
+
+    def _drop(self, seq: int) -> None:
+        self._pending.pop(seq, None)
+        with contextlib.suppress(FileNotFoundError):
+            self._path(seq).unlink()
+
+    def rotate(self) -> None:
+        """A new segment every ``rotate_s``; the old one goes once all its records did."""
+        with self._lock:
+            if time.monotonic() - self._opened < self.rotate_s:
+                return
+            old = self._seq
+            os.close(self._fd)
+            self._open_segment()
+            if self._pending.get(old, 0) <= 0:
+                self._drop(old)
+
+    def recover(self) -> int:
+        """Hand the segments of dead processes to the spool; how many records they held."""
+        found = 0
+        for path in sorted(self.folder.glob("*.jsonl")):
+            pid = int(path.name.split("-", 1)[0])
+            if pid == self.pid or _running(pid):
+                continue
+            target = self.spool_path.with_name(f"{self.spool_path.name}.journal-{path.stem}")
+            try:
+                path.rename(target)  # several instances may race: one wins
+            except FileNotFoundError:
+                continue
+            with target.open("rb") as f:
+                found += sum(1 for line in f if line.strip())
+        if found:
+            self.log(f"decision log: {found} records of a process that died, to be replayed")
+        return found
+
+    def close(self) -> None:
+        """After the producer's flush: every record is delivered or spooled."""
+        with self._lock:
+            os.close(self._fd)
+            for seq in list(self._pending):
+                self._drop(seq)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class DecisionLog:
@@ -90,6 +191,11 @@ class DecisionLog:
                 "reconnect.backoff.max.ms": 1000,
             }
         )
+        self.journal = Journal(self.spool_path, log=log)
+        #: Records a journal left by a process that died (kill -9) before the broker had
+        #: them, handed to the spool for replay.
+        self.counts["recovered"] = self.journal.recover()
+        self.counts["spooled"] += self.counts["recovered"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="decision-log", daemon=True)
         self._thread.start()
@@ -97,30 +203,41 @@ class DecisionLog:
     # -- the hot path ------------------------------------------------------------------
 
     def append(self, records: Iterable[dict]) -> None:
-        """Queue records for the broker; never blocks, never raises."""
+        """Journal the records (one write, before the caller is answered), then queue them
+        for the broker; never blocks, never raises."""
+        records = list(records)
+        if not records:
+            return
+        values = [json.dumps(rec, separators=(",", ":")).encode() for rec in records]
+        resolved = self.journal.write(values)
         spill = []
-        for rec in records:
-            value = json.dumps(rec, separators=(",", ":")).encode()
+        for rec, value in zip(records, values, strict=True):
             try:
                 self.producer.produce(
                     self.topic,
                     key=rec["transaction_id"].encode(),
                     value=value,
-                    on_delivery=self._delivered,
+                    on_delivery=lambda err, message, done=resolved: self._delivered(
+                        err, message, done
+                    ),
                 )
             except BufferError:
                 spill.append(value)
         if spill:
             self._spool(spill)
+            for _ in spill:
+                resolved()
 
     # -- delivery, spool and replay ----------------------------------------------------
 
-    def _delivered(self, err, message) -> None:
+    def _delivered(self, err, message, resolved=None) -> None:
         if err is None:
             self._last_ack = time.monotonic()
             self.counts["delivered"] += 1
         else:
             self._spool([message.value()])
+        if resolved is not None:  # delivered or spooled: its journal no longer needs it
+            resolved()
 
     def _spool(self, values: list[bytes]) -> None:
         self._last_failure = time.monotonic()
@@ -203,6 +320,7 @@ class DecisionLog:
     def _serve(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.1)
+            self.journal.rotate()
             now = time.monotonic()
             if now - self._last_replay >= self.replay_every_s:
                 self._last_replay = now
@@ -224,6 +342,7 @@ class DecisionLog:
             # Purged messages get a delivery report with an error: they go to the spool.
             self.producer.purge(in_queue=True, in_flight=True)
             self.producer.flush(1)
+        self.journal.close()
 
 
 def read_all(

@@ -25,6 +25,7 @@ import numpy as np
 from python_backend.breaker import STATE_CODES, CircuitBreaker
 from python_backend.fraud.contract import DECISIONS
 from python_backend.fraud.reasons import is_ladder_degradation
+from python_backend.fraud.rollout import SCORE_BUCKETS
 from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 from python_backend.fraud.service import Batch
 
@@ -38,6 +39,11 @@ HISTOGRAM_STAGES = ("features", "primary", "fallback", "rules")
 HISTOGRAMS = {
     "decision": ("fraud_decision_seconds", "Time from batch start to answer, per decision"),
     "stage": ("fraud_stage_seconds", "Time of each stage of a decision, per decision"),
+    "model_seconds": (
+        "fraud_model_seconds",
+        "Time of each fraud_primary call, per row, by version and role",
+    ),
+    "model_score": ("fraud_model_score", "Scores of each fraud_primary version, by role"),
 }
 
 FAMILIES = {
@@ -56,6 +62,11 @@ FAMILIES = {
         "fraud_breaker_state",
         "Circuit breaker state: 0 closed, 1 half-open, 2 open",
         "GAUGE",
+    ),
+    "model_rows": (
+        "fraud_model_rows_total",
+        "Rows sent to each fraud_primary version, by role (champion, canary, shadow) and outcome",
+        "COUNTER",
     ),
     "published": (
         "fraud_published_total",
@@ -76,15 +87,22 @@ FAMILIES = {
 
 
 class LatencyHistogram:
-    """Observations counted per bucket for one label set, not yet handed to Triton."""
+    """Observations counted per bucket for one label set, not yet handed to Triton.
+    ``bounds``: the buckets' upper bounds (the latency ones unless given)."""
 
-    def __init__(self) -> None:
-        self.counts = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)  # the last: +Inf
+    def __init__(self, bounds: tuple = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # the last: +Inf
         self.sum = 0.0
 
     def observe(self, seconds: float, n: int = 1) -> None:
-        self.counts[np.searchsorted(LATENCY_BUCKETS, seconds)] += n
+        self.counts[np.searchsorted(self.bounds, seconds)] += n
         self.sum += seconds * n
+
+    def observe_all(self, values: np.ndarray) -> None:
+        """Each of ``values`` once (``le`` buckets: a value on a bound counts in it)."""
+        np.add.at(self.counts, np.searchsorted(self.bounds, values), 1)
+        self.sum += float(np.sum(values))
 
 
 class ServiceMetrics:
@@ -125,11 +143,28 @@ class ServiceMetrics:
         with self.lock:
             self.counts[(family, tuple(sorted(labels.items())))] += n
 
-    def _histogram(self, key: str, labels: tuple = ()) -> LatencyHistogram:
+    def _histogram(
+        self, key: str, labels: tuple = (), bounds: tuple = LATENCY_BUCKETS
+    ) -> LatencyHistogram:
         found = self.histograms.get((key, labels))
         if found is None:
-            found = self.histograms[(key, labels)] = LatencyHistogram()
+            found = self.histograms[(key, labels)] = LatencyHistogram(bounds)
         return found
+
+    def observe_routes(self, routes: list) -> None:
+        """Count the batch's calls to ``fraud_primary`` versions (``rollout.Route``, the
+        shadow's included): rows by outcome, the call's time per row, the scores."""
+        with self.lock:
+            for route in routes:
+                for r in (route, route.shadow):
+                    if r is None or not r.outcome:
+                        continue
+                    labels = (("role", r.role), ("version", r.label))
+                    self.counts[("model_rows", (("outcome", r.outcome), *labels))] += r.rows
+                    self._histogram("model_seconds", labels).observe(r.seconds, r.rows)
+                    if r.scores is not None:
+                        scores = np.asarray(r.scores, dtype=np.float64)
+                        self._histogram("model_score", labels, SCORE_BUCKETS).observe_all(scores)
 
     def observe(self, batch: Batch, total_us: int | None = None) -> None:
         """Count a batch's decisions. ``total_us``: its time from start to answer (the
@@ -217,7 +252,7 @@ class ServiceMetrics:
         if not total:
             return
         cumulative = np.cumsum(histogram.counts).tolist()
-        for bound, n in zip((*LATENCY_BUCKETS, "+Inf"), cumulative, strict=True):
+        for bound, n in zip((*histogram.bounds, "+Inf"), cumulative, strict=True):
             le = bound if isinstance(bound, str) else f"{bound:g}"
             metric = self._metric(f"{key}_bucket", (*labels, ("le", le)))
             if n:

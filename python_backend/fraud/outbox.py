@@ -51,9 +51,11 @@ class Outbox:
         bootstrap = settings.KAFKA_BOOTSTRAP.get()
         return cls(bootstrap, instance, count, log) if bootstrap else None
 
-    def send(self, batch: Batch, traces: dict[int, str] | None = None) -> None:
+    def send(self, batch: Batch, traces: dict[int, str] | None = None, route=None) -> None:
         """``traces``: the ``traceparent`` of traced rows, by row of the batch's
-        transactions; their records carry it as a header (the consumer continues it)."""
+        transactions; their records carry it as a header (the consumer continues it).
+        ``route``: the batch's call to ``fraud_primary`` (``python_backend.fraud.rollout``):
+        its decision-log records say which version decided and what the shadow scored."""
         tx = batch.transactions
         if tx is not None:
             sent = 0
@@ -77,9 +79,27 @@ class Outbox:
             self.count("published", sent, outcome="queued")
             self.count("published", len(tx) - sent, outcome="dropped")
         if self.decision_log is not None:
-            self.decision_log.append(rec for a in batch.answers for rec in a.records())
+            self.decision_log.append(
+                rec for a in batch.answers for rec in with_route(a.offset, a.records(), route)
+            )
 
     def close(self) -> None:
         self.publisher.flush(5)
         if self.decision_log is not None:
             self.decision_log.close()
+
+
+def with_route(offset: int, records: list[dict], route) -> list[dict]:
+    """``records`` (an answer's, its rows from ``offset`` in the batch) with the version that
+    decided them (``model_version``, when the primary did) and the shadow's score
+    (``shadow_version``, ``shadow_score``) when the batch was scored in shadow."""
+    if route is None:
+        return records
+    shadow = route.shadow if route.shadow is not None and route.shadow.outcome == "ok" else None
+    for j, rec in enumerate(records):
+        if rec["path"] == "primary" and route.outcome == "ok":
+            rec["model_version"] = route.label
+        if shadow is not None:
+            rec["shadow_version"] = shadow.label
+            rec["shadow_score"] = round(float(shadow.scores[offset + j]), 6)
+    return records

@@ -22,9 +22,11 @@ class TritonCaller:
     The request carries the timeout too: the model's queue drops it once it waited
     that long (REJECT policy), so a stuck model does not work on answers nobody awaits."""
 
-    def __init__(self, pb_utils, contract: ModelContract) -> None:
+    def __init__(self, pb_utils, contract: ModelContract, version: int = -1) -> None:
         self.pb_utils = pb_utils
         self.contract = contract
+        #: The model version called (-1: the one the server's version policy loaded).
+        self.version = version
         self.fields = [(s.name, s.field) for s in contract.inputs]
         self.outputs = [o.name for o in contract.outputs]
         #: The Triton trace the next calls belong to (``request.trace()`` of the batch's
@@ -36,6 +38,7 @@ class TritonCaller:
         traced = {"trace": self.trace} if self.trace is not None else {}
         request = pb.InferenceRequest(
             model_name=self.contract.name,
+            model_version=self.version,
             requested_output_names=self.outputs,
             inputs=[
                 pb.Tensor(name, np.ascontiguousarray(getattr(inputs, attr)))

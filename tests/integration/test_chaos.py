@@ -35,13 +35,27 @@ def test_chaos_short_run_loses_nothing(serving, tmp_path) -> None:
     assert faults["fallback_fails_too"]["paths"].get("rules", 0) > 0
     assert faults["primary_stub_killed"]["watchdog_reloads"] >= 1
     assert any(r.startswith("FEATURES_") for r in faults["redis_down"]["degradations"])
-    assert faults["server_restart"]["retried"] > 0
-    assert faults["rolling_restart"]["decided"] == faults["rolling_restart"]["offered"]
+    # Every restart really replaced a server process behind Envoy, and no caller was left
+    # without a decision across them.
+    restarts = summary["replica_restarts"]
+    assert [(r["fault"], r["replica"]) for r in restarts] == [
+        ("server_restart", 0),
+        ("rolling_restart", 0),
+        ("rolling_restart", 1),
+        ("replica_crash", 1),
+    ], restarts
+    for r in restarts:
+        assert r["pids"][0] != r["pids"][1] and None not in r["pids"], r
+    for name in ("server_restart", "rolling_restart", "replica_crash"):
+        assert faults[name]["decided"] == faults[name]["offered"], (name, faults[name])
     # Nothing lost: every request decided (retries included), every accepted decision logged,
     # every second decision explained by a retry, every published event applied once.
     assert summary["overall"]["decided"] == summary["overall"]["offered"]
     log = summary["decision_log"]
-    assert log["missing"] == 0 and log["duplicates_unexplained"] == 0, log
+    # Also across the kill -9: what the killed replica had answered but not yet handed to the
+    # broker is in its journal, replayed by the replica started after it.
+    assert log["missing"] == 0, log
+    assert log["duplicates_unexplained"] == 0, log
     stream = summary["stream"]
     assert stream["applied_equals_distinct"], stream
     assert stream["lost"] == 0 and stream["lag"] == 0, stream

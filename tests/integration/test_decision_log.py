@@ -93,6 +93,47 @@ def test_a_later_instance_replays_what_an_earlier_one_spooled(broker, tmp_path) 
     assert {r["decision_id"] for r in read_all(bootstrap)} == {r["decision_id"] for r in left}
 
 
+#: A process that appends decisions, says so, and waits to be killed: what a BLS instance
+#: killed with SIGKILL right after answering leaves behind.
+_KILLED = """
+import sys, time
+from pathlib import Path
+from python_backend.fraud.decision_log import DecisionLog, record
+log = DecisionLog(sys.argv[1], Path(sys.argv[2]), log=lambda _m: None)
+log.append(
+    record(f"killed-{i}", "APPROVE", 0.1, "primary", [], f"killed-{i}#1") for i in range(300)
+)
+print("appended", flush=True)
+time.sleep(60)
+"""
+
+
+def test_decisions_of_a_process_killed_minus_9_are_replayed_by_the_next(broker, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    _service, bootstrap = broker
+    spool = tmp_path / "spool.jsonl"
+    # A broker address that never answers: the records stay in the producer's memory, as
+    # they do for its linger.ms on a live broker when the kill comes.
+    nowhere = f"127.0.0.1:{free_port()}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED, nowhere, str(spool)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "appended"
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert list((tmp_path / "journal").glob(f"{child.pid}-*.jsonl")), "nothing journaled"
+    second = DecisionLog(bootstrap, spool, log=lambda _m: None)
+    assert second.counts["recovered"] == 300
+    _wait(lambda: second.counts["delivered"] == 300)
+    second.close()
+    got = {r["transaction_id"] for r in read_all(bootstrap)}
+    assert got == {f"killed-{i}" for i in range(300)}, "a decision of the killed process was lost"
+    assert not list((tmp_path / "journal").glob("*.jsonl")), "journal segments left behind"
+
+
 def test_spool_is_bounded_and_drops_are_counted(tmp_path) -> None:
     messages = []
     log = DecisionLog(

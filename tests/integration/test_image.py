@@ -173,6 +173,96 @@ def test_api_refuses_bad_uploads_clearly(image_service) -> None:
     assert status == 200 and body["top5"][0]["label"] in COFFEE_CLASSES, "still serving"
 
 
+def _png_bomb(side: int = 30_000) -> bytes:
+    """A PNG whose header declares ``side`` x ``side`` pixels: a few dozen bytes that would
+    decode to 900 million pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_a_422_with_the_rule_and_fails_alone(image_service) -> None:
+    server, url = image_service
+    status, body, _ = _upload(url, _png_bomb(), "image/png", "bomb.png")
+    assert status == 422, body
+    assert "decompression bomb" in body["error"] and "per side" in body["error"], body
+    # Sent beside a good image (the dynamic batcher may put them in one batch), only the
+    # bomb fails.
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    good = grpcclient.InferInput(IMAGE.name, [1, 1], IMAGE.wire_dtype)
+    good.set_data_from_numpy(np.array([[_jpeg("chelsea")]], dtype=object))
+    bomb = grpcclient.InferInput(IMAGE.name, [1, 1], IMAGE.wire_dtype)
+    bomb.set_data_from_numpy(np.array([[_png_bomb()]], dtype=object))
+    results: dict = {}
+
+    def call(name, image) -> None:
+        try:
+            results[name] = client.infer(IMAGE_PIPELINE.name, [image])
+        except InferenceServerException as err:
+            results[name] = err
+
+    import threading
+
+    threads = [threading.Thread(target=call, args=a) for a in (("good", good), ("bomb", bomb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert isinstance(results["bomb"], InferenceServerException)
+    assert results["good"].as_numpy("LABELS")[0, 0].decode() in CAT_CLASSES
+
+
+def _raw_post(url: str, headers: dict, body_parts) -> tuple[int, dict, bool]:
+    """POST /classify over one HTTP/1.1 connection (``http.client``), sending ``body_parts``
+    as they come (chunked without a Content-Length); the status, the JSON, and whether the
+    same connection then answers a second request (it was not reset)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.request(
+        "POST",
+        "/classify",
+        body=body_parts,
+        headers=headers,
+        encode_chunked="Content-Length" not in headers,
+    )
+    response = connection.getresponse()
+    status, body = response.status, json.loads(response.read())
+    try:
+        connection.request("GET", "/health")
+        alive = connection.getresponse().status == 200
+    except (ConnectionError, http.client.HTTPException):
+        alive = False
+    connection.close()
+    return status, body, alive
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_oversized_upload_gets_its_413_not_a_reset(image_service, framing) -> None:
+    from client.image_api import multipart
+
+    _, url = image_service
+    body, ctype = multipart("big.jpg", b"\xff" * (12 * 1024 * 1024), "image/jpeg")
+    headers = {"Content-Type": ctype}
+    if framing == "content-length":
+        headers["Content-Length"] = str(len(body))
+        payload = body
+    else:
+        payload = iter([body[i : i + 256 * 1024] for i in range(0, len(body), 256 * 1024)])
+    status, answer, alive = _raw_post(url, headers, payload)
+    assert status == 413, answer
+    assert f"{MAX_IMAGE_BYTES:,} bytes per image" in answer["error"], answer
+    assert alive, "the connection was closed after the 413 instead of kept open"
+
+
 def test_metrics_expose_stage_histograms(image_service) -> None:
     _, url = image_service
     _upload(url, _jpeg("chelsea"))

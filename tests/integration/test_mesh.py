@@ -43,6 +43,7 @@ def mesh(serving, tmp_path_factory):
         return start(
             repository=serving.repository,
             ports=replica.ports,
+            nice=replica.nice,
             models=list(FRAUD_MODELS),
             env=serving.env,
             log_path=work / f"replica-{replica.index}.log",
@@ -243,12 +244,8 @@ def test_per_client_rate_and_size_limits(second_envoy) -> None:
             outcomes.append(err.status())
     assert outcomes.count("ok") >= 5
     assert "StatusCode.RESOURCE_EXHAUSTED" in outcomes, outcomes
-    assert (
-        proxy.stats("http.callers.local_rate_limit").get(
-            "http.callers.local_rate_limit.rate_limited", 0
-        )
-        > 0
-    )
+    limited = proxy.stats("callers.http_local_rate_limit")
+    assert limited.get("callers.http_local_rate_limit.rate_limited", 0) > 0, limited
     time.sleep(1.2)  # the bucket refills
     big = build_inputs([{**_row(i), "transaction_id": f"big-{i}-" + "x" * 60} for i in range(100)])
     with pytest.raises(InferenceServerException) as err:

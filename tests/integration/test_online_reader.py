@@ -17,11 +17,12 @@ from python_backend.fraud.features import (
 )
 from python_backend.fraud.offline import FeatureTables, stored_features
 from python_backend.fraud.online import open_reader
+from tests.conftest import STORE_URL_FIXTURES
 
 UNKNOWN = 10**9
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis_cluster"])
 def store(request, tiny_build, tmp_path):
     """A Feast store of the tiny build's data, materialized as of its last day."""
     overrides = {
@@ -29,8 +30,8 @@ def store(request, tiny_build, tmp_path):
         "repo_dir": tmp_path / "repo",
         "data_dir": tiny_build.build_dir / "data" / "tiny",
     }
-    if request.param == "redis":
-        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    if request.param in STORE_URL_FIXTURES:
+        overrides["redis_url"] = request.getfixturevalue(STORE_URL_FIXTURES[request.param])
     settings = StoreSettings.from_env(**overrides)
     fs = feature_store(settings)
     materialize(fs, settings, log=lambda _m: None)
@@ -132,3 +133,19 @@ def test_unknown_store_kind_is_a_clear_error() -> None:
         open_reader("cassandra")
     with pytest.raises(FileNotFoundError, match="make features"):
         open_reader("sqlite", "/nonexistent/online.db")
+
+
+def test_on_redis_cluster_the_features_are_spread_over_every_node(
+    tiny_build, tmp_path, redis_cluster_service, redis_cluster_url
+) -> None:
+    import redis
+
+    settings = StoreSettings.from_env(
+        kind="redis_cluster",
+        redis_url=redis_cluster_url,
+        repo_dir=tmp_path / "repo",
+        data_dir=tiny_build.build_dir / "data" / "tiny",
+    )
+    materialize(feature_store(settings), settings, log=lambda _m: None)
+    keys = [redis.Redis(port=node.port).dbsize() for node in redis_cluster_service.nodes]
+    assert len(keys) == 3 and min(keys) > 0.2 * sum(keys), keys

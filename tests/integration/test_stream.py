@@ -27,6 +27,7 @@ from python_backend.events import EventError, TransactionEvent, decode
 from python_backend.fraud.features import MS_PER_DAY, RECENT_BUFFER, RECENT_MAX_AGE_MS
 from python_backend.fraud.offline import recent_buffers
 from python_backend.fraud.online import open_reader
+from tests.conftest import STORE_URL_FIXTURES
 
 
 def _event(i: int, ts: int, card: int = 1) -> TransactionEvent:
@@ -79,8 +80,8 @@ def _stream_store(kind, tiny_build, tmp_path, request):
         "repo_dir": tmp_path / "repo",
         "data_dir": tiny_build.build_dir / "data" / "tiny",
     }
-    if kind == "redis":
-        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    if kind in STORE_URL_FIXTURES:
+        overrides["redis_url"] = request.getfixturevalue(STORE_URL_FIXTURES[kind])
     settings = StoreSettings.from_env(**overrides)
     fs = feature_store(settings)
     materialize(fs, settings, log=lambda _m: None)
@@ -108,7 +109,7 @@ def _drain(consumer, expected, timeout_s=60, **kwargs):
         assert time.monotonic() < deadline, f"consumed {consumer.stats.consumed}/{expected}"
 
 
-@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+@pytest.mark.parametrize("kind", ["redis", "redis_cluster", "sqlite"])
 def test_consumer_restart_neither_loses_nor_double_counts(
     kind, tiny_build, tmp_path, kafka_service, request
 ) -> None:
@@ -164,7 +165,7 @@ def test_poison_message_is_counted_and_skipped(
     assert consumer.stats.applied == 20
 
 
-@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+@pytest.mark.parametrize("kind", ["redis", "redis_cluster", "sqlite"])
 def test_consumer_stamps_a_heartbeat_serving_reads_as_alive_then_stopped(
     kind, tiny_build, tmp_path, kafka_service, request
 ) -> None:

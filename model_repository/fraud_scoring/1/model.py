@@ -19,7 +19,9 @@ or ``triton`` (the ``fraud_fallback`` model, hedged per ``HEDGE_FALLBACK``: ``al
 ``auto`` while the primary is troubled for ``HEDGE_WINDOW_S``, ``never``);
 ``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40); ``METRICS_FLUSH_S`` (1);
 ``GC_FREEZE`` (1: objects made at start-up leave the garbage collector's sweeps; 0 by
-default, ``python -m perf tune`` measured no change).
+default, ``python -m perf tune`` measured no change); ``ROLLOUT_*``: which ``fraud_primary``
+version decides, and which scores in shadow (``python_backend.fraud.rollout``, set by
+``python -m client rollout``).
 """
 
 import gc
@@ -35,6 +37,7 @@ from python_backend.fraud.contract import FALLBACK, PRIMARY
 from python_backend.fraud.metrics import ServiceMetrics
 from python_backend.fraud.online import open_reader
 from python_backend.fraud.outbox import Outbox
+from python_backend.fraud.rollout import RolloutPlan, RoutedPrimary
 from python_backend.fraud.rules import load_rules
 from python_backend.fraud.triton import BatchTrace, TritonCaller, responses, scoring_requests
 from python_backend.tracing import endpoint, tracer
@@ -59,7 +62,10 @@ class TritonPythonModel:
             fallback = onnx_or_unavailable(onnx, FALLBACK, log.log_error)
         else:
             fallback = TritonCaller(pb_utils, FALLBACK)
-        self.primary = TritonCaller(pb_utils, PRIMARY)
+        # Which fraud_primary version decides (and which scores in shadow): the rollout's
+        # parameters; a bad one fails this load, and the version loaded before keeps serving.
+        plan = RolloutPlan.from_params(params)
+        self.primary = RoutedPrimary(lambda v: TritonCaller(pb_utils, PRIMARY, version=v), plan)
         self.callers = [self.primary] if in_process else [self.primary, fallback]
         ladder = ModelLadder(
             self.primary,
@@ -101,6 +107,8 @@ class TritonPythonModel:
         total_us = self.service.total_us(batch)
         out = responses(pb_utils, batch, total_us)
         self.metrics.observe(batch, total_us)
+        routes = self.primary.take()
+        self.metrics.observe_routes(routes)
         if traced is not None:
             responded = time.perf_counter()
             timeline.add("fraud.inputs", entered, batch.started)
@@ -108,7 +116,7 @@ class TritonPythonModel:
             traced.answered(batch, entered, responded)
         if self.outbox is not None:
             contexts = traced.publishing(batch) if traced is not None else None
-            self.outbox.send(batch, contexts)
+            self.outbox.send(batch, contexts, routes[-1] if routes else None)
         if traced is not None:
             traced.published_done()
         self.metrics.flush()

@@ -28,6 +28,10 @@ class TritonPythonModel:
             except ImageError as err:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err))))
                 continue
+            except Exception as err:  # this request fails alone, the rest of the batch is served
+                message = f"image_preprocess failed: {type(err).__name__}: {err}"
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                continue
             responses.append(
                 pb_utils.InferenceResponse(
                     [

@@ -15,13 +15,14 @@ from python_backend.fraud.online.base import (
     features_from_values,
     left_padded,
 )
-from python_backend.fraud.online.redis_store import RedisFeatureReader
+from python_backend.fraud.online.redis_store import RedisClusterFeatureReader, RedisFeatureReader
 from python_backend.fraud.online.sqlite_store import SqliteFeatureReader
 from python_backend.stores import open_store
 
 #: The stores a fraud reader can be opened on.
 READERS: dict[str, type[OnlineFeatureReader]] = {
     "redis": RedisFeatureReader,
+    "redis_cluster": RedisClusterFeatureReader,
     "sqlite": SqliteFeatureReader,
 }
 
@@ -37,6 +38,7 @@ __all__ = [
     "READERS",
     "OnlineFeatureReader",
     "OnlineFeatures",
+    "RedisClusterFeatureReader",
     "RedisFeatureReader",
     "SqliteFeatureReader",
     "columns_from_values",
