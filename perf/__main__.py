@@ -9,6 +9,7 @@
     python -m perf feature-parity  a day through Kafka, online vs offline (make feature-parity)
     python -m perf trace-report    tracing's cost and the per-stage breakdown (make trace-report)
     python -m perf mesh       what Envoy adds, direct vs through it side by side (make perf-mesh)
+    python -m perf rollout-cost    what a canary and a shadow cost the serving path
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -39,6 +40,7 @@ def main() -> None:
             "feature-parity",
             "trace-report",
             "mesh",
+            "rollout-cost",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -58,6 +60,10 @@ def main() -> None:
         from perf.mesh import run as run_mesh
 
         run_mesh(args.scale, quick=args.quick)
+    elif args.command == "rollout-cost":
+        from perf.rollout_cost import run as run_rollout_cost
+
+        run_rollout_cost(args.scale, quick=args.quick)
     elif args.command == "image":
         from perf.image import run as run_image
 
