@@ -65,6 +65,7 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
     results: dict[str, list[dict]] = {p: [] for p in PATHS}
     latencies: dict[str, list[np.ndarray]] = {p: [] for p in PATHS}
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the gRPC channels are made for this loop
     try:
         calls = {p: loadgen.grpc_call(urls[p], "fraud_scoring", rows) for p in PATHS}
         for path in PATHS:  # both channels connected and warm before anything is measured

@@ -68,6 +68,7 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
     )
     results: dict[str, list[dict]] = {name: [] for name in PLANS}
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the gRPC channel is made for this loop
     try:
         warm_up(server, 100)
         admin = admin_client(server.grpc_url)

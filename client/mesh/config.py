@@ -329,11 +329,23 @@ def _cluster(config: MeshConfig) -> dict:
             }
         ],
         "ignore_health_on_host_removal": True,
+        # A replica is ejected for errors it answers with (gRPC errors, 5 in a row), not for
+        # being slow or unreachable: a slow answer is what every replica gives under a model
+        # fault (the fallback takes over within the budget), and an unreachable one is the
+        # active health check's to find. Ejecting for per-try timeouts, the first chaos runs
+        # here ejected 104 times, a live replica among them, with the ejection time growing
+        # with each (5 s x ejections): a later restart then left Envoy in panic, routing to
+        # the stopped replica. Ejections last 5 s, growing to 10 s at most.
         "outlier_detection": {
+            "split_external_local_origin_errors": True,
             "consecutive_5xx": 5,
+            "enforcing_consecutive_local_origin_failure": 0,
+            "enforcing_local_origin_success_rate": 0,
             "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 0,
             "interval": "1s",
             "base_ejection_time": "5s",
+            "max_ejection_time": "10s",
             "max_ejection_percent": 50,
         },
         "circuit_breakers": {

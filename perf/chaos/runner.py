@@ -172,7 +172,7 @@ def _drain_decisions(system: System, read_all) -> list[dict]:
     read the whole log."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not any(system.spool.rglob("*.jsonl*")):
+        if not any(system.spool.rglob("spool-*.jsonl*")):  # not the journals
             break
         time.sleep(0.5)
     time.sleep(2)  # what is queued in the producers is delivered within milliseconds
