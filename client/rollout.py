@@ -197,7 +197,7 @@ class Gates:
 
     #: Rows the challenger must have scored in a step before it is judged (the step is held
     #: until then, up to ``max_step_s``).
-    min_rows: int = 60
+    min_rows: int = 30
     max_error_share: float = 0.01
     #: Population stability index of its scores against the champion's (0.25: a large shift).
     max_psi: float = 0.25
@@ -322,7 +322,7 @@ class Rollout:
     shadow_share: float = 0.2
     steps: tuple[float, ...] = STEPS
     step_s: float = 15.0
-    max_step_s: float = 60.0
+    max_step_s: float = 90.0
     #: After a reload, before the window opens: the new instance serves and has flushed.
     settle_s: float = 2.0
     gates: Gates = field(default_factory=Gates)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -169,6 +170,11 @@ class Server:
         if self.watchdog is not None:
             stop_process(self.watchdog, grace_s=5)
         stop_process(self.process, grace_s=20)
+        # A Python stub still finalizing when tritonserver went (SIGKILL after the grace)
+        # outlives it, reparented to init: seen after a chaos run, still using CPU an hour
+        # later. The server leads its own session; whatever is left of it goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start_watchdog(

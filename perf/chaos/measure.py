@@ -142,3 +142,5 @@ class Window:
     lifted: float
     end: float
     error: str = ""
+    #: When the lift began (a crashed replica's restart is part of the lift).
+    lifting: float | None = None

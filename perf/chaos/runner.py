@@ -47,18 +47,19 @@ async def _schedule(system, load, timing, names, stop, progress, log) -> list[Wi
         for name in names:
             fault = faults[name]
             error = ""
-            injected = load.now()
+            injected = lifting = load.now()
             try:
                 await loop.run_in_executor(None, fault.inject, system)
                 if not fault.instantaneous:
                     await asyncio.sleep(timing.fault_s)
+                lifting = load.now()
                 await loop.run_in_executor(None, fault.lift, system)
             except Exception as err:  # reported, and the run goes on
                 error = f"{type(err).__name__}: {err}"
                 log(f"chaos: {name}: {error}")
             lifted = load.now()
             await asyncio.sleep(timing.watch_s)
-            windows.append(Window(name, injected, lifted, load.now(), error))
+            windows.append(Window(name, injected, lifted, load.now(), error, lifting))
             progress(name)
         if load.now() - cycle_started >= timing.soak_s:
             break
