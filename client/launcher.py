@@ -198,12 +198,10 @@ def serve_mesh(replicas: int, ports: Ports, env: dict[str, str], log=print, stat
 def _mesh_alive() -> int | None:
     if not MESH_STATE.exists():
         return None
+    from client.local.services import running
+
     pid = json.loads(MESH_STATE.read_text())["envoy"]
-    try:
-        os.kill(pid, 0)
-        return pid
-    except ProcessLookupError:
-        return None
+    return pid if running(pid) else None
 
 
 def stop_mesh(log=print) -> bool:
@@ -295,13 +293,13 @@ IMAGE_API_PID = TRITON_STATE / "image_api.pid"
 def _alive(pid_file) -> int | None:
     if not pid_file.exists():
         return None
+    from client.local.services import running
+
     pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
+    if running(pid):
         return pid
-    except ProcessLookupError:
-        pid_file.unlink()
-        return None
+    pid_file.unlink()
+    return None
 
 
 def start_image_api(triton_url: str, port: int, log_path, timeout_s: float = 60):

@@ -28,20 +28,17 @@ TARGETS = {"p50_ms": 1.0, "p99_ms": 2.0}
 def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=print) -> dict:
     from tqdm import tqdm
 
-    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.launcher import warm_up
     from client.local.services import free_port
     from client.local.triton import FRAUD_MODELS, Ports, start
     from client.mesh.config import MeshConfig
     from client.mesh.mesh import Mesh
     from perf import cpu, loadgen, workload
-    from python_backend.paths import DATA
 
     out = out or PERF_RESULTS / "mesh"
     out.mkdir(parents=True, exist_ok=True)
     rate, requests, repeats = (200, 1500, 2) if quick else (200, 4000, 3)
-    scale = ensure_models(scale, log)
-    env = ensure_features(scale, log)
-    rows = workload.rows(workload.sample_transactions(DATA / scale, 5000))
+    scale, env, rows = workload.prepared(scale, log)
     mesh = Mesh(
         TRITON_STATE / "perf-mesh",
         MeshConfig(listen_port=free_port(), admin_port=free_port()),

@@ -40,25 +40,23 @@ def _rss_mb(pid: int) -> float:
 def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=print) -> dict:
     from tqdm import tqdm
 
-    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.launcher import warm_up
     from client.local.operator import admin_client, override_parameters
     from client.local.triton import FRAUD_MODELS, Ports, start
     from client.rollout import MODEL, pin, publish
     from perf import cpu, loadgen, workload
-    from python_backend.paths import DATA, MODEL_REPOSITORY
+    from python_backend.paths import MODEL_REPOSITORY
 
     out = out or PERF_RESULTS / "rollout_cost"
     out.mkdir(parents=True, exist_ok=True)
     rate, requests, repeats = (200, 1500, 1) if quick else (200, 3000, 2)
-    scale = ensure_models(scale, log)
-    env = ensure_features(scale, log)
+    scale, env, rows = workload.prepared(scale, log)
     repository = TRITON_STATE / "rollout-cost" / "model_repository"
     if repository.exists():
         shutil.rmtree(repository)
     shutil.copytree(MODEL_REPOSITORY, repository)
     publish(repository, 2, "copy", log=log)
     pin(repository, [1, 2])  # both versions loaded; the plans name which one is called
-    rows = workload.rows(workload.sample_transactions(DATA / scale, 5000))
     server = start(
         repository=repository,
         ports=Ports.free(),

@@ -30,6 +30,18 @@ def rows(frame: pd.DataFrame) -> list[dict]:
     return frame[COLUMNS].to_dict("records")
 
 
+def prepared(scale: str, log=print, n: int = 5000) -> tuple[str, dict[str, str], list[dict]]:
+    """What a benchmark against a server of ``scale`` needs: models built (the scale they
+    were built at), the online store filled (the environment a server reads it with), and
+    ``n`` transactions of the last day as requests."""
+    from client.launcher import ensure_features, ensure_models
+    from python_backend.paths import DATA
+
+    scale = ensure_models(scale, log)
+    env = ensure_features(scale, log)
+    return scale, env, rows(sample_transactions(DATA / scale, n))
+
+
 def perf_analyzer_data(frame: pd.DataFrame, path: Path) -> Path:
     """perf_analyzer ``--input-data``: one entry per request, one transaction each."""
     entries = [

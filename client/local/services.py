@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,17 @@ def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout_s: f
             return
         time.sleep(0.05)
     raise TimeoutError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s} s")
+
+
+def running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from client.local.services import wait_http
+from client.local.services import running, wait_http
 from python_backend import settings, tracing
 from python_backend.paths import OBSERVE, ROOT
 
@@ -183,7 +183,7 @@ def start_beside_serve(log=print) -> None:
     a stream consumer and the image API on their default ports; stopped by ``make stop``."""
     from client.observe import dashboards, traces
 
-    if PIDS.exists() and any(_alive(p) for p in json.loads(PIDS.read_text()).values()):
+    if PIDS.exists() and any(running(p) for p in json.loads(PIDS.read_text()).values()):
         raise RuntimeError(f"observability already running ({PIDS}): `make stop` first")
     collector_port = tracing.endpoint_port(tracing.endpoint())
     prometheus_port = settings.PROMETHEUS_PORT.get_int()
@@ -211,20 +211,12 @@ def start_beside_serve(log=print) -> None:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def stop(log=print) -> None:
     """Stop what :func:`start_beside_serve` started."""
     if not PIDS.exists():
         return
     for name, pid in json.loads(PIDS.read_text()).items():
-        if _alive(pid):
+        if running(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
