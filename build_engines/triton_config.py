@@ -55,9 +55,6 @@ def primary_config(
     return model_config.render(
         {"name": PRIMARY.name, "max_batch_size": MAX_BATCH_SIZE},
         {"platform": "tensorrt_plan"} if gpu else {"backend": "python"},
-        # The build writes version 1 and pins it: a candidate folder a rollout published
-        # (2, 3, ...) is never served by a restart, only by the rollout that loads it.
-        {"version_policy": {"specific": {"versions": [1]}}},
         model_config.io(PRIMARY),
         {
             "dynamic_batching": {

@@ -21,13 +21,14 @@ GATES = Gates(min_rows=15, max_over_budget=0.2, max_degraded=0.2)
 
 
 class Load:
-    """A plain client through Envoy, one transaction per request, until stopped."""
+    """A plain client through Envoy, one transaction per request, until stopped; like any
+    caller, it retries once what got no answer (UNAVAILABLE), same transaction id."""
 
     def __init__(self, url: str) -> None:
         from client.scoring import FraudClient
 
         self.client = FraudClient(url)
-        self.answered = self.failed = 0
+        self.answered = self.failed = self.retried = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,12 +43,17 @@ class Load:
                 "amount": 5.0 + (i * 7) % 300,
                 "ts_ms": int(time.time() * 1000),
             }
-            try:
-                self.client.score([row])
-                self.answered += 1
-            except Exception as err:
-                self.failed += 1
-                self.errors.append(str(err)[:200])
+            for attempt in (1, 2):
+                try:
+                    self.client.score([row])
+                    self.answered += 1
+                    break
+                except Exception as err:
+                    if attempt == 1 and "UNAVAILABLE" in str(err):
+                        self.retried += 1
+                        continue
+                    self.failed += 1
+                    self.errors.append(str(err)[:200])
             i += 1
             time.sleep(0.01)
 
