@@ -19,9 +19,19 @@ from perf.chaos.system import System
 
 def _on_every_replica(system: System, act: Callable) -> None:
     """``act(admin)`` on every running replica, as a bad deploy reaches all of them."""
-    for admin in system.admins():
+    import subprocess
+
+    for replica, admin in system.admins_by_replica():
         try:
             act(admin)
+        except Exception:
+            # A replica that died by itself meanwhile (its server gone) has nothing left to
+            # inject into; System.heal boots it before the next fault. Anything else raises.
+            try:
+                replica.server.process.wait(2)
+            except subprocess.TimeoutExpired:
+                raise
+            system.log(f"chaos: replica {replica.index} died during the injection")
         finally:
             admin.close()
 

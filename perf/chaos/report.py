@@ -98,6 +98,7 @@ def summarize(
         "resources": resources.summary(),
         "refill_s": [round(s, 1) for s in system.refills],
         "replica_restarts": system.restarts,
+        "replicas_died_by_themselves": system.unplanned,
         "envoy": system.envoy,
         "all_targets_met": all(all(f["targets_met"].values()) for f in per_fault)
         and log["missing"] == 0

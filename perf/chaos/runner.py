@@ -47,6 +47,7 @@ async def _schedule(system, load, timing, names, stop, progress, log) -> list[Wi
         for name in names:
             fault = faults[name]
             error = ""
+            await loop.run_in_executor(None, system.heal)
             injected = lifting = load.now()
             try:
                 await loop.run_in_executor(None, fault.inject, system)

@@ -39,6 +39,7 @@ class System:
         self.refills: list[float] = []
         self.envoy: dict[str, int] = {}
         self.restarts: list[dict] = []  # each replica restart's steps, in seconds
+        self.unplanned: list[dict] = []  # replicas that died by themselves, booted again
         self.starts = 0
 
     # Redis ------------------------------------------------------------------------------
@@ -286,4 +287,31 @@ class System:
         bad deploy would."""
         from client.local.operator import admin_client
 
-        return [admin_client(r.address) for r in self.mesh.replicas if r.server is not None]
+        return [
+            admin_client(r.address)
+            for r in self.mesh.replicas
+            if r.server is not None and r.server.process.poll() is None
+        ]
+
+    def admins_by_replica(self) -> list:
+        """(replica, operator's client) per running replica."""
+        from client.local.operator import admin_client
+
+        return [
+            (r, admin_client(r.address))
+            for r in self.mesh.replicas
+            if r.server is not None and r.server.process.poll() is None
+        ]
+
+    def heal(self) -> None:
+        """Boot any replica whose server died by itself, as an orchestrator restarts a crashed
+        pod (Triton 2.51 crashed here, SIGSEGV, during model reloads under load): recorded in
+        ``unplanned`` with the time, never hidden."""
+        for replica in self.mesh.replicas:
+            server = replica.server
+            if server is not None and server.process.poll() is not None:
+                code = server.process.returncode
+                self.log(f"chaos: replica {replica.index} died by itself (exit {code}); booting")
+                self.unplanned.append({"replica": replica.index, "exit": code, "at": time.time()})
+                self.mesh.stop_replica(replica)
+                self.mesh.boot(replica)
