@@ -58,13 +58,17 @@ def write_endpoints(path: Path, replicas: list[tuple[str, int, str]]) -> None:
 ENVOY_NICE = -5
 
 
-def priority() -> list[str]:
-    """``nice -n ENVOY_NICE`` where this process may raise a priority, else nothing."""
+def may_run_at(niceness: int) -> bool:
+    """Whether this process may give a child ``niceness`` (root, or RLIMIT_NICE allows it)."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    allowed = os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 20 - ENVOY_NICE
-    return ["nice", "-n", str(ENVOY_NICE)] if allowed else []
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 20 - niceness
+
+
+def priority() -> list[str]:
+    """``nice -n ENVOY_NICE`` where this process may raise a priority, else nothing."""
+    return ["nice", "-n", str(ENVOY_NICE)] if may_run_at(ENVOY_NICE) else []
 
 
 @dataclass

@@ -53,11 +53,8 @@ BOOT_NICE = 10
 
 
 def can_renice() -> bool:
-    """Whether a niced replica can be given its priority back (root, or RLIMIT_NICE)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 20
+    """Whether a niced replica can be given its priority back (niceness 0)."""
+    return envoy_process.may_run_at(0)
 
 
 def renice(server: Server, niceness: int) -> None:

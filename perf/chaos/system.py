@@ -282,17 +282,6 @@ class System:
             self.stop_redis()
         self.stack.close()
 
-    def admins(self) -> list:
-        """An operator's client per running replica: model faults act on every replica, as a
-        bad deploy would."""
-        from client.local.operator import admin_client
-
-        return [
-            admin_client(r.address)
-            for r in self.mesh.replicas
-            if r.server is not None and r.server.process.poll() is None
-        ]
-
     def admins_by_replica(self) -> list:
         """(replica, operator's client) per running replica."""
         from client.local.operator import admin_client
