@@ -55,20 +55,19 @@ async def _run(url: str, mode: str, rows: list[dict], rate: float, requests: int
 def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=print) -> dict:
     from tqdm import tqdm
 
-    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.launcher import warm_up
     from client.local.services import free_port
     from client.local.triton import Ports, start
     from client.observe import stack, traces
     from perf import cpu, workload
     from perf.triton_stats import model_statistics, statistics_delta
     from python_backend import tracing
-    from python_backend.paths import DATA, TRITON_STATE
+    from python_backend.paths import TRITON_STATE
 
     out = out or PERF_RESULTS / "traces"
     out.mkdir(parents=True, exist_ok=True)
     rate, requests, repeats = (150, 1500, 2) if quick else (200, 4000, 3)
-    scale = ensure_models(scale, log)
-    env = ensure_features(scale, log)
+    scale, env, rows = workload.prepared(scale, log)
     spans_dir = out / "spans"
     if (spans_dir / "spans.jsonl").exists():
         (spans_dir / "spans.jsonl").unlink()
@@ -91,7 +90,6 @@ def run(scale: str = "small", quick: bool = False, out: Path | None = None, log=
         for server in servers.values():
             warm_up(server, 100)
         stats = {n: admin_client(s.grpc_url) for n, s in servers.items()}
-        rows = workload.rows(workload.sample_transactions(DATA / scale, 5000))
         results: dict[str, list[dict]] = {m: [] for m in MODES}
         loop = asyncio.new_event_loop()
         progress = tqdm(total=repeats * len(MODES), desc="trace-report", unit="run")
