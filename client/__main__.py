@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 import uuid
@@ -33,7 +32,7 @@ import pandas as pd
 
 from client.local.triton import Ports
 from python_backend import settings
-from python_backend.paths import DATA, REPORTS, ROOT
+from python_backend.paths import DATA, REPORTS
 
 
 def _url(args) -> str:
@@ -41,12 +40,9 @@ def _url(args) -> str:
 
 
 def _last_day(scale: str, limit: int | None) -> pd.DataFrame:
-    from python_backend.fraud.features import MS_PER_DAY
+    from client.demo import last_day
 
-    tx = pd.read_parquet(DATA / scale / "transactions.parquet")
-    start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
-    day = tx[tx["ts_ms"] >= start]
-    return day.head(limit) if limit else day
+    return last_day(DATA / scale, limit)
 
 
 def cmd_score(args) -> int:
@@ -112,84 +108,10 @@ def cmd_stop(_args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from client.demo import run
 
-    from client.launcher import ensure_features, ensure_models, warm_up
-    from client.local.triton import running
-    from client.open_world import score_variants, table
-    from client.replay import replay
-
-    print("== 1. build what is missing (embedded defaults: SQLite online store)")
-    scale = ensure_models(args.scale)
-    env = ensure_features(scale)
-    ports = Ports.free()
-    print(f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly)")
-    with running(ports=ports, env=env, watchdog=True) as server:
-        warm_up(server)
-        day = _last_day(scale, args.limit)
-        print(
-            f"== 3. replay {len(day):,} transactions of the last simulated day over gRPC, "
-            f"concurrency {args.concurrency}"
-        )
-        normal = replay(server.grpc_url, day, args.concurrency)
-        print(normal.table())
-        genuine = day[day["is_fraud"] == 0].head(400)
-        print(
-            f"== 4. the open world: {len(genuine)} of those genuine purchases again, at "
-            "terminals and from cards the store has never seen, and 45 days later"
-        )
-        open_world = score_variants(server.grpc_url, genuine)
-        print(table(open_world))
-        outage = day.sample(min(len(day), args.outage), random_state=1)
-        print(f"== 5. unload fraud_primary on purpose, replay {len(outage):,} more")
-        from client.local.operator import admin_client
-
-        admin = admin_client(server.grpc_url)
-        admin.unload_model("fraud_primary")
-        failed = replay(server.grpc_url, outage, args.concurrency)
-        admin.load_model("fraud_primary")
-        print(failed.table())
-        after_kill = day.sample(min(len(day), 2 * args.outage), random_state=2)
-        print(
-            "== 6. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
-            f"{len(after_kill):,} more at 100/s while the stub watchdog reloads it"
-        )
-        _kill_stubs("fraud_primary", server.process.pid)
-        killed = replay(server.grpc_url, after_kill, args.concurrency, rate_per_s=100)
-        print(killed.table())
-        runs = (normal, failed, killed)
-        ok = all(r.decided == r.sent for r in runs)
-        print(
-            f"== 7. every request got a decision: {'yes' if ok else 'NO'} "
-            f"({sum(r.decided for r in runs):,} of {sum(r.sent for r in runs):,}); "
-            f"paths with the primary unloaded: {dict(failed.paths)}; after the stub kill: "
-            f"{dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
-        )
-        report = REPORTS / "demo.json"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        runs_by_name = {
-            "normal": normal.as_dict(),
-            "primary_unloaded": failed.as_dict(),
-            "primary_stub_killed": killed.as_dict(),
-            "open_world": {k: o.as_dict() for k, o in open_world.items()},
-        }
-        report.write_text(json.dumps(runs_by_name, indent=2) + "\n")
-        print(f"== 8. stopping the server; summary in {report.relative_to(ROOT)}")
-        print(
-            "   next: `make serve` then `make observe` (span collector and Prometheus beside it:"
-            " trace a decision with `python -m client score ... --trace`, then `python -m "
-            "client trace <id>`); `make trace-report` for where every millisecond goes"
-        )
-    return 0 if ok else 1
-
-
-def _kill_stubs(model: str, server_pid: int) -> None:
-    import signal
-
-    from client.local.services import stub_pids
-
-    for pid in stub_pids(model, server_pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    result = run(args.scale, limit=args.limit, outage=args.outage, concurrency=args.concurrency)
+    return 0 if result.every_request_decided else 1
 
 
 def cmd_image_api(args) -> int:
@@ -256,9 +178,10 @@ def cmd_click(args) -> int:
 
 
 def cmd_watchdog(args) -> int:
+    from client.launcher import MESH_STATE
     from client.local.watchdog import Watchdog
 
-    watchdog = Watchdog(_url(args), tuple(args.models.split(",")))
+    watchdog = Watchdog(_url(args), tuple(args.models.split(",")), mesh_state=MESH_STATE)
     print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
     if args.metrics_port:
         watchdog.serve_metrics(args.metrics_port)
@@ -331,6 +254,8 @@ def cmd_rollout(args) -> int:
         )
         return 2
     steps = tuple(float(s) / 100 for s in args.steps.split(","))
+    from client.mesh.rotation import Rotation
+
     report = rollout.Rollout(
         repository,
         args.version,
@@ -339,6 +264,7 @@ def cmd_rollout(args) -> int:
         shadow_share=args.shadow_share,
         steps=steps,
         step_s=args.step_s,
+        rotation=Rotation.from_state(MESH_STATE) if _mesh_alive() else None,
     ).run()
     return 0 if report["outcome"] == "promoted" else 1
 

@@ -91,14 +91,15 @@ def ensure_features(scale: str, log=print) -> dict[str, str]:
     return env
 
 
-def warm_up(server: Server, requests: int = 30) -> None:
+def warm_up(server: Server | str, requests: int = 30) -> None:
     """The first requests after a load take 30 ms or more (measured here): send some
-    before anyone measures or relies on the budget."""
+    before anyone measures or relies on the budget. ``server``: a started server, or the
+    gRPC address of one (a replica's own port)."""
     import uuid
 
     from client.scoring import FraudClient
 
-    client = FraudClient(server.grpc_url)
+    client = FraudClient(server if isinstance(server, str) else server.grpc_url)
     now = int(time.time() * 1000)
     run = uuid.uuid4().hex[:8]  # each warm-up its own ids: they are published and logged
     for i in range(requests):
@@ -172,6 +173,7 @@ def serve_mesh(replicas: int, ports: Ports, env: dict[str, str], log=print, stat
     state = {
         "envoy": mesh.envoy.process.pid,
         "envoy_admin_port": config.admin_port,
+        "eds": str(mesh.eds),
         "grpc_port": ports.grpc,
         "replicas": [
             {

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.mesh.rotation import Rotation
 from python_backend.fraud.rollout import SCORE_BUCKETS, RolloutPlan, psi
 from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 from python_backend.paths import BUILD, REPORTS
@@ -332,19 +333,27 @@ class Rollout:
     history: list[Step] = field(default_factory=list)
     #: The champion's numbers from the last step where it scored enough rows.
     reference: dict | None = None
-
-    def _admins(self) -> list:
-        from client.local.operator import admin_client
-
-        return [admin_client(url) for url in self.replicas]
+    #: Envoy's rotation of the replicas (``make serve REPLICAS=N``); None: one server, whose
+    #: reloads happen in place.
+    rotation: Rotation | None = None
+    #: Each reload: the replica, in place or not, and its steps' seconds.
+    reloads: list[dict] = field(default_factory=list)
 
     def _on_replicas(self, act: Callable) -> None:
-        """``act(admin)`` on one replica after the other: a reload starts Python stubs, and
-        on two cores two replicas reloading at once held a request over a second (seen in
-        CI); one at a time, the other serves as usual."""
-        for admin in self._admins():
+        """``act(admin)`` (a reload) on one replica after the other, each out of Envoy's
+        rotation meanwhile (``client.mesh.rotation``): Triton 2.51 crashes when a model is
+        reloaded with requests to it in flight, and on two cores two replicas reloading at
+        once held a request over a second (seen in CI). Without a mesh, in place."""
+        from client.launcher import warm_up
+        from client.local.operator import admin_client
+        from client.mesh.rotation import reloading
+
+        for url in self.replicas:
+            admin = admin_client(url)
             try:
-                act(admin)
+                with reloading(self.rotation, url, lambda u=url: warm_up(u, 20)) as steps:
+                    act(admin)
+                self.reloads.append({"replica": url, **steps})
             finally:
                 admin.close()
 
@@ -491,6 +500,7 @@ class Rollout:
             "challenger_decided_share": round(decided / total, 4) if total else 0.0,
             "rejected_to": str(getattr(self, "rejected_to", "")) or None,
             "steps": [asdict(s) for s in self.history],
+            "reloads": self.reloads,
         }
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"rollout-{self.version}.json").write_text(json.dumps(report, indent=2))
@@ -529,6 +539,21 @@ def markdown(report: dict) -> str:
     for s in report["steps"]:
         champion, challenger = s["champion"].get("scores"), s["challenger"].get("scores")
         lines.append(f"- {s['name']}: {champion} / {challenger}")
+    reloads = report.get("reloads", [])
+    if reloads:
+        quiesced = [r for r in reloads if not r["in_place"]]
+        lines += [
+            "",
+            f"Reloads: {len(reloads)}, {len(quiesced)} out of Envoy's rotation (drained, "
+            f"reloaded, warmed, readmitted), {len(reloads) - len(quiesced)} in place "
+            "(no other replica served).",
+        ]
+        if quiesced:
+            for step in ("drain_s", "reload_s", "warm_s", "admit_s"):
+                values = sorted(r.get(step, 0.0) for r in quiesced)
+                lines.append(
+                    f"- {step}: median {values[len(values) // 2]:.2f}, max {values[-1]:.2f}"
+                )
     if report["rejected_to"]:
         lines += ["", f"The rejected version was moved to `{report['rejected_to']}`."]
     return "\n".join(lines) + "\n"

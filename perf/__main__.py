@@ -10,6 +10,7 @@
     python -m perf trace-report    tracing's cost and the per-stage breakdown (make trace-report)
     python -m perf mesh       what Envoy adds, direct vs through it side by side (make perf-mesh)
     python -m perf rollout-cost    what a canary and a shadow cost the serving path
+    python -m perf reload-cost     a rollout step's reload: in place vs out of rotation
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -41,6 +42,7 @@ def main() -> None:
             "trace-report",
             "mesh",
             "rollout-cost",
+            "reload-cost",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -64,6 +66,10 @@ def main() -> None:
         from perf.rollout_cost import run as run_rollout_cost
 
         run_rollout_cost(args.scale, quick=args.quick)
+    elif args.command == "reload-cost":
+        from perf.reload_cost import run as run_reload_cost
+
+        run_reload_cost(args.scale, quick=args.quick)
     elif args.command == "image":
         from perf.image import run as run_image
 

@@ -3,20 +3,27 @@
 ``transactions``: the simulator's replayer and the serving side produce them; the stream
 consumer reads them. ``clicks``: what a user clicked (the recommender's real-time input).
 JSON (one object per message) with a ``v`` field, keyed by card id (user id) so that each
-entity's events stay in order on one partition.
+entity's events stay in order on one partition. Their values keep the rules of
+``field_rules`` (the request path's too): a bad event is refused here, as its request would be.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import asdict, dataclass
+
+from python_backend.field_rules import CLICK, TRANSACTION, Field
 
 TOPIC_TRANSACTIONS = "transactions"
 SCHEMA_VERSION = 1
+#: Integers the store's int64 keys and times can hold.
+_INT64 = range(-(2**63), 2**63)
 
 
 class EventError(ValueError):
-    """A message that is not a valid transaction event; names the field at fault."""
+    """A message that is not a valid event; names the field at fault and the rule."""
 
 
 @dataclass(frozen=True)
@@ -35,40 +42,59 @@ class TransactionEvent:
         return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
 
 
-_FIELDS = {"transaction_id": str, "card_id": int, "terminal_id": int, "amount": float, "ts_ms": int}
+def _shown(value: object) -> str:
+    """A value as an error quotes it: short, whatever came."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def _fields(message: bytes, kinds: dict[str, type]) -> dict:
-    """The message's fields, each of its declared type (an int is accepted for a float)."""
+def _typed(name: str, kind: type, value: object) -> object:
+    """``value`` as ``kind`` (an int is taken for a float), or EventError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # beyond any float: the amount rule refuses it as infinite
+            return math.inf if value > 0 else -math.inf
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise EventError(f"{name}: expected {kind.__name__}, got {_shown(value)}")
+    if kind is int and value not in _INT64:
+        raise EventError(f"{name}: expected a 64-bit integer, got {_shown(value)}")
+    return value
+
+
+def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None) -> dict:
+    """The message's fields, each of its declared type and keeping its rules (``now_ms``:
+    the clock the timestamp rule reads; None: this machine's)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
+        # Python's json takes NaN and Infinity literals: the rules refuse them below.
         raw = json.loads(message)
     except (ValueError, UnicodeDecodeError) as err:
         raise EventError(f"not JSON: {err}") from None
     if not isinstance(raw, dict):
         raise EventError("the message must be a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
-        raise EventError(f"v: schema version {raw.get('v')!r} is not {SCHEMA_VERSION}")
+    version = raw.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
+        raise EventError(f"v: schema version {_shown(version)} is not {SCHEMA_VERSION}")
     values = {}
-    for name, kind in kinds.items():
-        value = raw.get(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise EventError(f"{name}: expected {kind.__name__}, got {value!r}")
-        values[name] = value
+    for field in fields:
+        if field.name not in raw:
+            raise EventError(f"{field.name}: missing")
+        values[field.name] = _typed(field.name, field.kind, raw[field.name])
+    for field in fields:
+        value = values[field.name]
+        # Ids are checked as the bytes a request carries; a lone surrogate comes out invalid.
+        checked = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        rule = field.first_broken(checked, now_ms)
+        if rule is not None:
+            raise EventError(f"{field.name}: {rule.wording}, got {_shown(raw[field.name])}")
     return values
 
 
-def decode(message: bytes) -> TransactionEvent:
-    """Parse and validate one message."""
-    values = _fields(message, _FIELDS)
-    if not values["transaction_id"]:
-        raise EventError("transaction_id: must not be empty")
-    if values["ts_ms"] <= 0:
-        raise EventError("ts_ms: must be a positive epoch time in milliseconds")
-    if not values["amount"] >= 0:  # also rejects NaN
-        raise EventError(f"amount: must be >= 0, got {values['amount']!r}")
-    return TransactionEvent(**values)
+def decode(message: bytes, now_ms: int | None = None) -> TransactionEvent:
+    """Parse and validate one ``transactions`` message (``now_ms``: the clock the timestamp
+    rule reads; None: this machine's)."""
+    return TransactionEvent(**_fields(message, TRANSACTION, now_ms))
 
 
 @dataclass(frozen=True)
@@ -86,12 +112,6 @@ class ClickEvent:
         return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
 
 
-def decode_click(message: bytes) -> ClickEvent:
-    """Parse and validate one ``clicks`` message."""
-    values = _fields(message, {"click_id": str, "user_id": int, "item_id": int, "ts_ms": int})
-    if not values["click_id"]:
-        raise EventError("click_id: must not be empty")
-    for name in ("user_id", "item_id", "ts_ms"):
-        if values[name] <= 0:
-            raise EventError(f"{name}: must be positive, got {values[name]}")
-    return ClickEvent(**values)
+def decode_click(message: bytes, now_ms: int | None = None) -> ClickEvent:
+    """Parse and validate one ``clicks`` message (``now_ms`` as in :func:`decode`)."""
+    return ClickEvent(**_fields(message, CLICK, now_ms))

@@ -69,7 +69,14 @@ SCORED_TOPIC = _setting("SCORED_TOPIC", "transactions", "where the BLS publishes
 DECISIONS_TOPIC = _setting("DECISIONS_TOPIC", "decisions", "the decision log's topic")
 DECISION_LOG = _setting("DECISION_LOG", "on", "off: no decision log")
 DECISION_SPOOL_DIR = _setting(
-    "DECISION_SPOOL_DIR", None, "the decision log's spool (default: a temp folder)"
+    "DECISION_SPOOL_DIR",
+    str(paths.BUILD / "decision-spool"),
+    "the decision log's journal and spool: a folder that outlives the process (a pod's volume)",
+)
+DECISION_DRAIN_S = _setting(
+    "DECISION_DRAIN_S",
+    "10",
+    "seconds the decision log spends handing its spool to the broker at shutdown",
 )
 # The Triton server the tooling starts.
 TRITON_SERVER = _setting("TRITON_SERVER", None, "a tritonserver binary (default: the wheel's)")

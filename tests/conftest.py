@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,32 +124,60 @@ def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
     return repository
 
 
-@pytest.fixture(scope="session")
-def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
-    """A real Triton server with the tiny build's models, the committed ``model.py`` files,
-    a real Redis online store (database 1) materialized as of the last simulated day, and
-    scored transactions published to a real Kafka-protocol broker."""
+def _serving(tiny_build, root: Path, store_env: dict, kafka_service) -> Iterator[Serving]:
+    """A real Triton server on the tiny build's models and the committed ``model.py`` files,
+    reading the online store ``store_env`` names, publishing scored transactions and its
+    decision log to the real broker (its spool in ``root``), warmed up."""
     from client.launcher import warm_up
     from client.local.triton import Ports, running
     from client.scoring import FraudClient
-    from feature_repo.store import StoreSettings, fill
 
-    root = tmp_path_factory.mktemp("serving")
     repository = serving_repository(tiny_build, root)
-    data_dir = tiny_build.build_dir / "data" / "tiny"
-    redis_url = f"redis://127.0.0.1:{redis_service.port}/1"
-    settings = StoreSettings.from_env(
-        kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=root / "features"
-    )
     env = {
-        **fill(settings, log=lambda _m: None),
+        **store_env,
         "KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_service.port}",
         "SCORED_TOPIC": SERVING_TOPIC,
+        "DECISION_SPOOL_DIR": str(root / "decision-spool"),
     }
     with running(
         repository=repository, ports=Ports.free(), env=env, log_path=root / "server.log"
     ) as server:
         warm_up(server)  # as `make serve` does: the first requests after a load are slow
         client = FraudClient(server.grpc_url)
-        yield Serving(server, repository, data_dir, client, env)
+        yield Serving(server, repository, tiny_build.build_dir / "data" / "tiny", client, env)
         client.close()
+
+
+@pytest.fixture(scope="session")
+def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
+    """The server with a real Redis online store (database 1) materialized as of the last
+    simulated day (what production runs)."""
+    from feature_repo.store import StoreSettings, fill
+
+    root = tmp_path_factory.mktemp("serving")
+    settings = StoreSettings.from_env(
+        kind="redis",
+        redis_url=f"redis://127.0.0.1:{redis_service.port}/1",
+        data_dir=tiny_build.build_dir / "data" / "tiny",
+        repo_dir=root / "features",
+    )
+    yield from _serving(tiny_build, root, fill(settings, log=lambda _m: None), kafka_service)
+
+
+@pytest.fixture(scope="session")
+def serving_sqlite(tiny_build, tmp_path_factory, kafka_service):
+    """The server on the default, embedded SQLite online store (what ``make demo`` and
+    ``make serve`` run), materialized as of the last simulated day."""
+    from feature_repo.store import StoreSettings, fill
+
+    root = tmp_path_factory.mktemp("serving-sqlite")
+    settings = StoreSettings.from_env(
+        kind="sqlite", data_dir=tiny_build.build_dir / "data" / "tiny", repo_dir=root / "features"
+    )
+    yield from _serving(tiny_build, root, fill(settings, log=lambda _m: None), kafka_service)
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def any_store_serving(request) -> Serving:
+    """The server on each online store in turn: Redis (production) and SQLite (the default)."""
+    return request.getfixturevalue("serving" if request.param == "redis" else "serving_sqlite")

@@ -93,6 +93,11 @@ def served_models(repository: Path) -> list[str]:
     return models
 
 
+#: How long a stopping server may take: requests in flight, then the models' unload (the
+#: decision log's drain at shutdown).
+EXIT_TIMEOUT_S = 15
+
+
 def server_command(
     repository: Path,
     ports: Ports,
@@ -116,7 +121,10 @@ def server_command(
         "--metrics-address=127.0.0.1",
         f"--metrics-port={ports.metrics}",
         "--log-verbose=0",
-        "--exit-timeout-secs=5",
+        # At SIGTERM Triton finishes the requests it holds, then unloads the models: the
+        # BLS's finalize hands its decision spool to the broker (DECISION_DRAIN_S, 10 s at
+        # most) before the server exits. Stop's grace (20 s) covers it.
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
     ]
     if models is None:
         models = served_models(repository)

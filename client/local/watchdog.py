@@ -12,14 +12,17 @@ that is unloaded on purpose, one that is merely slow) are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from client.local.operator import admin_client
+from client.mesh.rotation import Rotation, reloading
 from python_backend.contract import ModelContract
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 
@@ -66,6 +69,12 @@ class Watchdog:
     log: Callable[[str], None] = print
     #: (monotonic time, model) of each reload.
     reloads: list[tuple[float, str]] = field(default_factory=list)
+    #: Envoy's rotation, when this replica is one of a mesh's: each reload then happens out
+    #: of rotation (``client.mesh.rotation``); else in place.
+    rotation: Rotation | None = None
+    #: Where a mesh started later describes itself (``make serve REPLICAS=N``'s state): read
+    #: at a reload when ``rotation`` is not given.
+    mesh_state: Path | None = None
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -111,11 +120,20 @@ class Watchdog:
                     continue
                 self.log(f"watchdog: {name}'s stub process is gone; reloading {name}")
                 started = time.monotonic()
-                reload(client, name)
+                with reloading(self._rotation(), self.url):
+                    reload(client, name)
                 self.reloads.append((started, name))
                 if self._reloaded is not None:
                     self._reloaded.labels(name).inc()
                 self.log(f"watchdog: {name} reloaded in {time.monotonic() - started:.1f} s")
+
+    def _rotation(self) -> Rotation | None:
+        if self.rotation is None and self.mesh_state is not None:
+            found = Rotation.from_state(self.mesh_state, log=self.log)
+            with contextlib.suppress(OSError, ValueError):
+                if found is not None and self.url in found.statuses():
+                    return found
+        return self.rotation
 
     def run(self) -> None:
 

@@ -7,7 +7,8 @@ What it declares:
 - the callers' routes: Triton's inference, metadata and health methods and
   ``grpc.health.v1``; everything else of Triton's gRPC API answers 403 unless the request
   carries the operator's header (Triton then checks its value: ``client.local.operator``);
-- per client (remote address) a local rate limit, and a request size limit;
+- per client (remote address) a local rate limit, and a request size limit (gRPC callers
+  over it get RESOURCE_EXHAUSTED naming the limit);
 - the ``triton`` cluster: least-request balancing over the replicas, active gRPC health
   checks (``grpc.health.v1``; Triton's strict readiness makes it NOT_SERVING while a loaded
   model is not ready), outlier detection, a retry budget, retries of what failed before an
@@ -253,6 +254,49 @@ def _http_filters(config: MeshConfig) -> list[dict]:
     ]
 
 
+def too_large_message(limits: Limits) -> str:
+    """What a caller whose request is over ``max_request_bytes`` is told, limit included."""
+    return (
+        f"request larger than the mesh's limit of {limits.max_request_bytes} bytes "
+        "(max_request_bytes): send fewer rows per request or shorter fields"
+    )
+
+
+def _local_replies(config: MeshConfig) -> dict:
+    """Envoy's 413 for a request over ``max_request_bytes`` (the buffer filter's), told with
+    the limit: Envoy would map it to gRPC UNKNOWN "Payload Too Large", which names no limit and
+    is nothing a caller can act on, so gRPC callers get RESOURCE_EXHAUSTED and plain HTTP
+    callers keep the 413, both with :func:`too_large_message`."""
+    status = {"default_value": 413}
+    too_large = {"status_code_filter": {"comparison": {"op": "EQ", "value": status}}}
+    grpc = {
+        "header_filter": {
+            "header": {
+                "name": "content-type",
+                "string_match": {"prefix": "application/grpc"},
+            }
+        }
+    }
+    body = {"inline_string": too_large_message(config.limits)}
+    return {
+        "mappers": [
+            {
+                "filter": {"and_filter": {"filters": [too_large, grpc]}},
+                "body": body,
+                # No HTTP status maps to RESOURCE_EXHAUSTED (8); Envoy keeps a grpc-status
+                # already set when it turns a local reply into a gRPC one.
+                "headers_to_add": [
+                    {
+                        "header": {"key": "grpc-status", "value": "8"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+            },
+            {"filter": too_large, "body": body},
+        ]
+    }
+
+
 def _listener(config: MeshConfig) -> dict:
     manager = {
         "@type": "type.googleapis.com/"
@@ -268,6 +312,7 @@ def _listener(config: MeshConfig) -> dict:
             "virtual_hosts": [{"name": "triton", "domains": ["*"], "routes": _routes(config)}],
         },
         "http_filters": _http_filters(config),
+        "local_reply_config": _local_replies(config),
     }
     chain: dict = {"filters": [{"name": "envoy.filters.network.http_connection_manager"}]}
     chain["filters"][0]["typed_config"] = manager

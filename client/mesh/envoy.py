@@ -15,9 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from client.mesh import config as mesh_config
+from client.mesh.rotation import parse_clusters
 
 
 def binary() -> str:
@@ -43,14 +42,6 @@ def validate(config_path: Path) -> None:
     )
     if done.returncode != 0:
         raise ValueError(f"envoy rejected {config_path}: {(done.stdout + done.stderr)[-1500:]}")
-
-
-def write_endpoints(path: Path, replicas: list[tuple[str, int, str]]) -> None:
-    """Replace the EDS file Envoy watches (a rename into the watched folder: Envoy reads it
-    whole, never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(mesh_config.load_assignment(replicas), sort_keys=False))
-    os.replace(tmp, path)
 
 
 #: Envoy runs ahead of the batch work on a shared machine (a replica booting, a refill):
@@ -89,12 +80,7 @@ class Envoy:
     def hosts(self) -> dict[str, dict[str, str]]:
         """Per replica (``host:port``) what ``/clusters`` says: health flags, active requests,
         requests total, ..."""
-        hosts: dict[str, dict[str, str]] = {}
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) == 4 and parts[0] == mesh_config.CLUSTER and ":" in parts[1]:
-                hosts.setdefault(parts[1], {})[parts[2]] = parts[3]
-        return hosts
+        return parse_clusters(self.admin("/clusters"))
 
     def healthy(self) -> set[str]:
         return {h for h, s in self.hosts().items() if s.get("health_flags") == "healthy"}

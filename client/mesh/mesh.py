@@ -19,8 +19,8 @@ from pathlib import Path
 from client.local.triton import Ports, Server
 from client.mesh import config as mesh_config
 from client.mesh import envoy as envoy_process
+from client.mesh.rotation import DRAINING, HEALTHY, Rotation
 
-HEALTHY, DRAINING = "HEALTHY", "DRAINING"
 #: Not in the endpoint file at all (stopped): when it is admitted again it is a new host to
 #: Envoy, which ramps its share up over the slow-start window instead of sending it a
 #: full share at once.
@@ -87,6 +87,10 @@ class Mesh:
         self.replicas = [Replica(i, p) for i, p in enumerate(ports)]
         self._start_replica, self._warm = start_replica, warm
         self.envoy: envoy_process.Envoy | None = None
+        #: Where the replicas' statuses live (shared with the rollout tool and watchdogs).
+        self.rotation = Rotation(
+            self.eds, f"http://{config.admin_address}:{config.admin_port}", log=log
+        )
 
     @property
     def url(self) -> str:
@@ -94,25 +98,20 @@ class Mesh:
 
     # -- the endpoint file --------------------------------------------------------------
 
-    def _publish(self) -> None:
-        envoy_process.write_endpoints(
-            self.eds,
-            [("127.0.0.1", r.ports.grpc, r.status) for r in self.replicas if r.status != REMOVED],
-        )
+    def _publish(self, replica: Replica) -> None:
+        self.rotation.set(replica.address, None if replica.status == REMOVED else replica.status)
 
     def _wait(self, replica: Replica, healthy: bool, timeout_s: float = 30) -> None:
-        def seen(hosts: dict) -> bool:
-            flags = hosts.get(replica.address, {}).get("health_flags", "")
-            return (flags == "healthy") == healthy
-
-        state = "admitted" if healthy else "out of rotation"
-        self.envoy.wait_hosts(seen, timeout_s, f"replica {replica.index} {state}")
+        if self.envoy.process.poll() is not None:
+            raise RuntimeError(f"envoy exited; see {self.envoy.log_path}")
+        self.rotation.wait(replica.address, healthy, timeout_s)
 
     # -- the operator's moves -----------------------------------------------------------
 
     def start(self) -> Mesh:
         self.eds.parent.mkdir(parents=True, exist_ok=True)
-        self._publish()  # every replica DRAINING: Envoy sends nothing yet
+        for replica in self.replicas:
+            self._publish(replica)  # every replica DRAINING: Envoy sends nothing yet
         self.envoy = envoy_process.start(self.config, self.work)
         for replica in self.replicas:
             self.boot(replica)
@@ -124,8 +123,7 @@ class Mesh:
         serving = any(r.server is not None and r is not replica for r in self.replicas)
         replica.nice = BOOT_NICE if serving and can_renice() else 0
         replica.server = self._start_replica(replica)
-        if self._warm is not None:
-            self._warm(replica.server)
+        self.warm(replica)
         if replica.nice:
             renice(replica.server, 0)
             replica.nice = 0
@@ -137,22 +135,22 @@ class Mesh:
 
     def admit(self, replica: Replica) -> None:
         replica.status = HEALTHY
-        self._publish()
-        self._wait(replica, healthy=True)
+        self.rotation.admit(replica.address)
 
     def drain(self, replica: Replica, timeout_s: float = 10) -> float:
         """Out of rotation (DRAINING: no new requests), then until its requests in flight
         are answered; returns the seconds it took."""
-        started = time.perf_counter()
         replica.status = DRAINING
-        self._publish()
-        self._wait(replica, healthy=False)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.envoy.hosts().get(replica.address, {}).get("rq_active", "0") == "0":
-                break
-            time.sleep(0.02)
-        return time.perf_counter() - started
+        return self.rotation.drain(replica.address, timeout_s)
+
+    def warm(self, replica: Replica) -> None:
+        if self._warm is not None and replica.server is not None:
+            self._warm(replica.server)
+
+    def reloading(self, replica: Replica):
+        """Around a model reload on ``replica`` (``Rotation.quiesced``): drained first, warmed
+        and readmitted after, unless no other replica serves."""
+        return self.rotation.quiesced(replica.address, lambda: self.warm(replica))
 
     def stop_replica(self, replica: Replica) -> None:
         """SIGTERM (drain first); its shutdown runs at the lowest priority, as it serves no
@@ -162,7 +160,7 @@ class Mesh:
             replica.server.stop()
             replica.server = None
         replica.status = REMOVED
-        self._publish()
+        self._publish(replica)
 
     def crash(self, replica: Replica) -> None:
         """SIGKILL to the whole server (tritonserver and its Python stubs), no drain: what

@@ -252,9 +252,10 @@ class BufferConsumer:
             try:
                 event = self.spec.decode(message.value())
             except EventError as err:
-                # A poison message must not stop the stream: count it, log it, skip it.
+                # A poison message must not stop the stream: count it, log where it is and
+                # the rule it broke, skip it (its offset is committed with the batch).
                 self.stats.rejected += 1
-                self.log(f"rejected message at offset {message.offset()}: {err}")
+                self.log(f"rejected {key[0]}[{key[1]}] offset {message.offset()}: {err}")
                 continue
             entry = self.spec.to_entry(event)
             if entry[-1] in self.recent_ids:

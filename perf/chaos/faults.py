@@ -17,13 +17,18 @@ from perf.chaos.config import FAULTY_MODEL
 from perf.chaos.system import System
 
 
-def _on_every_replica(system: System, act: Callable) -> None:
-    """``act(admin)`` on every running replica, as a bad deploy reaches all of them."""
+def _on_every_replica(system: System, *acts: Callable) -> None:
+    """Each ``act(admin)`` (model loads and unloads) on every running replica, as a bad
+    deploy reaches all of them: one replica at a time, out of Envoy's rotation while its
+    models reload (``client.mesh.rotation``: Triton 2.51 crashed here reloading a model
+    with requests to it in flight), warmed and readmitted after."""
     import subprocess
 
     for replica, admin in system.admins_by_replica():
         try:
-            act(admin)
+            with system.mesh.reloading(replica):
+                for act in acts:
+                    act(admin)
         except Exception:
             # A replica that died by itself meanwhile (its server gone) has nothing left to
             # inject into; System.heal boots it before the next fault. Anything else raises.
@@ -36,7 +41,9 @@ def _on_every_replica(system: System, act: Callable) -> None:
             admin.close()
 
 
-def _stand_in(system: System, model: str, fault: str) -> None:
+def _stand_in(model: str, fault: str) -> Callable:
+    """``model`` replaced by the faulty stand-in (``FAULTY_MODEL``) doing ``fault``."""
+
     def act(admin) -> None:
         config = admin.get_model_config(model, as_json=True)["config"]
         config["parameters"] = {"FAULT": {"string_value": fault}}
@@ -45,15 +52,15 @@ def _stand_in(system: System, model: str, fault: str) -> None:
             model, config=json.dumps(config), files={"file:1/model.py": FAULTY_MODEL.read_bytes()}
         )
 
-    _on_every_replica(system, act)
+    return act
 
 
-def _reload(system: System, *models: str) -> None:
+def _reloaded(*models: str) -> Callable:
     def act(admin) -> None:
         for model in models:
             admin.load_model(model)
 
-    _on_every_replica(system, act)
+    return act
 
 
 #: Where a broken in-process fallback is pointed: no such file, as after a bad rollout.
@@ -72,14 +79,18 @@ def restore_in_process_fallback(admin) -> None:
 
 
 def _fallback_fails_too(system: System) -> None:
-    _stand_in(system, "fraud_primary", "error")
-    _stand_in(system, "fraud_fallback", "error")  # callers of the Triton model see it fail too
-    _on_every_replica(system, break_in_process_fallback)
+    _on_every_replica(
+        system,
+        _stand_in("fraud_primary", "error"),
+        _stand_in("fraud_fallback", "error"),  # callers of the Triton model see it fail too
+        break_in_process_fallback,
+    )
 
 
 def _fallback_restored(system: System) -> None:
-    _reload(system, "fraud_primary", "fraud_fallback")
-    _on_every_replica(system, restore_in_process_fallback)
+    _on_every_replica(
+        system, _reloaded("fraud_primary", "fraud_fallback"), restore_in_process_fallback
+    )
 
 
 class RedisSleeper:
@@ -205,18 +216,18 @@ def _faults() -> dict[str, Fault]:
     return {
         "primary_errors": Fault(
             "primary_errors",
-            lambda s: _stand_in(s, "fraud_primary", "error"),
-            lambda s: _reload(s, "fraud_primary"),
+            lambda s: _on_every_replica(s, _stand_in("fraud_primary", "error")),
+            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
         ),
         "primary_slow": Fault(
             "primary_slow",
-            lambda s: _stand_in(s, "fraud_primary", "slow:250"),
-            lambda s: _reload(s, "fraud_primary"),
+            lambda s: _on_every_replica(s, _stand_in("fraud_primary", "slow:250")),
+            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
         ),
         "primary_unloaded": Fault(
             "primary_unloaded",
             lambda s: _on_every_replica(s, lambda admin: admin.unload_model("fraud_primary")),
-            lambda s: _reload(s, "fraud_primary"),
+            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
         ),
         "primary_stub_killed": Fault(
             "primary_stub_killed", kill_stub, lambda s: None, instantaneous=True

@@ -172,9 +172,11 @@ def _event_id(value: bytes) -> str:
 def _drain_decisions(system: System, read_all) -> list[dict]:
     """Wait until the spool is empty (the server replays it once the broker answers), then
     read the whole log."""
+    from python_backend.fraud.decision_log import waiting
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not any(system.spool.rglob("spool-*.jsonl*")):  # not the journals
+        if not waiting(system.spool):
             break
         time.sleep(0.5)
     time.sleep(2)  # what is queued in the producers is delivered within milliseconds

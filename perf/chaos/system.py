@@ -246,7 +246,10 @@ class System:
             log=self.log,
         )
         self.mesh.start()
-        self.watchdogs = [Watchdog(r.address, log=self.log).start() for r in self.mesh.replicas]
+        self.watchdogs = [
+            Watchdog(r.address, log=self.log, rotation=self.mesh.rotation).start()
+            for r in self.mesh.replicas
+        ]
         self.log(f"chaos: Envoy on gRPC :{config.listen_port} in front of {REPLICAS} replicas")
 
     #: Envoy's counters a run reports: what the mesh did about the faults.

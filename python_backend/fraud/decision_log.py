@@ -1,11 +1,16 @@
 """The decision log: every decision appended to the Kafka topic ``decisions``, keyed by
 transaction id, off the hot path, and never silently lost.
 
-``append`` only queues (``Producer.produce``); a background thread serves delivery reports.
-A record the broker did not acknowledge within ``message_timeout_ms`` (broker away, queue
-full, server shutting down) goes to a local spool file, bounded by ``spool_max_bytes``; the
-thread replays the spool once the broker acknowledges again, and a new instance replays what
-an earlier one left. A record is dropped only when the spool is full, and then counted.
+``append`` journals each batch on disk, then only queues (``Producer.produce``); a background
+thread serves delivery reports. A record the broker did not acknowledge within
+``message_timeout_ms`` (broker away, queue full, server shutting down) goes to a local spool
+file, bounded by ``spool_max_bytes``; the thread replays the spool once the broker
+acknowledges again. A record is dropped only when the spool is full, and then counted.
+
+On disk, under the spool folder, each writer (one per model instance and process) has a
+folder of its own, held by a lock for as long as it lives (``Owner``); a writer takes over the
+folders of writers that are gone and replays what they left. A line that does not parse is
+set aside in ``quarantine/`` (counted, logged with its file and line), never a wall.
 
 Each record carries a ``decision_id`` made when the decision was made: a record delivered
 twice (acknowledged late, after it was spooled) has the same ``decision_id`` and is told apart
@@ -14,7 +19,9 @@ from a second decision on the same transaction (a client retry, with its own ``r
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -52,32 +59,139 @@ def record(
     }
 
 
+#: The lock file that marks a writer's folder as held (``Owner``).
+OWNER_LOCK = "owner.lock"
+#: Where lines that are not records are set aside, under the spool folder.
+QUARANTINE = "quarantine"
+#: Prefix of a file taken over from a writer that is gone (``Owner.adopt``).
+ADOPTED = "adopted-"
+#: The spool of a writer, in its folder.
+SPOOL = "spool.jsonl"
+
+
+class Owner:
+    """A writer's own folder under the spool folder, held for as long as its process lives.
+
+    The folder is named for the writer (``label``, e.g. the Triton instance) and a random
+    suffix, never a process id: in a container a restarted process usually gets the pid of
+    the one that died, and a pid-named journal took the dead one's records for its own. The
+    writer holds an exclusive ``flock`` on ``owner.lock`` inside it; the kernel lets go of it
+    when the process ends, however it ends (``kill -9``, the OOM killer, a node's reboot
+    before a replay). So a folder whose lock can be taken belongs to nobody: :meth:`adopt`
+    moves its files into the caller's folder, which replays them. The folder becomes visible
+    only once its lock is held, so a live writer is never adopted."""
+
+    def __init__(self, root: Path, label: str) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label) or "writer"
+        self.name = f"{safe}-{uuid.uuid4().hex[:10]}"
+        staging = root / f".{self.name}.new"
+        staging.mkdir()
+        self._fd = os.open(staging / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.folder = root / self.name
+        staging.rename(self.folder)
+
+    def adopt(self) -> list[Path]:
+        """Move the files of every writer that is gone into this writer's folder (renamed
+        ``adopted-<their folder>-<file>``); returns the files moved."""
+        moved = []
+        for folder in sorted(self.root.iterdir()):
+            if folder == self.folder or folder.name.startswith(".") or not folder.is_dir():
+                continue
+            if folder.name in (QUARANTINE, LEGACY_JOURNAL):
+                continue
+            moved += self._take(folder)
+        moved += self._adopt_legacy()
+        return moved
+
+    def _take(self, folder: Path) -> list[Path]:
+        try:
+            fd = os.open(folder / OWNER_LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            fd = None  # a folder being removed by its writer, or left without its lock
+        except OSError:
+            return []
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return []  # its writer lives
+            moved = []
+            for path in sorted(folder.iterdir()):
+                if path.name == OWNER_LOCK:
+                    continue
+                target = self.folder / f"{ADOPTED}{folder.name}-{path.name}"
+                with contextlib.suppress(FileNotFoundError):  # another adopter was first
+                    path.rename(target)
+                    moved.append(target)
+            with contextlib.suppress(OSError):
+                (folder / OWNER_LOCK).unlink()
+                folder.rmdir()
+            return moved
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _adopt_legacy(self) -> list[Path]:
+        """Files of the layout before writer folders: spools loose in the spool folder, and
+        journal segments named by pid (taken when that pid no longer runs)."""
+        moved = []
+        loose = [p for p in self.root.glob("*.jsonl*") if p.is_file()]
+        legacy = self.root / LEGACY_JOURNAL
+        if legacy.is_dir():
+            for path in legacy.glob("*.jsonl"):
+                pid = path.name.split("-", 1)[0]
+                if pid.isdigit() and not _running(int(pid)):
+                    loose.append(path)
+        for path in sorted(loose):
+            target = self.folder / f"{ADOPTED}legacy-{path.parent.name}-{path.name}"
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(target)
+                moved.append(target)
+        return moved
+
+    def release(self) -> None:
+        """Let go of the folder: removed when empty, else left (unlocked) for the next
+        writer to adopt."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.folder.iterdir()] == [OWNER_LOCK]:
+                (self.folder / OWNER_LOCK).unlink()
+                self.folder.rmdir()
+        os.close(self._fd)  # the lock goes with the descriptor
+        self._fd = None
+
+
+#: The pid-named journal folder of the layout before writer folders (adopted, never written).
+LEGACY_JOURNAL = "journal"
+
+
 class Journal:
     """What the decision log has taken but the broker has not acknowledged yet, on disk.
 
     ``produce`` only queues in memory (librdkafka, ``linger.ms``): a process killed with
     SIGKILL loses what was queued, decisions its callers already have. So each batch's
-    records are first appended to a segment file (one ``write``, no fsync: the page cache
-    outlives the process, not the machine), named by the writing process's pid. A segment is
-    deleted once every record in it was delivered or spooled, and a new one started every
-    ``rotate_s``. A process that starts hands every segment of a process no longer running to
-    the spool (:meth:`recover`), which replays it: a record the broker had after all comes
-    twice, with its ``decision_id`` (a redelivery), none is lost."""
+    records are first appended to a segment file in the writer's folder (one ``write``, no
+    fsync: the page cache outlives the process, not the machine). A segment is deleted once
+    every record in it was delivered or spooled, and a new one started every ``rotate_s``.
+    A writer that dies leaves its segments in its folder, which the next writer adopts
+    (:class:`Owner`) and replays: a record the broker had after all comes twice, with its
+    ``decision_id`` (a redelivery), none is lost."""
 
-    def __init__(self, spool_path: Path, rotate_s: float = 2.0, log=print) -> None:
-        self.folder = spool_path.parent / "journal"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.spool_path = spool_path
+    def __init__(self, folder: Path, rotate_s: float = 2.0) -> None:
+        self.folder = folder
         self.rotate_s = rotate_s
-        self.log = log
-        self.pid = os.getpid()
         self._lock = threading.Lock()
         self._seq = 0
         self._pending: dict[int, int] = {}  # segment -> records not yet resolved
         self._open_segment()
 
     def _path(self, seq: int) -> Path:
-        return self.folder / f"{self.pid}-{seq}.jsonl"
+        return self.folder / f"journal-{seq}.jsonl"
 
     def _open_segment(self) -> None:
         self._seq += 1
@@ -116,24 +230,6 @@ class Journal:
             if self._pending.get(old, 0) <= 0:
                 self._drop(old)
 
-    def recover(self) -> int:
-        """Hand the segments of dead processes to the spool; how many records they held."""
-        found = 0
-        for path in sorted(self.folder.glob("*.jsonl")):
-            pid = int(path.name.split("-", 1)[0])
-            if pid == self.pid or _running(pid):
-                continue
-            target = self.spool_path.with_name(f"{self.spool_path.name}.journal-{path.stem}")
-            try:
-                path.rename(target)  # several instances may race: one wins
-            except FileNotFoundError:
-                continue
-            with target.open("rb") as f:
-                found += sum(1 for line in f if line.strip())
-        if found:
-            self.log(f"decision log: {found} records of a process that died, to be replayed")
-        return found
-
     def close(self) -> None:
         """After the producer's flush: every record is delivered or spooled."""
         with self._lock:
@@ -152,26 +248,58 @@ def _running(pid: int) -> bool:
     return True
 
 
+def parse_record(line: bytes) -> dict:
+    """One spooled line as its record; ``ValueError`` naming what is wrong when it is not one
+    (a torn write, a disk error)."""
+    record = json.loads(line)  # ValueError (JSONDecodeError, UnicodeDecodeError) if not JSON
+    if not isinstance(record, dict) or not isinstance(record.get("transaction_id"), str):
+        raise ValueError("not a decision record (no transaction_id)")
+    return record
+
+
+def waiting(root: Path) -> int:
+    """Records waiting in the spools under ``root`` (every writer's, in any folder below it;
+    live journals and the quarantine left out)."""
+    total = 0
+    for path in root.rglob("*"):
+        if path.name == OWNER_LOCK or path.name.startswith("journal-") or not path.is_file():
+            continue
+        if QUARANTINE in path.relative_to(root).parts:
+            continue
+        with path.open("rb") as f:
+            total += sum(1 for line in f if line.strip())
+    return total
+
+
 class DecisionLog:
-    """Appends decisions to ``topic``; spools what the broker does not take."""
+    """Appends decisions to ``topic``; spools what the broker does not take.
+
+    ``spool_dir`` may be shared by several writers (the instances of a model, the processes
+    a container ran one after the other): each writes only in its own folder (``Owner``)
+    and takes over the folders of writers that are gone, at start and every ``adopt_every_s``.
+    """
 
     def __init__(
         self,
         bootstrap: str,
-        spool_path: Path,
+        spool_dir: Path,
         topic: str = TOPIC_DECISIONS,
+        label: str = "decisions",
         message_timeout_ms: int = 5000,
         spool_max_bytes: int = SPOOL_MAX_BYTES,
         replay_every_s: float = 1.0,
+        adopt_every_s: float = 10.0,
         log: Callable[[str], None] = print,
     ) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
-        self.spool_path = Path(spool_path)
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spool_dir = Path(spool_dir)
+        self.owner = Owner(self.spool_dir, label)
+        self.spool_path = self.owner.folder / SPOOL
         self.spool_max_bytes = spool_max_bytes
         self.replay_every_s = replay_every_s
+        self.adopt_every_s = adopt_every_s
         #: Replays not tried because the broker was away (the spool kept for the next one).
         self.replays_deferred = 0
         self.log = log
@@ -180,6 +308,7 @@ class DecisionLog:
         self._last_ack = 0.0
         self._last_failure = 0.0
         self._last_replay = 0.0
+        self._last_adopt = time.monotonic()
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -191,14 +320,26 @@ class DecisionLog:
                 "reconnect.backoff.max.ms": 1000,
             }
         )
-        self.journal = Journal(self.spool_path, log=log)
-        #: Records a journal left by a process that died (kill -9) before the broker had
-        #: them, handed to the spool for replay.
-        self.counts["recovered"] = self.journal.recover()
-        self.counts["spooled"] += self.counts["recovered"]
+        self.journal = Journal(self.owner.folder)
+        self._adopt()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="decision-log", daemon=True)
         self._thread.start()
+
+    def _adopt(self) -> int:
+        """Take over what writers that are gone left (their journals and spools), to be
+        replayed; how many records that was."""
+        found = 0
+        for path in self.owner.adopt():
+            with path.open("rb") as f:
+                found += sum(1 for line in f if line.strip())
+        if found:
+            #: Records a writer that died (kill -9) or stopped with the broker away left,
+            #: handed to this one's spool for replay.
+            self.counts["recovered"] += found
+            self.counts["spooled"] += found
+            self.log(f"decision log: {found} records left by a writer that is gone, to replay")
+        return found
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -263,15 +404,19 @@ class DecisionLog:
             )
 
     def spooled(self) -> int:
-        """Records waiting in the spool (and in files an earlier replay left)."""
+        """Records waiting in the spool (and in files an earlier replay or writer left)."""
         total = 0
         for path in self._spool_files():
             with path.open("rb") as f:
-                total += sum(1 for _ in f)
+                total += sum(1 for line in f if line.strip())
         return total
 
     def _spool_files(self) -> list[Path]:
-        return sorted(self.spool_path.parent.glob(self.spool_path.name + "*"))
+        return sorted(
+            p
+            for p in self.owner.folder.iterdir()
+            if p.name.startswith((SPOOL, ADOPTED)) and p.is_file()
+        )
 
     def _broker_reachable(self) -> bool:
         if self._last_ack > self._last_failure:  # acknowledged since the last failure
@@ -281,6 +426,27 @@ class DecisionLog:
         except Exception:
             return False
         return True
+
+    def _quarantine(self, source: Path, number: int, line: bytes, err: Exception) -> None:
+        """A line that is not a record (a torn write, a disk error) is set aside with where
+        it came from, counted and logged; the replay goes on with the rest."""
+        folder = self.spool_dir / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{self.owner.name}.jsonl"
+        entry = {
+            "source": str(source),
+            "line": number,
+            "error": str(err)[:200],
+            "raw_base64": base64.b64encode(line).decode(),
+            "quarantined_at_ms": int(time.time() * 1000),
+        }
+        with target.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.counts["quarantined"] += 1
+        self.log(
+            f"decision log: line {number} of {source} is not a record ({err}); set aside in "
+            f"{target}, the replay goes on"
+        )
 
     def replay(self) -> int:
         """Send the spooled records again (failures return to the spool). Returns how many."""
@@ -299,20 +465,37 @@ class DecisionLog:
                     taken.append(path)
         sent = 0
         for path in taken:
+            keyed = []
             with path.open("rb") as f:
-                values = [line.rstrip(b"\n") for line in f if line.strip()]
+                for number, line in enumerate(f, 1):
+                    value = line.rstrip(b"\n")
+                    if not value.strip():
+                        continue
+                    try:
+                        keyed.append((parse_record(value)["transaction_id"].encode(), value))
+                    except ValueError as err:
+                        self._quarantine(path, number, value, err)
+            # Journaled again before the file goes: a kill between the two replays them
+            # twice (told apart by decision_id), never loses them.
+            resolved = self.journal.write([value for _key, value in keyed])
             spill = []
-            for value in values:
-                key = json.loads(value)["transaction_id"].encode()
+            for key, value in keyed:
                 try:
                     self.producer.produce(
-                        self.topic, key=key, value=value, on_delivery=self._delivered
+                        self.topic,
+                        key=key,
+                        value=value,
+                        on_delivery=lambda err, message, done=resolved: self._delivered(
+                            err, message, done
+                        ),
                     )
                     sent += 1
                 except BufferError:
                     spill.append(value)
             if spill:
                 self._spool(spill)
+                for _ in spill:
+                    resolved()
             path.unlink()
         self.counts["replayed"] += sent
         return sent
@@ -322,10 +505,16 @@ class DecisionLog:
             self.producer.poll(0.1)
             self.journal.rotate()
             now = time.monotonic()
+            if now - self._last_adopt >= self.adopt_every_s:
+                self._last_adopt = now
+                try:
+                    self._adopt()
+                except Exception as err:  # a folder that cannot be read: try again later
+                    self.log(f"decision log: adopting failed: {err!r}")
             if now - self._last_replay >= self.replay_every_s:
                 self._last_replay = now
                 try:
-                    if self.spool_path.parent.exists() and self._spool_files():
+                    if self._spool_files():
                         if self._broker_reachable():
                             self.replay()
                         else:
@@ -333,16 +522,36 @@ class DecisionLog:
                 except Exception as err:  # keep serving deliveries whatever happens
                     self.log(f"decision log: replay failed: {err!r}")
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Deliver what is queued within ``timeout_s``; spool the rest."""
+    def close(self, timeout_s: float = 5.0, drain_s: float = 0.0) -> None:
+        """Deliver what is queued within ``timeout_s``; then, for up to ``drain_s``, hand the
+        spool to the broker if it answers (a stopping replica empties its disk). What is
+        left stays spooled on disk for the next writer in ``spool_dir`` to adopt."""
         self._stop.set()
         self._thread.join(timeout_s)
         remaining = self.producer.flush(timeout_s)
+        if not remaining and drain_s > 0 and self._spool_files():
+            deadline = time.monotonic() + drain_s
+            try:
+                if self._broker_reachable():
+                    sent = self.replay()
+                    remaining = self.producer.flush(max(0.1, deadline - time.monotonic()))
+                    self.log(
+                        f"decision log: {sent} spooled records handed to the broker at "
+                        f"shutdown; {self.spooled() + remaining} left on disk"
+                    )
+                else:
+                    self.log(
+                        f"decision log: broker away at shutdown; {self.spooled()} records stay "
+                        f"in {self.owner.folder} for the next writer"
+                    )
+            except Exception as err:  # whatever is not sent stays on disk
+                self.log(f"decision log: drain at shutdown failed: {err!r}")
         if remaining:
             # Purged messages get a delivery report with an error: they go to the spool.
             self.producer.purge(in_queue=True, in_flight=True)
             self.producer.flush(1)
         self.journal.close()
+        self.owner.release()
 
 
 def read_all(

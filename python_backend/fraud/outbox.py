@@ -4,7 +4,6 @@ the decision log (``python_backend.fraud.decision_log``, spooled while the broke
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,14 +34,11 @@ class Outbox:
         self.count = count
         self.decision_log = None
         if settings.DECISION_LOG.get() != "off":
-            spool = Path(
-                settings.DECISION_SPOOL_DIR.get()
-                or Path(tempfile.gettempdir()) / "fraud-decision-spool"
-            )
             self.decision_log = DecisionLog(
                 bootstrap,
-                spool / f"spool-{instance}.jsonl",
+                Path(settings.DECISION_SPOOL_DIR.get()),
                 topic=settings.DECISIONS_TOPIC.get(),
+                label=instance,
                 log=log,
             )
 
@@ -84,9 +80,11 @@ class Outbox:
             )
 
     def close(self) -> None:
+        """At the model's unload (a replica stopping): what is queued goes out, and the
+        decision log hands its spool to the broker for up to ``DECISION_DRAIN_S``."""
         self.publisher.flush(5)
         if self.decision_log is not None:
-            self.decision_log.close()
+            self.decision_log.close(drain_s=settings.DECISION_DRAIN_S.get_float())
 
 
 def with_route(offset: int, records: list[dict], route) -> list[dict]:

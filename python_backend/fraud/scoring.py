@@ -13,6 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+# The value rules live in the core, shared with the stream's events; their limits are
+# re-exported here, where callers of the request path have always found them.
+from python_backend.field_rules import ID_LENGTH, TRANSACTION
+from python_backend.field_rules import MAX_AMOUNT as MAX_AMOUNT
+from python_backend.field_rules import MAX_FUTURE_MS as MAX_FUTURE_MS
+from python_backend.field_rules import MAX_ID_BYTES as MAX_ID_BYTES
+from python_backend.field_rules import MIN_TIMESTAMP_MS as MIN_TIMESTAMP_MS
 from python_backend.fraud.contract import DECISIONS, PATHS, SCORING
 from python_backend.fraud.features import (
     CARD_RECENT,
@@ -28,11 +35,14 @@ from python_backend.fraud.rules import RuleSet
 
 #: Default latency budget of one request, end to end inside the server.
 DEFAULT_BUDGET_MS = 95.0
-MAX_AMOUNT = 1_000_000.0
-MAX_ID_BYTES = 128
-#: Timestamps accepted: from 2000-01-01 to one day after the server's clock.
-MIN_TIMESTAMP_MS = 946_684_800_000
-MAX_FUTURE_MS = 24 * 3600 * 1000
+#: Each transaction field (``field_rules.TRANSACTION``) and the ``SCORING`` input carrying it.
+FIELD_INPUTS = {
+    "transaction_id": "TRANSACTION_ID",
+    "card_id": "CARD_ID",
+    "terminal_id": "TERMINAL_ID",
+    "amount": "AMOUNT",
+    "ts_ms": "TIMESTAMP_MS",
+}
 
 
 class InvalidRequest(ValueError):
@@ -122,35 +132,25 @@ def validate(
     if not rows:
         raise InvalidRequest("batch: must hold at least one transaction")
     errors: list[str | None] = [None] * rows
-
-    def flag(mask: np.ndarray, message: str) -> None:
-        for i in np.flatnonzero(mask):
-            errors[i] = errors[i] or message.format(i=i)
-
-    ids = []
-    for i, raw in enumerate(columns["TRANSACTION_ID"]):
-        value = raw if isinstance(raw, bytes) else str(raw).encode()
-        if not value or len(value) > MAX_ID_BYTES:
-            errors[i] = f"TRANSACTION_ID[{i}]: must be 1..{MAX_ID_BYTES} bytes"
-            ids.append("")
-            continue
-        try:
-            ids.append(value.decode("utf-8"))
-        except UnicodeDecodeError:
-            errors[i] = f"TRANSACTION_ID[{i}]: must be valid UTF-8"
-            ids.append(value.decode("utf-8", errors="replace"))
-    for name in ("CARD_ID", "TERMINAL_ID"):
-        flag(columns[name] <= 0, f"{name}[{{i}}]: must be a positive id")
+    # Each field's column as its rules read it: ids as bytes, amounts as float64 (as the
+    # events' are), the others as sent.
+    raw_ids = np.empty(rows, dtype=np.object_)
+    raw_ids[:] = [r if isinstance(r, bytes) else str(r).encode() for r in columns["TRANSACTION_ID"]]
     amount = columns["AMOUNT"].astype(np.float64)
-    flag(
-        ~np.isfinite(amount) | (amount < 0) | (amount > MAX_AMOUNT),
-        f"AMOUNT[{{i}}]: must be a finite number in [0, {MAX_AMOUNT:.0f}]",
-    )
+    values = {field: columns[name] for field, name in FIELD_INPUTS.items()}
+    values.update(transaction_id=raw_ids, amount=amount)
+    broken = {}
+    for field in TRANSACTION:
+        name = FIELD_INPUTS[field.name]
+        for rule in field.rules:  # in order: a row's first broken rule is its message
+            broken[field.name, rule] = rule.breaks(values[field.name], now_ms)
+            for i in np.flatnonzero(broken[field.name, rule]):
+                errors[i] = errors[i] or f"{name}[{i}]: {rule.wording}"
+    ids = [
+        "" if short else r.decode("utf-8", errors="replace")
+        for r, short in zip(raw_ids, broken["transaction_id", ID_LENGTH], strict=True)
+    ]
     ts = columns["TIMESTAMP_MS"]
-    flag(
-        (ts < MIN_TIMESTAMP_MS) | (ts > now_ms + MAX_FUTURE_MS),
-        "TIMESTAMP_MS[{i}]: must be epoch milliseconds between 2000-01-01 and one day from now",
-    )
     transactions = Transactions(
         ids,
         columns["CARD_ID"].astype(np.int64),

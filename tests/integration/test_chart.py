@@ -18,7 +18,14 @@ from client.local.operator import RESTRICTED
 VARIANTS = {
     "defaults": {},
     "gpu-tls-keda": {
-        "triton": {"gpu": {"enabled": True}},
+        "triton": {
+            "gpu": {"enabled": True},
+            # A longer drain: the exit timeout and the grace period must grow with it.
+            "decisionLog": {
+                "drainSeconds": 45,
+                "storage": {"size": "5Gi", "storageClassName": "fast-ssd"},
+            },
+        },
         "envoy": {"tls": {"enabled": True, "secretName": "callers-tls"}},
         "autoscaling": {"kind": "keda"},
         "redis": {"cluster": True, "url": "redis://redis-0:6379"},
@@ -45,6 +52,27 @@ def _one(manifests: list[dict], kind: str, suffix: str = "") -> dict:
     return found[0]
 
 
+def _values(variant: str) -> dict:
+    """The values a variant renders with: values.yaml with the variant's over it."""
+
+    def merged(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = merged(base[key], value) if both else value
+        return out
+
+    return merged(yaml.safe_load((chart.CHART / "values.yaml").read_text()), VARIANTS[variant])
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def _selects(match_labels: dict, labels: dict) -> bool:
+    return bool(match_labels) and match_labels.items() <= labels.items()
+
+
 def test_the_chart_carries_its_files_from_their_one_source() -> None:
     assert chart.stale() == [], "run `python -m client.chart` (files/ differ from their source)"
 
@@ -66,14 +94,14 @@ def test_every_rendered_manifest_is_valid_kubernetes(rendered) -> None:
 
 def test_kubernetes_validate_catches_a_bad_manifest(rendered) -> None:
     broken = [dict(m) for m in rendered["defaults"]]
-    deployment = next(m for m in broken if m["kind"] == "Deployment")
-    deployment["spec"] = {**deployment["spec"], "replicaz": 2}
+    triton = next(m for m in broken if m["kind"] == "StatefulSet")
+    triton["spec"] = {**triton["spec"], "replicaz": 2}
     assert chart.kubernetes_validate(broken).returncode != 0, "a typo went through"
 
 
 def test_triton_pods_restrict_the_admin_apis_and_probe_readiness(rendered) -> None:
     for name, manifests in rendered.items():
-        pod = _one(manifests, "Deployment", "-triton")["spec"]["template"]["spec"]
+        pod = _one(manifests, "StatefulSet", "-triton")["spec"]["template"]["spec"]
         triton = pod["containers"][0]
         args = triton["args"]
         restricted = ",".join(RESTRICTED)
@@ -89,6 +117,77 @@ def test_triton_pods_restrict_the_admin_apis_and_probe_readiness(rendered) -> No
             assert "--load-model=image_pipeline" not in args
         if name == "defaults":
             assert "--load-model=image_pipeline" in args
+
+
+def test_triton_keeps_its_decision_spool_on_a_retained_claim_per_replica(rendered) -> None:
+    for name, manifests in rendered.items():
+        storage = _values(name)["triton"]["decisionLog"]["storage"]
+        triton = _one(manifests, "StatefulSet", "-triton")
+        spec = triton["spec"]
+        pod = spec["template"]["spec"]
+        # The pods' DNS is the headless service Envoy resolves, selecting these pods.
+        headless = _one(manifests, "Service", "-triton-headless")
+        assert spec["serviceName"] == headless["metadata"]["name"]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert _selects(headless["spec"]["selector"], spec["template"]["metadata"]["labels"])
+        # One pod at a time on an update, all at once on a scale.
+        assert spec["updateStrategy"]["type"] == "RollingUpdate", name
+        assert spec["updateStrategy"].get("rollingUpdate", {}).get("partition", 0) == 0
+        assert spec["podManagementPolicy"] == "Parallel"
+        # Claims outlive scale-downs and uninstalls: they may hold unacknowledged decisions.
+        assert spec["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain",
+            "whenScaled": "Retain",
+        }
+        (claim,) = spec["volumeClaimTemplates"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == storage["size"]
+        assert claim["spec"].get("storageClassName", "") == storage["storageClassName"]
+        # Mounted from the claim (no pod volume of its name shadows it), where the decision
+        # log writes, by the non-root user through the pod's fsGroup.
+        assert claim["metadata"]["name"] not in {v["name"] for v in pod["volumes"]}
+        container = pod["containers"][0]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+        assert _env(container)["DECISION_SPOOL_DIR"] == mount["mountPath"], name
+        assert not mount.get("readOnly")
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_triton_grace_period_covers_prestop_exit_timeout_and_drain(rendered) -> None:
+    for name, manifests in rendered.items():
+        triton = _values(name)["triton"]
+        pod = _one(manifests, "StatefulSet", "-triton")["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep == "sleep"
+        (exit_timeout,) = [
+            int(a.split("=", 1)[1])
+            for a in container["args"]
+            if a.startswith("--exit-timeout-secs=")
+        ]
+        drain = float(_env(container)["DECISION_DRAIN_S"])
+        assert drain == triton["decisionLog"]["drainSeconds"], name
+        # finalize's drain runs inside Triton's exit timeout, after the requests in flight.
+        assert exit_timeout >= triton["inFlightSeconds"] + drain, (name, exit_timeout)
+        # SIGKILL comes after the preStop sleep, the exit timeout (the drain inside) and a
+        # margin.
+        needed = float(seconds) + exit_timeout + triton["terminationMarginSeconds"]
+        assert pod["terminationGracePeriodSeconds"] >= needed, (name, needed)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"triton": {"exitTimeoutSeconds": 5}}, "triton.exitTimeoutSeconds"),
+        ({"triton": {"terminationGracePeriodSeconds": 30}}, "triton.terminationGracePeriodSeconds"),
+        ({"triton": {"decisionLog": {"drainSeconds": -1}}}, "triton.decisionLog.drainSeconds"),
+        ({"triton": {"inFlightSeconds": 2.5}}, "triton.inFlightSeconds"),
+        ({"triton": {"env": {"DECISION_SPOOL_DIR": "/tmp/spool"}}}, "DECISION_SPOOL_DIR"),
+    ],
+)
+def test_the_chart_refuses_a_shutdown_or_spool_it_does_not_size(values, named) -> None:
+    with pytest.raises(RuntimeError, match=named.replace(".", r"\.")):
+        chart.template(values)
 
 
 def test_envoy_runs_the_configuration_the_local_mesh_is_rendered_from(rendered, tmp_path) -> None:
@@ -122,8 +221,11 @@ def test_the_operators_resources_point_at_what_exists(rendered) -> None:
     dashboards = _one(manifests, "ConfigMap", "-dashboards")["data"]
     assert set(dashboards) == {p.name for p in chart.DASHBOARDS.glob("*.json")}
     hpa = _one(manifests, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"].endswith("-triton")
+    triton = _one(manifests, "StatefulSet", "-triton")
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": triton["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == target
     scaled = _one(rendered["gpu-tls-keda"], "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"] == target
     assert (
         "triton:queue_us_per_request:rate1m" in scaled["spec"]["triggers"][0]["metadata"]["query"]
     )
@@ -133,6 +235,13 @@ def test_the_operators_resources_point_at_what_exists(rendered) -> None:
         kinds = {m["kind"] for m in manifests}
         assert "PodDisruptionBudget" in kinds, name
         assert ("NetworkPolicy" in kinds) == (name != "minimal"), name
+        # The budget and the policy select the StatefulSet's pods by their labels.
+        labels = _one(manifests, "StatefulSet", "-triton")["spec"]["template"]["metadata"]
+        budget = _one(manifests, "PodDisruptionBudget", "-triton")["spec"]["selector"]
+        assert _selects(budget["matchLabels"], labels["labels"]), name
+        if "NetworkPolicy" in kinds:
+            policy = _one(manifests, "NetworkPolicy", "-triton")["spec"]["podSelector"]
+            assert _selects(policy["matchLabels"], labels["labels"]), name
         for service in (m for m in manifests if m["kind"] == "Service"):
             if service["metadata"]["name"].endswith("-envoy"):
                 assert [p["port"] for p in service["spec"]["ports"]] == [8001], "callers only"

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from python_backend.image import IMAGE, IMAGE_PIPELINE, MAX_IMAGE_BYTES
 from python_backend.paths import MODEL_REPOSITORY
+from tests.support import wait_for_live_panels
 
 pytestmark = pytest.mark.slow
 
@@ -312,7 +313,7 @@ def test_image_dashboard_panels_return_live_series(image_service, tmp_path) -> N
     """Prometheus scraping this Triton and the web API while photos are classified: every
     panel of the image dashboard has data."""
     from client.local.services import free_port
-    from client.observe import dashboards, stack
+    from client.observe import stack
 
     server, url = image_service
     prometheus = stack.start_prometheus(
@@ -329,8 +330,6 @@ def test_image_dashboard_panels_return_live_series(image_service, tmp_path) -> N
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             assert _upload(url, photo)[0] == 200
-        time.sleep(3)  # two more scrapes after the last request
-        empty = dashboards.panels_without_series(prometheus.port, "image-api")
-        assert not empty, f"image panels with no series: {empty}"
+        wait_for_live_panels(prometheus.port, "image-api")
     finally:
         prometheus.stop()

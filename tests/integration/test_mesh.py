@@ -4,6 +4,7 @@ draining, a crashed replica, the callers' API against the operator's, TLS, per-c
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -248,10 +249,52 @@ def test_per_client_rate_and_size_limits(second_envoy) -> None:
     assert limited.get("callers.http_local_rate_limit.rate_limited", 0) > 0, limited
     time.sleep(1.2)  # the bucket refills
     big = build_inputs([{**_row(i), "transaction_id": f"big-{i}-" + "x" * 60} for i in range(100)])
-    with pytest.raises(InferenceServerException) as err:
-        client.infer("fraud_scoring", big)
-    assert "413" in str(err.value) or "Payload Too Large" in str(err.value), str(err.value)
+    _assert_refused_for_size(client, big, 4096)
     client.close()
+
+
+def _assert_refused_for_size(client, inputs, limit: int) -> None:
+    """A request over the mesh's size limit: RESOURCE_EXHAUSTED, with the limit in bytes."""
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("fraud_scoring", inputs)
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED", str(err.value)
+    assert f"limit of {limit} bytes" in err.value.message(), str(err.value)
+    assert "max_request_bytes" in err.value.message(), str(err.value)
+
+
+def test_four_rows_with_a_1_mib_transaction_id_get_resource_exhausted_naming_the_limit(
+    mesh,
+) -> None:
+    """The reported case, at the mesh's default limit: it was UNKNOWN "Payload Too Large"."""
+    from client.mesh.config import Limits
+    from client.scoring import build_inputs, parse
+
+    limit = Limits().max_request_bytes
+    assert mesh.config.limits.max_request_bytes == limit
+    rows = [_row(i) for i in range(4)]
+    rows[0]["transaction_id"] = "t" * (1 << 20)
+    client = grpcclient.InferenceServerClient(mesh.url)
+    try:
+        _assert_refused_for_size(client, build_inputs(rows), limit)
+        # The same caller's next request of a normal size is served.
+        served = client.infer("fraud_scoring", build_inputs(rows[1:]))
+        answers = parse(served, [r["transaction_id"] for r in rows[1:]])
+        assert [a.decision in DECISIONS for a in answers] == [True] * 3, answers
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (an HTTP/2 client)")
+def test_a_plain_http_caller_over_the_size_limit_gets_a_413_naming_it(mesh) -> None:
+    limit = mesh.config.limits.max_request_bytes
+    done = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-X", "POST", "--data-binary", "@-",
+         "-w", "\n%{http_code}", f"http://{mesh.url}/v2/models/fraud_scoring/infer"],
+        input=b"x" * (limit + 1), capture_output=True, timeout=30,
+    )  # fmt: skip
+    body, _, code = done.stdout.decode().rpartition("\n")
+    assert code == "413", (done.stdout, done.stderr)
+    assert f"limit of {limit} bytes" in body, body
 
 
 def test_a_crashed_replica_is_routed_around_and_rejoins(mesh) -> None:

@@ -19,6 +19,7 @@ import pytest
 from client.local.operator import admin_client
 from client.observe import dashboards, stack, traces
 from python_backend.paths import ROOT
+from tests.support import wait_for_live_panels, wait_until
 
 TOPIC = "transactions-observe-test"
 
@@ -110,11 +111,12 @@ def observed(tiny_build, tmp_path_factory, redis_service, kafka_service):
             watchdog_metrics_port=watchdog_port,
         ) as server:
             warm_up(server)
-            deadline = time.monotonic() + 90
-            while not ready.exists():
+
+            def assigned() -> bool:
                 assert consumer.poll() is None, (root / "consumer.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the consumer got no partitions in 90 s"
-                time.sleep(0.2)
+                return ready.exists()
+
+            wait_until(assigned, 90, what="the consumer's partitions", interval_s=0.2)
             prometheus = stack.start_prometheus(
                 free_port(),
                 root / "prometheus",
@@ -144,15 +146,20 @@ def observed(tiny_build, tmp_path_factory, redis_service, kafka_service):
 
 
 def _wait_for_trace(folder: Path, transaction_id: str, names: set[str], timeout_s: float = 30):
-    deadline = time.monotonic() + timeout_s
-    found = None
-    while time.monotonic() < deadline:
-        found = traces.find_decision(traces.load(folder), transaction_id)
-        if found is not None and names <= {s["name"] for s in found}:
-            return found
-        time.sleep(0.3)
-    seen = sorted({s["name"] for s in found}) if found else []
-    pytest.fail(f"spans of {transaction_id} missing {sorted(names - set(seen))}; seen {seen}")
+    """The spans of ``transaction_id`` once every one of ``names`` is among them."""
+
+    def spans() -> list[dict]:
+        return traces.find_decision(traces.load(folder), transaction_id) or []
+
+    def complete() -> list[dict] | None:
+        found = spans()
+        return found if names <= {s["name"] for s in found} else None
+
+    def missing() -> str:
+        seen = {s["name"] for s in spans()}
+        return f"spans of {transaction_id} (missing {sorted(names - seen)}; seen {sorted(seen)})"
+
+    return wait_until(complete, timeout_s, what=missing, interval_s=0.3)
 
 
 EVERY_SPAN = {
@@ -265,14 +272,22 @@ def _metric_sum(url: str, name: str) -> float:
 
 
 def test_metrics_reach_triton_while_the_server_idles(observed) -> None:
-    time.sleep(2.5)  # whatever earlier tests counted is flushed
+    # Whatever earlier tests counted is flushed: an absence, with no event to wait for.
+    time.sleep(2.5)
     before = _metric_sum(observed.metrics_url, "fraud_decisions_total")
     histogram_before = _metric_sum(observed.metrics_url, "fraud_decision_seconds_count")
     observed.client.score([_row(i) for i in range(4)])
     observed.client.score([_row(10 + i) for i in range(3)])
-    time.sleep(2.5)  # no request follows: only the BLS's timer can hand these over
-    assert _metric_sum(observed.metrics_url, "fraud_decisions_total") - before == 7
-    assert _metric_sum(observed.metrics_url, "fraud_decision_seconds_count") - histogram_before == 7
+
+    def counted() -> tuple[float, float]:
+        return (
+            _metric_sum(observed.metrics_url, "fraud_decisions_total") - before,
+            _metric_sum(observed.metrics_url, "fraud_decision_seconds_count") - histogram_before,
+        )
+
+    # No request follows: only the BLS's timer (every second) can hand these over.
+    wait_until(lambda: min(counted()) >= 7, 5, what="7 more decisions counted", interval_s=0.2)
+    assert counted() == (7, 7)
 
 
 def _drive(observed, seconds: float) -> None:
@@ -296,10 +311,12 @@ def _drive(observed, seconds: float) -> None:
 def test_prometheus_scrapes_every_target_and_evaluates_every_rule(observed) -> None:
     import json
 
-    deadline = time.monotonic() + 30
-    while set(stack.targets_up(observed.prometheus_port).values()) != {"up"}:
-        assert time.monotonic() < deadline, stack.targets_up(observed.prometheus_port)
-        time.sleep(0.5)
+    wait_until(
+        lambda: set(stack.targets_up(observed.prometheus_port).values()) == {"up"},
+        30,
+        what=lambda: f"every target up: {stack.targets_up(observed.prometheus_port)}",
+        interval_s=0.5,
+    )
     url = f"http://127.0.0.1:{observed.prometheus_port}/api/v1/rules"
     with urllib.request.urlopen(url, timeout=10) as answer:
         groups = json.loads(answer.read())["data"]["groups"]
@@ -310,10 +327,17 @@ def test_prometheus_scrapes_every_target_and_evaluates_every_rule(observed) -> N
 
 def test_every_dashboard_panel_returns_live_series(observed) -> None:
     _drive(observed, 25)
-    time.sleep(3)  # two more scrapes and rule evaluations
     assert dashboards.dashboard("fraud-scoring") == dashboards.committed("fraud-scoring")
-    empty = dashboards.panels_without_series(observed.prometheus_port, "fraud-scoring")
-    assert not empty, f"panels with no series against a live server: {empty}"
+    wait_for_live_panels(observed.prometheus_port, "fraud-scoring")
     # The load above went through the fallback while the primary was away.
-    paths = stack.query(observed.prometheus_port, "fraud:decisions:rate1m")
-    assert {r["metric"]["path"] for r in paths} >= {"primary", "fallback"}
+    wait_until(
+        lambda: {"primary", "fallback"} <= _decision_paths(observed.prometheus_port),
+        30,
+        what=lambda: f"both paths' decision rates: {_decision_paths(observed.prometheus_port)}",
+        interval_s=1.0,
+    )
+
+
+def _decision_paths(prometheus_port: int) -> set[str]:
+    rates = stack.query(prometheus_port, "fraud:decisions:rate1m")
+    return {r["metric"]["path"] for r in rates}

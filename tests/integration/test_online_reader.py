@@ -128,13 +128,6 @@ def test_materialized_store_equals_offline_snapshot(store) -> None:
     np.testing.assert_array_equal(served.categorical, trained.categorical)
 
 
-def test_unknown_store_kind_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="FEATURE_STORE must be 'sqlite' or 'redis'"):
-        open_reader("cassandra")
-    with pytest.raises(FileNotFoundError, match="make features"):
-        open_reader("sqlite", "/nonexistent/online.db")
-
-
 def test_on_redis_cluster_the_features_are_spread_over_every_node(
     tiny_build, tmp_path, redis_cluster_service, redis_cluster_url
 ) -> None:

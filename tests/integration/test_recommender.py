@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from client.local.operator import admin_client
 from client.recommender import recommend
 from python_backend.recommender.core import TOP_K
+from tests.support import wait_for_live_panels, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -123,13 +124,14 @@ def test_clicks_stream_updates_last_five_once_per_click(rec_stack, rec_build) ->
     # The second batch replays the first click: at-least-once delivery must not double it.
     publish_clicks(rec_stack["bootstrap"], clicks, topic=rec_stack["topic"])
     publish_clicks(rec_stack["bootstrap"], clicks[:1], topic=rec_stack["topic"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def every_click_in() -> list | None:
         buffer = rec_stack["reader"].read_clicks([user])[user]
-        ids = [entry[2] for entry in buffer]
-        if all(c.click_id in ids for c in clicks):
-            break
-        time.sleep(0.1)
+        ids = {entry[2] for entry in buffer}
+        return buffer if all(c.click_id in ids for c in clicks) else None
+
+    buffer = wait_until(every_click_in, 10, what=f"the clicks of user {user}", interval_s=0.1)
+    ids = [entry[2] for entry in buffer]
     assert [entry[1] for entry in buffer[-3:]] == [100, 101, 102], "newest last"
     assert len(ids) == len(set(ids)), "a replayed click was counted twice"
     features = rec_stack["reader"].read(np.array([user]))
@@ -159,20 +161,23 @@ def test_unknown_user_and_failing_scorer_fall_back_to_popularity(rec_stack, rec_
     user = _known_users(rec_build)[0]
     client.unload_model("recommend_scorer")
     try:
-        deadline = time.monotonic() + 15
-        while client.is_model_ready("recommend_scorer"):
-            assert time.monotonic() < deadline, "recommend_scorer was not unloaded"
-            time.sleep(0.05)
+        wait_until(
+            lambda: not client.is_model_ready("recommend_scorer"),
+            15,
+            what="recommend_scorer unloaded",
+        )
         rec = recommend(client, [user])[0]
         assert rec.path == "popularity"
         assert {"SCORER_ERROR", "SCORER_CIRCUIT_OPEN", "SCORER_TIMEOUT"} & set(rec.reasons)
         assert rec.stage_us["total"] < 80_000, "the fallback stays within the budget"
     finally:
         client.load_model("recommend_scorer")
-    deadline = time.monotonic() + 15
-    while recommend(client, [user])[0].path != "model":
-        assert time.monotonic() < deadline, "the model path did not come back"
-        time.sleep(0.3)
+    wait_until(
+        lambda: recommend(client, [user])[0].path == "model",
+        15,
+        what="the model path back",
+        interval_s=0.3,
+    )
 
 
 def test_bad_input_is_refused_naming_the_field(rec_stack) -> None:
@@ -199,7 +204,7 @@ def test_a_click_changes_the_next_recommendation_within_a_second(rec_stack, rec_
 def test_recommender_dashboard_panels_return_live_series(rec_stack, tmp_path) -> None:
     """Prometheus scraping the recommender's Triton under requests: every panel has data."""
     from client.local.services import free_port
-    from client.observe import dashboards, stack
+    from client.observe import stack
 
     prometheus = stack.start_prometheus(
         free_port(),
@@ -213,8 +218,6 @@ def test_recommender_dashboard_panels_return_live_series(rec_stack, tmp_path) ->
         while time.monotonic() < deadline:
             recommend(rec_stack["client"], [1 + user % 40])
             user += 1
-        time.sleep(3)
-        empty = dashboards.panels_without_series(prometheus.port, "recommender")
-        assert not empty, f"recommender panels with no series: {empty}"
+        wait_for_live_panels(prometheus.port, "recommender")
     finally:
         prometheus.stop()

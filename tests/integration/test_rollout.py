@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client.rollout import MODEL, Gates, Prometheus, Rollout, pinned, publish
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -112,10 +113,29 @@ def fleet(serving, tiny_build, tmp_path_factory):
         mesh.stop()
 
 
+@pytest.fixture
+def champion(fleet) -> int:
+    """The version every replica serves now, alone and pinned, before a test's rollout: 1 on
+    a new fleet, the promoted one after a promotion. Each test rolls out its own version
+    number against it, so the tests run alone or in any order."""
+    mesh, repository, *_ = fleet
+    (serving,) = pinned(repository)
+    assert _ready(mesh, serving) == [True, True], f"version {serving} is not served"
+    return serving
+
+
 def _rollout(fleet, version: int, **kwargs) -> tuple[dict, Load]:
     mesh, repository, prometheus, _, work = fleet
     with Load(mesh.url) as load:
-        time.sleep(3)  # the champion has a history in Prometheus before the first step
+        started = time.time()
+        # The champion has a history in Prometheus before the first step: the load's
+        # decisions in two scrapes at least (what ``increase`` needs).
+        wait_until(
+            lambda: _decisions_since(prometheus, started) > 0,
+            30,
+            what="the load's decisions in Prometheus",
+            interval_s=0.5,
+        )
         report = Rollout(
             repository,
             version,
@@ -125,9 +145,16 @@ def _rollout(fleet, version: int, **kwargs) -> tuple[dict, Load]:
             log=lambda _m: None,
             out=work / "reports",
             rejected=work / "rejected",
+            rotation=mesh.rotation,  # each replica's reloads out of Envoy's rotation
             **{"step_s": 5.0, "max_step_s": 25.0, **kwargs},
         ).run()
     return report, load
+
+
+def _decisions_since(prometheus: Prometheus, started: float) -> float:
+    now = time.time()
+    window = f"{max(1, round(now - started))}s"
+    return prometheus.scalar(f"sum(increase(fraud_decisions_total[{window}]))", now)
 
 
 def _ready(mesh, version: int) -> list[bool]:
@@ -141,25 +168,27 @@ def _ready(mesh, version: int) -> list[bool]:
     return ready
 
 
-def test_a_good_version_goes_through_shadow_and_canary_and_is_promoted(fleet) -> None:
+def test_a_good_version_goes_through_shadow_and_canary_and_is_promoted(fleet, champion) -> None:
     mesh, repository, _, env, work = fleet
-    assert pinned(repository) == [1]
     publish(repository, 2, "copy", log=lambda _m: None)
-    assert pinned(repository) == [1], "published, not served: the champion stays pinned"
+    assert pinned(repository) == [champion], "published, not served: the champion stays pinned"
     report, load = _rollout(fleet, 2, shadow_share=0.5, steps=(0.2, 1.0))
     assert report["outcome"] == "promoted", report
     assert [s["name"] for s in report["steps"]] == ["shadow", "canary 20%", "canary 100%"]
+    # No reload under traffic: each replica's were out of Envoy's rotation (the other served).
+    assert report["reloads"] and not any(r["in_place"] for r in report["reloads"]), report
+    assert {r["replica"] for r in report["reloads"]} == {r.address for r in mesh.replicas}
     for step in report["steps"]:
         assert step["verdict"] == "pass" and step["challenger"]["rows"] >= GATES.min_rows, step
         assert step["psi"] <= step["psi_limit"], step  # the same model: noise only
     assert report["challenger_decided_share"] > 0.2, report
     assert load.failed == 0 and load.answered > 500, load.errors[:3]
     assert pinned(repository) == [2], "a restart serves the new version"
-    assert _ready(mesh, 2) == [True, True] and _ready(mesh, 1) == [False, False]
+    assert _ready(mesh, 2) == [True, True] and _ready(mesh, champion) == [False, False]
     assert (
         (work / "reports" / "rollout-2.md")
         .read_text()
-        .startswith(f"# Rollout of {MODEL} 2 (champion 1): promoted")
+        .startswith(f"# Rollout of {MODEL} 2 (champion {champion}): promoted")
     )
     # The shadow's scores are in the decision log beside the champion's, never returned.
     from python_backend.fraud.decision_log import read_all
@@ -169,10 +198,10 @@ def test_a_good_version_goes_through_shadow_and_canary_and_is_promoted(fleet) ->
     assert shadowed, "no decision-log record carries a shadow score"
     on_primary = [r for r in shadowed if r["path"] == "primary"]
     assert on_primary and all(abs(r["shadow_score"] - r["score"]) < 1e-4 for r in on_primary)
-    assert {r.get("model_version") for r in records} >= {"1", "2"}
+    assert {r.get("model_version") for r in records} >= {str(champion), "2"}
 
 
-def test_a_bad_version_is_caught_in_shadow_and_decides_nothing(fleet) -> None:
+def test_a_bad_version_is_caught_in_shadow_and_decides_nothing(fleet, champion) -> None:
     mesh, repository, _, _, _ = fleet
     publish(repository, 3, "inverted", log=lambda _m: None)
     report, load = _rollout(fleet, 3, shadow_share=0.5)
@@ -183,11 +212,13 @@ def test_a_bad_version_is_caught_in_shadow_and_decides_nothing(fleet) -> None:
     assert load.failed == 0, load.errors[:3]
     assert not (repository / MODEL / "3").exists(), "the rejected version is out of the repository"
     assert (Path(report["rejected_to"]) / "model.onnx").exists(), report["rejected_to"]
-    assert pinned(repository) == [2] and _ready(mesh, 2) == [True, True]
+    assert pinned(repository) == [champion] and _ready(mesh, champion) == [True, True]
     assert _ready(mesh, 3) == [False, False]
 
 
-def test_without_shadow_a_bad_version_is_rolled_back_at_the_first_canary_step(fleet) -> None:
+def test_without_shadow_a_bad_version_is_rolled_back_at_the_first_canary_step(
+    fleet, champion
+) -> None:
     mesh, repository, _, _, _ = fleet
     publish(repository, 4, "inverted", log=lambda _m: None)
     started = time.monotonic()
@@ -198,4 +229,4 @@ def test_without_shadow_a_bad_version_is_rolled_back_at_the_first_canary_step(fl
     assert "PSI" in report["reason"], report["reason"]
     assert 0 < report["challenger_decided_share"] < 0.10, report
     assert load.failed == 0, load.errors[:3]
-    assert pinned(repository) == [2] and _ready(mesh, 2) == [True, True]
+    assert pinned(repository) == [champion] and _ready(mesh, champion) == [True, True]

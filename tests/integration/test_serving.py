@@ -15,11 +15,12 @@ from client.local.operator import admin_client
 from client.scoring import build_inputs
 from python_backend.fraud.contract import DECISIONS, SCORING, STAGES
 from python_backend.fraud.features import MS_PER_DAY
+from tests.support import wait_until
 
 
 @pytest.fixture(scope="module")
-def last_day(serving) -> pd.DataFrame:
-    tx = pd.read_parquet(serving.data_dir / "transactions.parquet")
+def last_day(tiny_build) -> pd.DataFrame:
+    tx = pd.read_parquet(tiny_build.build_dir / "data" / "tiny" / "transactions.parquet")
     start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
     return tx[tx["ts_ms"] >= start]
 
@@ -28,9 +29,9 @@ def _rows(frame: pd.DataFrame) -> list[dict]:
     return frame[["transaction_id", "card_id", "terminal_id", "amount", "ts_ms"]].to_dict("records")
 
 
-def test_contract_one_decision_per_transaction(serving, last_day) -> None:
+def test_contract_one_decision_per_transaction(any_store_serving, last_day) -> None:
     rows = _rows(last_day.head(8))
-    decisions = serving.client.score(rows)
+    decisions = any_store_serving.client.score(rows)
     assert [d.transaction_id for d in decisions] == [r["transaction_id"] for r in rows]
     for d in decisions:
         assert 0.0 <= d.score <= 1.0
@@ -48,7 +49,7 @@ def _scores(serving, frame: pd.DataFrame) -> list[float]:
     ]
 
 
-def test_fraud_scores_higher_than_normal_traffic(serving, last_day) -> None:
+def test_fraud_scores_higher_than_normal_traffic(any_store_serving, last_day) -> None:
     """The online store holds the state of the last simulated day, so only that day's
     transactions see point-in-time features: its frauds, plus large-amount frauds made
     from its genuine purchases as the simulator's first scenario does, against its
@@ -59,6 +60,7 @@ def test_fraud_scores_higher_than_normal_traffic(serving, last_day) -> None:
         transaction_id=lambda f: f["transaction_id"] + "-large",
     )
     frauds = pd.concat([last_day[last_day["is_fraud"] == 1], large])
+    serving = any_store_serving
     fraud_scores, genuine_scores = _scores(serving, frauds), _scores(serving, genuine)
     # Scores are calibrated probabilities (a fraud rate near 1%): judge the ranking.
     from sklearn.metrics import roc_auc_score
@@ -76,22 +78,24 @@ def _unload(serving, *models):
     return admin
 
 
-def test_primary_unloaded_falls_back_then_recovers(serving, last_day) -> None:
+def test_primary_unloaded_falls_back_then_recovers(any_store_serving, last_day) -> None:
+    serving = any_store_serving
     rows = _rows(last_day.head(4))
     admin = _unload(serving, "fraud_primary")
     try:
         decisions = serving.client.score(rows)
-        assert {d.path for d in decisions} == {"fallback"}
+        assert {d.path for d in decisions} == {"fallback"}, [d.reasons for d in decisions]
         assert all("PRIMARY_ERROR" in d.reasons for d in decisions)
     finally:
         admin.load_model("fraud_primary")
     # The breaker may hold the primary off for its cool-down; it comes back after it.
-    assert _eventually_path(serving, rows, "primary")
+    _wait_for_path(serving, rows, "primary")
 
 
-def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
+def test_primary_and_fallback_down_rules_decide(any_store_serving, last_day) -> None:
     from perf.chaos import break_in_process_fallback, restore_in_process_fallback
 
+    serving = any_store_serving
     rows = _rows(last_day.head(4))
     admin = _unload(serving, "fraud_primary", "fraud_fallback")
     break_in_process_fallback(admin)
@@ -106,7 +110,7 @@ def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
         admin.load_model("fraud_primary")
         admin.load_model("fraud_fallback")
         restore_in_process_fallback(admin)
-    assert _eventually_path(serving, rows, "primary")
+    _wait_for_path(serving, rows, "primary")
     # And the restored in-process fallback answers again when the primary fails.
     admin.unload_model("fraud_primary")
     try:
@@ -114,21 +118,21 @@ def test_primary_and_fallback_down_rules_decide(serving, last_day) -> None:
         assert {d.path for d in got} == {"fallback"}, [d.reasons for d in got]
     finally:
         admin.load_model("fraud_primary")
-    assert _eventually_path(serving, rows, "primary")
+    _wait_for_path(serving, rows, "primary")
 
 
-def _eventually_path(serving, rows, path, timeout_s=15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if {d.path for d in serving.client.score(rows)} == {path}:
-            return True
-        time.sleep(0.5)
-    return False
+def _wait_for_path(serving, rows, path, timeout_s=15.0) -> None:
+    wait_until(
+        lambda: {d.path for d in serving.client.score(rows)} == {path},
+        timeout_s,
+        what=f"every decision on the {path} path",
+        interval_s=0.5,
+    )
 
 
-def test_unknown_card_and_terminal_get_defaults_not_errors(serving, last_day) -> None:
+def test_unknown_card_and_terminal_get_defaults_not_errors(any_store_serving, last_day) -> None:
     row = _rows(last_day.head(1))[0] | {"card_id": 987_654_321, "terminal_id": 987_654_321}
-    (decision,) = serving.client.score([row])
+    (decision,) = any_store_serving.client.score([row])
     assert decision.decision in DECISIONS
     assert {"UNKNOWN_CARD", "UNKNOWN_TERMINAL"} <= set(decision.reasons)
 
@@ -177,25 +181,35 @@ def test_stale_daily_views_are_named_counted_and_not_extrapolated(serving, last_
         assert {"FEATURES_STALE:card_daily", "FEATURES_STALE:terminal_daily"} <= set(d.reasons)
         assert d.path == "primary" and d.decision in DECISIONS
     assert sum(d.decision == "DECLINE" for d in decisions) <= 1
-    url = f"http://127.0.0.1:{serving.server.ports.metrics}/metrics"
     pattern = 'fraud_features_stale_total{view="card_daily"}'
-    for _ in range(20):  # the BLS hands its metrics to Triton at most once a second
-        metrics = urllib.request.urlopen(url, timeout=5).read().decode()
-        if pattern in metrics:
-            break
-        time.sleep(0.3)
-        serving.client.score(_rows(frame.head(1)))
+    metrics = _metrics_showing(serving, pattern, _rows(frame.head(1)))
     counted = [line for line in metrics.splitlines() if line.startswith(pattern)]
     assert counted and float(counted[0].split()[-1]) >= 1, counted
 
 
-def _eventually(serving, rows, check, timeout_s=10.0) -> list:
-    deadline = time.monotonic() + timeout_s
-    while True:
+def _metrics_showing(serving, text: str, rows: list[dict]) -> str:
+    """Triton's metrics once they hold ``text``; ``rows`` scored after each miss (the BLS
+    hands its metrics to Triton at most once a second, after a batch or from its timer)."""
+    url = f"http://127.0.0.1:{serving.server.ports.metrics}/metrics"
+
+    def showing() -> str | None:
+        metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+        if text in metrics:
+            return metrics
+        serving.client.score(rows)
+        return None
+
+    return wait_until(showing, 10, what=f"{text!r} in Triton's metrics", interval_s=0.3)
+
+
+def _decisions_once(serving, rows, check, what: str, timeout_s=10.0) -> list:
+    """The decisions of ``rows`` once ``check`` holds for them, scored again until then."""
+
+    def decided() -> list | None:
         decisions = serving.client.score(rows)
-        if check(decisions) or time.monotonic() > deadline:
-            return decisions
-        time.sleep(0.3)
+        return decisions if check(decisions) else None
+
+    return wait_until(decided, timeout_s, what=what, interval_s=0.3)
 
 
 def test_a_stopped_stream_consumer_makes_the_recent_buffers_stale(
@@ -217,20 +231,22 @@ def test_a_stopped_stream_consumer_makes_the_recent_buffers_stale(
     try:
         assert not writer.write({STREAM_HEARTBEAT_ID: stopped}, {})
         # Each BLS instance reads the heartbeat at most once a second.
-        stale = _eventually(
-            serving, rows, lambda ds: all("FEATURES_STALE:card_recent" in d.reasons for d in ds)
+        stale = _decisions_once(
+            serving,
+            rows,
+            lambda ds: all("FEATURES_STALE:card_recent" in d.reasons for d in ds),
+            "every decision to name the recent buffers stale",
         )
-        assert all("FEATURES_STALE:card_recent" in d.reasons for d in stale)
         assert {d.path for d in stale} == {"primary"}
         assert not any("FEATURES_STALE:card_daily" in d.reasons for d in stale)
         alive = [(int(time.time() * 1000), 0.0, 0, "heartbeat-alive")]
         assert not writer.write({STREAM_HEARTBEAT_ID: alive}, {STREAM_HEARTBEAT_ID: stopped})
-        back = _eventually(
+        _decisions_once(
             serving,
             rows,
             lambda ds: not any("FEATURES_STALE:card_recent" in d.reasons for d in ds),
+            "no decision to name the recent buffers stale",
         )
-        assert not any("FEATURES_STALE:card_recent" in d.reasons for d in back)
     finally:
         client.delete(writer._key(STREAM_HEARTBEAT_ID))
 
@@ -283,7 +299,7 @@ def test_primary_slower_than_budget_falls_back_within_budget(serving, last_day) 
             assert d.stage_us["total"] < 95_000, "the budget holds although the primary hangs"
     finally:
         admin.load_model("fraud_primary")
-    assert _eventually_path(serving, _rows(last_day.head(2)), "primary")
+    _wait_for_path(serving, _rows(last_day.head(2)), "primary")
 
 
 def test_repeated_primary_failures_open_its_circuit(serving, last_day) -> None:
@@ -298,19 +314,11 @@ def test_repeated_primary_failures_open_its_circuit(serving, last_day) -> None:
             if "PRIMARY_CIRCUIT_OPEN" in seen:
                 break
         assert "PRIMARY_ERROR" in seen and "PRIMARY_CIRCUIT_OPEN" in seen
-        # The BLS hands its metrics to Triton at most once a second.
-        url = f"http://127.0.0.1:{serving.server.ports.metrics}/metrics"
-        for _ in range(20):
-            metrics = urllib.request.urlopen(url, timeout=5).read().decode()
-            if 'fraud_breaker_state{dependency="primary"} 2' in metrics:
-                break
-            time.sleep(0.3)
-            serving.client.score(rows)
-        assert 'fraud_breaker_state{dependency="primary"} 2' in metrics
+        metrics = _metrics_showing(serving, 'fraud_breaker_state{dependency="primary"} 2', rows)
         assert "fraud_decisions_total" in metrics
     finally:
         admin.load_model("fraud_primary")
-    assert _eventually_path(serving, rows, "primary")
+    _wait_for_path(serving, rows, "primary")
 
 
 def test_feature_store_down_decides_on_defaults_then_recovers(
@@ -326,13 +334,16 @@ def test_feature_store_down_decides_on_defaults_then_recovers(
             assert d.stage_us["total"] < 95_000
     finally:
         redis_service.resume()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        reasons = {r for d in serving.client.score(rows) for r in d.reasons}
-        if not {"FEATURES_UNAVAILABLE", "FEATURES_CIRCUIT_OPEN"} & reasons:
-            return
-        time.sleep(0.5)
-    pytest.fail("features did not come back after Redis resumed")
+    _decisions_once(
+        serving,
+        rows,
+        lambda ds: (
+            not {"FEATURES_UNAVAILABLE", "FEATURES_CIRCUIT_OPEN"}
+            & {r for d in ds for r in d.reasons}
+        ),
+        "the features back after Redis resumed",
+        timeout_s=15,
+    )
 
 
 def test_scored_transactions_are_published_to_the_stream(serving, last_day, kafka_service) -> None:
@@ -353,13 +364,17 @@ def test_scored_transactions_are_published_to_the_stream(serving, last_day, kafk
     consumer.subscribe([SERVING_TOPIC])
     wanted = {r["transaction_id"] for r in rows}
     seen = set()
-    deadline = time.monotonic() + 30
-    while not wanted <= seen and time.monotonic() < deadline:
-        for message in consumer.consume(100, timeout=0.5):
+
+    def every_one_seen() -> bool:
+        for message in consumer.consume(100, timeout=0.5):  # the wait is the consume
             if not message.error():
                 seen.add(decode(message.value()).transaction_id)
-    consumer.close()
-    assert wanted <= seen
+        return wanted <= seen
+
+    try:
+        wait_until(every_one_seen, 30, what=f"{sorted(wanted)} on the stream", interval_s=0)
+    finally:
+        consumer.close()
 
 
 def test_replay_accounts_for_every_request(serving, last_day) -> None:
@@ -413,4 +428,4 @@ def test_triton_fallback_mode_hedges_the_fraud_fallback_model(serving, last_day)
         admin.load_model("fraud_primary")
         admin.load_model("fraud_fallback")
         admin.load_model("fraud_scoring")
-    assert _eventually_path(serving, rows, "primary")
+    _wait_for_path(serving, rows, "primary")

@@ -3,75 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 
 from feature_repo.store import StoreSettings, feature_store, materialize
 from feature_repo.stream import (
-    CARD_SPEC,
-    BufferConsumer,
-    OffsetGaps,
     TransactionConsumer,
+    buffers_from_store,
     ensure_topic,
-    merge,
     replay,
     writer_for,
 )
-from perf.feature_parity import run_parity, waves
-from python_backend.events import EventError, TransactionEvent, decode
-from python_backend.fraud.features import MS_PER_DAY, RECENT_BUFFER, RECENT_MAX_AGE_MS
+from feature_repo.stream.metrics import ConsumerCollector
+from perf.feature_parity import run_parity
+from python_backend.events import TransactionEvent
+from python_backend.fraud.features import MS_PER_DAY, RECENT_MAX_AGE_MS
 from python_backend.fraud.offline import recent_buffers
 from python_backend.fraud.online import open_reader
 from tests.conftest import STORE_URL_FIXTURES
-
-
-def _event(i: int, ts: int, card: int = 1) -> TransactionEvent:
-    return TransactionEvent(f"t{i}", card, 7, 10.0 + i, ts)
-
-
-def test_merge_skips_replayed_ids_and_keeps_the_newest() -> None:
-    buffer, added = merge([], [_event(i, 1_000 + i) for i in range(20)])
-    assert added == 20 and len(buffer) == RECENT_BUFFER
-    assert [e[3] for e in buffer] == [f"t{i}" for i in range(4, 20)]
-    again, added = merge(buffer, [_event(19, 1_019), _event(3, 1_003)])
-    assert added == 1, "t19 is a replay; t3 is new (and then too old to keep)"
-    assert again == buffer
-    late, added = merge(buffer, [_event(99, 1_010)])  # out of order: lands in time order
-    assert added == 1 and late[-10][3] == "t99"
-
-
-@pytest.mark.parametrize(
-    ("message", "field"),
-    [
-        (b"not json", "not JSON"),
-        (b'{"v": 2}', "v: schema version"),
-        (
-            b'{"v":1,"transaction_id":"a","card_id":"x","terminal_id":1,"amount":1,"ts_ms":1}',
-            "card_id",
-        ),
-        (
-            b'{"v":1,"transaction_id":"a","card_id":1,"terminal_id":1,"amount":-1,"ts_ms":1}',
-            "amount",
-        ),
-        (
-            b'{"v":1,"transaction_id":"","card_id":1,"terminal_id":1,"amount":1,"ts_ms":1}',
-            "transaction_id",
-        ),
-    ],
-)
-def test_bad_events_name_the_field(message: bytes, field: str) -> None:
-    with pytest.raises(EventError, match=field):
-        decode(message)
-
-
-def test_event_round_trips() -> None:
-    event = TransactionEvent("tx-1", 42, 7, 12.5, 1_700_000_000_000)
-    assert decode(event.encode()) == event
+from tests.support import wait_until
 
 
 def _stream_store(kind, tiny_build, tmp_path, request):
@@ -90,7 +46,7 @@ def _stream_store(kind, tiny_build, tmp_path, request):
     return settings, fs, tx, tx[tx["ts_ms"] >= day_start]
 
 
-def _consumer(settings, fs, bootstrap, topic, group, batch_size=1000):
+def _consumer(settings, fs, bootstrap, topic, group, batch_size=1000, log=lambda _m: None):
     return TransactionConsumer(
         bootstrap,
         open_reader(settings.kind, settings.reader_location),
@@ -98,15 +54,24 @@ def _consumer(settings, fs, bootstrap, topic, group, batch_size=1000):
         group=group,
         topic=topic,
         batch_size=batch_size,
-        log=lambda _m: None,
+        log=log,
     )
 
 
 def _drain(consumer, expected, timeout_s=60, **kwargs):
-    deadline = time.monotonic() + timeout_s
-    while consumer.stats.consumed < expected:
-        consumer.poll_once(0.1, **kwargs)
-        assert time.monotonic() < deadline, f"consumed {consumer.stats.consumed}/{expected}"
+    """Poll until ``expected`` records were consumed."""
+
+    def drained() -> bool:
+        if consumer.stats.consumed < expected:
+            consumer.poll_once(0.1, **kwargs)
+        return consumer.stats.consumed >= expected
+
+    wait_until(
+        drained,
+        timeout_s,
+        what=lambda: f"{expected} records consumed (got {consumer.stats.consumed})",
+        interval_s=0,
+    )
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis_cluster", "sqlite"])
@@ -147,22 +112,75 @@ def test_consumer_restart_neither_loses_nor_double_counts(
         np.testing.assert_array_equal(online.stored[name], values, err_msg=name)
 
 
-def test_poison_message_is_counted_and_skipped(
+def test_bad_events_are_counted_logged_skipped_and_committed_past(
     tiny_build, tmp_path, kafka_service, request
 ) -> None:
+    """On one partition: a valid event, three that break a rule or are not JSON, a valid
+    one. The valid ones are applied; each bad one is counted, logged with its topic,
+    partition, offset and rule, kept out of the store, and committed past: a restarted
+    consumer of the group reads only what comes after."""
     settings, fs, _tx, day = _stream_store("redis", tiny_build, tmp_path, request)
     bootstrap = f"127.0.0.1:{kafka_service.port}"
-    topic = f"transactions-{uuid.uuid4().hex[:8]}"
+    topic, group = f"transactions-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     ensure_topic(bootstrap, topic, partitions=1)
+    first, second, later = (
+        TransactionEvent(
+            str(r.transaction_id), int(r.card_id), int(r.terminal_id), 10.0, int(r.ts_ms)
+        )
+        for r in day.head(3).itertuples(index=False)
+    )
+
+    def bad(transaction_id: str, **fields) -> bytes:
+        event = {"v": 1, **dataclasses.asdict(first), "transaction_id": transaction_id}
+        return json.dumps({**event, **fields}).encode()
+
+    messages = [
+        first.encode(),
+        bad("bad-amount", amount=float("inf")),  # json writes the literal Infinity
+        bad("bad-card", card_id=0),
+        b"not json",
+        second.encode(),
+    ]
+    assert b"Infinity" in messages[1]
     producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topic, value=b'{"v": 1, "card_id": "oops"}')
-    producer.flush(10)
-    replay(bootstrap, day.head(20), topic=topic)
-    consumer = _consumer(settings, fs, bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}")
-    _drain(consumer, 21)
+    for value in messages:
+        producer.produce(topic, value=value, partition=0)
+    assert producer.flush(10) == 0
+
+    logs: list[str] = []
+    consumer = _consumer(settings, fs, bootstrap, topic, group, log=logs.append)
+    _drain(consumer, len(messages))
+    committed = consumer.consumer.committed([TopicPartition(topic, 0)], 10)[0].offset
+    counter = next(
+        family
+        for family in ConsumerCollector(consumer, topic).collect()
+        if family.name == "stream_events_rejected"
+    )
     consumer.close()
-    assert consumer.stats.rejected == 1
-    assert consumer.stats.applied == 20
+
+    assert consumer.stats.applied == 2 and consumer.stats.rejected == 3
+    assert counter.samples[0].value == 3, "the Prometheus counter says so too"
+    for offset, rule in ((1, "amount: must be"), (2, "card_id: must be"), (3, "not JSON")):
+        lines = [line for line in logs if f"{topic}[0] offset {offset}: " in line]
+        assert len(lines) == 1 and rule in lines[0], (offset, logs)
+    reader = open_reader(settings.kind, settings.reader_location)
+    # Card 0 is the consumer's heartbeat row: the event of card 0 must not land there.
+    stored = buffers_from_store(reader, [first.card_id, second.card_id, 0])
+    ids = {entry[-1] for buffer in stored.values() for entry in buffer}
+    assert {first.transaction_id, second.transaction_id} <= ids
+    assert not {"bad-amount", "bad-card"} & ids, "no bad event reached the store"
+    assert all(entry[-1].startswith("heartbeat-") for entry in stored[0]), stored[0]
+    assert committed == len(messages), "committed past the bad events"
+
+    producer.produce(topic, value=later.encode(), partition=0)
+    assert producer.flush(10) == 0
+    restarted = _consumer(settings, fs, bootstrap, topic, group, log=logs.append)
+    _drain(restarted, 1)
+    for _ in range(3):  # anything re-read would come in these polls
+        restarted.poll_once(0.2)
+    restarted.close()
+    assert restarted.stats.consumed == 1 and restarted.stats.applied == 1, restarted.stats
+    assert restarted.stats.rejected == 0
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis_cluster", "sqlite"])
@@ -192,12 +210,6 @@ def test_consumer_stamps_a_heartbeat_serving_reads_as_alive_then_stopped(
     assert later.stale(), "silent for over a minute: the recent buffers are stale"
 
 
-def test_waves_never_hold_a_card_twice() -> None:
-    cards = np.array([1, 2, 3, 1, 4, 2, 2, 5])
-    slices = waves(cards)
-    assert [cards[s].tolist() for s in slices] == [[1, 2, 3], [1, 4, 2], [2, 5]]
-
-
 def test_small_parity_run_has_no_mismatches(tiny_build, tmp_path, kafka_service, redis_url) -> None:
     settings = StoreSettings.from_env(
         kind="redis",
@@ -208,162 +220,3 @@ def test_small_parity_run_has_no_mismatches(tiny_build, tmp_path, kafka_service,
     result = run_parity(settings, f"127.0.0.1:{kafka_service.port}", limit=500, log=lambda _m: None)
     assert result["checked"] >= 300
     assert result["mismatches"] == 0, result
-
-
-def test_offset_gaps_rewind_until_the_hole_fills_then_accept_after_the_wait() -> None:
-    now = [0.0]
-    gaps = OffsetGaps(wait_s=2.0, clock=lambda: now[0])
-    key = ("t", 0)
-    assert gaps.check(key, 5) == "ok", "the first offset seen sets the expectation"
-    assert gaps.check(key, 7) == "rewind" and gaps.expected[key] == 6
-    now[0] = 1.0
-    assert gaps.check(key, 7) == "rewind", "still inside the wait: read again"
-    assert gaps.check(key, 6) == "ok" and gaps.check(key, 7) == "ok", "the hole filled"
-    assert gaps.holes == 1
-    assert gaps.check(key, 4) == "ok" and gaps.expected[key] == 5, "a redelivery is fine"
-    assert gaps.check(key, 9) == "rewind"  # 5..8 missing
-    now[0] = 3.5
-    assert gaps.check(key, 9) == "accept" and gaps.expected[key] == 10
-    assert gaps.holes == 2
-    gaps.forget([key])
-    assert gaps.check(key, 100) == "ok", "a reassigned partition starts where it is told"
-
-
-class _Message:
-    def __init__(self, partition: int, offset: int) -> None:
-        self._partition, self._offset = partition, offset
-
-    def error(self):
-        return None
-
-    def topic(self) -> str:
-        return "tx"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return _event(self._partition * 1000 + self._offset, 1_000 + self._offset).encode()
-
-    def headers(self):
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_000 + self._offset)
-
-
-class _ScriptedKafka:
-    """Batches as a broker that serves out of order would (pure consumer logic: the real
-    broker's race is measured by ``perf/broker_holes.py``)."""
-
-    def __init__(self, batches: list[list[tuple[int, int]]], committed: dict[int, int]) -> None:
-        self.batches = batches
-        self.committed_offsets = committed
-        self.commits: list[list[tuple[int, int]]] = []
-        self.seeks: list[tuple[int, int]] = []
-        self.fail_commits = 0
-
-    def consume(self, num_messages: int, timeout: float):
-        return [_Message(p, o) for p, o in self.batches.pop(0)] if self.batches else []
-
-    def committed(self, partitions, timeout):
-        from confluent_kafka import TopicPartition
-
-        offsets = self.committed_offsets
-        return [
-            TopicPartition(tp.topic, tp.partition, offsets.get(tp.partition, -1001))
-            for tp in partitions
-        ]
-
-    def commit(self, offsets, asynchronous):
-        if self.fail_commits:
-            from confluent_kafka import KafkaError, KafkaException
-
-            self.fail_commits -= 1
-            raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
-        self.commits.append(sorted((tp.partition, tp.offset) for tp in offsets))
-
-    def seek(self, tp) -> None:
-        self.seeks.append((tp.partition, tp.offset))
-
-    def assignment(self):
-        from confluent_kafka import TopicPartition
-
-        return [TopicPartition("tx", 0), TopicPartition("tx", 1)]
-
-    def get_watermark_offsets(self, tp, cached: bool = False):
-        """The partition's high watermark: one past the last offset the script holds."""
-        served = [o for batch in self.batches for p, o in batch if p == tp.partition]
-        return (0, max(served, default=-1) + 1)
-
-
-def _memory_consumer(kafka: _ScriptedKafka, gap_wait_s: float = 2.0) -> tuple:
-    from confluent_kafka import TopicPartition
-
-    from feature_repo.stream import MemoryWriter
-
-    writer = MemoryWriter()
-    spec = dataclasses.replace(CARD_SPEC, limit=10**6)
-    consumer = BufferConsumer(
-        "127.0.0.1:9",
-        spec,
-        writer.read,
-        writer,
-        "g",
-        "tx",
-        gap_wait_s=gap_wait_s,
-        log=lambda m: None,
-    )
-    consumer.consumer.close()
-    consumer.consumer = kafka
-    consumer._on_assign(kafka, [TopicPartition("tx", 0), TopicPartition("tx", 1)])
-    return consumer, writer.buffers
-
-
-def test_consumer_rereads_from_a_hole_and_never_commits_past_it() -> None:
-    # Partition 0 serves 3 before 2 is readable; partition 1 is in order.
-    kafka = _ScriptedKafka(
-        [[(0, 0), (0, 1), (0, 3), (0, 4), (1, 10)], [(0, 2), (0, 3), (0, 4), (1, 11)]],
-        committed={0: 0, 1: 10},
-    )
-    consumer, store = _memory_consumer(kafka)
-    consumer.lag_every_s = 0  # measured at every poll (seconds apart by default)
-    consumer.poll_once()
-    assert kafka.seeks == [(0, 2)], "re-read partition 0 from its hole"
-    # The lag is what the broker holds past the next offset to apply: partition 0 waits
-    # at its hole (2) below a high watermark of 5, partition 1 at 11 below 12.
-    assert consumer.lag == {("tx", 0): 3, ("tx", 1): 1}
-    assert kafka.commits == [[(0, 2), (1, 11)]], "committed up to the hole, not past it"
-    consumer.poll_once()
-    assert kafka.commits[-1] == [(0, 5), (1, 12)]
-    applied = sorted(entry[-1] for buffer in store.values() for entry in buffer)
-    assert applied == sorted([f"t{o}" for o in range(5)] + ["t1010", "t1011"])
-    assert consumer.stats.applied == 7 and consumer.stats.duplicates == 0
-    assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 0
-
-
-def test_consumer_catches_a_hole_at_the_committed_offset_and_accepts_one_that_stays() -> None:
-    # The first record after assignment is already past the committed offset (5).
-    kafka = _ScriptedKafka([[(0, 6)], [(0, 6)]], committed={0: 5})
-    consumer, _store = _memory_consumer(kafka, gap_wait_s=0.05)
-    now = [100.0]
-    consumer.gaps.clock = lambda: now[0]  # OffsetGaps' injected clock: no sleeping
-    consumer.poll_once()
-    assert kafka.seeks == [(0, 5)] and kafka.commits == [[(0, 5)]]
-    now[0] += 0.06
-    consumer.poll_once()  # still not there after the wait: go on, counted
-    assert kafka.commits[-1] == [(0, 7)]
-    assert consumer.stats.offset_gaps == 1 and consumer.stats.offset_gaps_accepted == 1
-
-
-def test_a_commit_refused_after_a_rebalance_is_counted_not_fatal() -> None:
-    kafka = _ScriptedKafka([[(0, 0), (0, 1)], [(0, 2)]], committed={0: 0})
-    kafka.fail_commits = 1
-    consumer, store = _memory_consumer(kafka)
-    consumer.poll_once()  # written, the commit refused: re-read later, idempotently
-    consumer.poll_once()
-    assert consumer.stats.commit_failures == 1 and kafka.commits == [[(0, 3)]]
-    assert sorted(e[-1] for b in store.values() for e in b) == ["t0", "t1", "t2"]

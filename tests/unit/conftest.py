@@ -13,6 +13,8 @@ INTEGRATION_FIXTURES = {
     "redis_service",
     "kafka_service",
     "redis_url",
+    "redis_cluster_service",
+    "redis_cluster_url",
     "serving",
 }
 

@@ -77,3 +77,36 @@ capabilities:
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Triton's shutdown, in order: the preStop sleep (out of the headless service), then
+SIGTERM and Triton's exit timeout, in which it finishes the requests it holds and unloads the
+models (the BLS's finalize hands the decision log's spool to the broker for DECISION_DRAIN_S).
+Both numbers are computed from the values so that neither can fall short of what it holds;
+as JSON: {"exitTimeoutSeconds": ..., "gracePeriodSeconds": ...}. */}}
+{{- define "fraud-scoring.tritonShutdown" -}}
+{{- $triton := .Values.triton -}}
+{{- range $computed := list "exitTimeoutSeconds" "terminationGracePeriodSeconds" -}}
+{{- if hasKey $triton $computed -}}
+{{- fail (printf "triton.%s is computed (triton.preStopSleepSeconds, triton.inFlightSeconds, triton.decisionLog.drainSeconds, triton.terminationMarginSeconds) so that it covers the decision log's drain: set those instead" $computed) -}}
+{{- end -}}
+{{- end -}}
+{{- $seconds := dict
+  "triton.preStopSleepSeconds" $triton.preStopSleepSeconds
+  "triton.inFlightSeconds" $triton.inFlightSeconds
+  "triton.decisionLog.drainSeconds" $triton.decisionLog.drainSeconds
+  "triton.terminationMarginSeconds" $triton.terminationMarginSeconds -}}
+{{- range $name, $value := $seconds -}}
+{{- $number := or (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value) -}}
+{{- if or (not $number) (lt (float64 $value) 0.0) (ne (float64 $value) (floor $value)) -}}
+{{- fail (printf "%s: whole seconds, 0 or more, got %v" $name $value) -}}
+{{- end -}}
+{{- end -}}
+{{- $drain := int $triton.decisionLog.drainSeconds -}}
+{{- /* The drain runs inside Triton's exit timeout: after the requests in flight, before the
+process exits. */ -}}
+{{- $exit := add (int $triton.inFlightSeconds) $drain -}}
+{{- /* The kubelet waits for the preStop sleep, then Triton's exit timeout (which holds the
+drain), then the margin; a pod that stops sooner is not held. */ -}}
+{{- $grace := add (int $triton.preStopSleepSeconds) $exit (int $triton.terminationMarginSeconds) -}}
+{{- dict "exitTimeoutSeconds" $exit "gracePeriodSeconds" $grace | toJson -}}
+{{- end -}}

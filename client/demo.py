@@ -1,0 +1,183 @@
+"""``make demo`` (``python -m client demo``), step by step: build what is missing, serve,
+replay the last simulated day over gRPC, the open world, the primary unloaded on purpose,
+its stubs killed while the watchdog reloads it, the summary in ``build/reports/demo.json``.
+
+:func:`run` is what the command calls, and what ``tests/integration/test_demo.py`` calls on
+the suite's tiny build to check what it prints against the server's own counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from client.local.triton import Ports, Server
+from client.open_world import Outcome
+from client.replay import ReplaySummary
+from python_backend.paths import DATA, MODEL_REPOSITORY, REPORTS, ROOT, TRITON_STATE
+
+#: When ``run`` calls ``on_step(name, server)``, in order: the server started and warmed up,
+#: then after each step that sends transactions.
+STEPS = ("started", "normal", "open_world", "primary_unloaded", "primary_stub_killed")
+#: Genuine purchases of the replayed day that the open world sends again, four ways.
+OPEN_WORLD_ROWS = 400
+
+
+@dataclass
+class DemoResult:
+    """What each step got back, as the demo's client saw it."""
+
+    normal: ReplaySummary
+    open_world: dict[str, Outcome]
+    primary_unloaded: ReplaySummary
+    primary_stub_killed: ReplaySummary
+    report_path: Path
+
+    @property
+    def replays(self) -> tuple[ReplaySummary, ...]:
+        return (self.normal, self.primary_unloaded, self.primary_stub_killed)
+
+    @property
+    def every_request_decided(self) -> bool:
+        return all(r.decided == r.sent for r in self.replays)
+
+    def as_dict(self) -> dict:
+        """``demo.json``."""
+        return {
+            "normal": self.normal.as_dict(),
+            "primary_unloaded": self.primary_unloaded.as_dict(),
+            "primary_stub_killed": self.primary_stub_killed.as_dict(),
+            "open_world": {k: o.as_dict() for k, o in self.open_world.items()},
+        }
+
+
+def last_day(data: Path, limit: int | None) -> pd.DataFrame:
+    """The last simulated day of ``data``'s transactions (its first ``limit`` rows)."""
+    from python_backend.fraud.features import MS_PER_DAY
+
+    tx = pd.read_parquet(data / "transactions.parquet")
+    start = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
+    day = tx[tx["ts_ms"] >= start]
+    return day.head(limit) if limit else day
+
+
+def run(
+    scale: str = "small",
+    *,
+    repository: Path = MODEL_REPOSITORY,
+    env: dict[str, str] | None = None,
+    data: Path | None = None,
+    limit: int | None = 3_000,
+    outage: int = 500,
+    concurrency: int = 4,
+    kill_rate_per_s: float = 100,
+    state_dir: Path = TRITON_STATE,
+    report_path: Path = REPORTS / "demo.json",
+    out: Callable[[str], None] = print,
+    on_step: Callable[[str, Server], None] | None = None,
+) -> DemoResult:
+    """The demo from start to finish; the server is stopped when it returns.
+
+    ``env`` None: build what is missing at ``scale`` (the project's repository, the embedded
+    SQLite store), as ``make demo`` does; given: ``repository`` is built and the online
+    store ``env`` names is filled. ``data``: the folder of ``transactions.parquet`` (the
+    built scale's by default). ``kill_rate_per_s``: the pace of the replay after the stub
+    kill, which must outlast the watchdog's reload to show the primary back. ``state_dir``:
+    where the server's and the watchdog's logs go. ``on_step(name, server)`` is called at
+    each of :data:`STEPS`, before the next begins."""
+    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.local.operator import admin_client
+    from client.local.triton import running
+    from client.open_world import score_variants, table
+    from client.replay import replay
+
+    def step(name: str, server: Server) -> None:
+        if on_step is not None:
+            on_step(name, server)
+
+    out("== 1. build what is missing (embedded defaults: SQLite online store)")
+    if env is None:
+        scale = ensure_models(scale, out)
+        env = ensure_features(scale, out)
+    else:
+        out(f"models: given ({repository}); online store: given ({env.get('FEATURE_STORE')})")
+    ports = Ports.free()
+    out(f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly)")
+    with running(
+        repository=repository,
+        ports=ports,
+        env=env,
+        log_path=state_dir / "server.log",
+        watchdog=True,
+    ) as server:
+        warm_up(server)
+        step("started", server)
+        day = last_day(data or DATA / scale, limit)
+        out(
+            f"== 3. replay {len(day):,} transactions of the last simulated day over gRPC, "
+            f"concurrency {concurrency}"
+        )
+        normal = replay(server.grpc_url, day, concurrency)
+        out(normal.table())
+        step("normal", server)
+        genuine = day[day["is_fraud"] == 0].head(OPEN_WORLD_ROWS)
+        out(
+            f"== 4. the open world: {len(genuine)} of those genuine purchases again, at "
+            "terminals and from cards the store has never seen, and 45 days later"
+        )
+        open_world = score_variants(server.grpc_url, genuine)
+        out(table(open_world))
+        step("open_world", server)
+        outage_rows = day.sample(min(len(day), outage), random_state=1)
+        out(f"== 5. unload fraud_primary on purpose, replay {len(outage_rows):,} more")
+        admin = admin_client(server.grpc_url)
+        admin.unload_model("fraud_primary")
+        primary_unloaded = replay(server.grpc_url, outage_rows, concurrency)
+        admin.load_model("fraud_primary")
+        admin.close()
+        out(primary_unloaded.table())
+        step("primary_unloaded", server)
+        after_kill = day.sample(min(len(day), 2 * outage), random_state=2)
+        out(
+            "== 6. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
+            f"{len(after_kill):,} more at {kill_rate_per_s:g}/s while the stub watchdog reloads it"
+        )
+        kill_stubs("fraud_primary", server.process.pid)
+        killed = replay(server.grpc_url, after_kill, concurrency, rate_per_s=kill_rate_per_s)
+        out(killed.table())
+        step("primary_stub_killed", server)
+        result = DemoResult(normal, open_world, primary_unloaded, killed, report_path)
+        runs = result.replays
+        out(
+            f"== 7. every request got a decision: "
+            f"{'yes' if result.every_request_decided else 'NO'} "
+            f"({sum(r.decided for r in runs):,} of {sum(r.sent for r in runs):,}); "
+            f"paths with the primary unloaded: {dict(primary_unloaded.paths)}; after the stub "
+            f"kill: {dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
+        )
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        shown = report_path.relative_to(ROOT) if report_path.is_relative_to(ROOT) else report_path
+        out(f"== 8. stopping the server; summary in {shown}")
+        out(
+            "   next: `make serve` then `make observe` (span collector and Prometheus beside it:"
+            " trace a decision with `python -m client score ... --trace`, then `python -m "
+            "client trace <id>`); `make trace-report` for where every millisecond goes"
+        )
+    return result
+
+
+def kill_stubs(model: str, server_pid: int) -> None:
+    """``kill -9`` of ``model``'s Python-backend stubs under the server ``server_pid``."""
+    from client.local.services import stub_pids
+
+    for pid in stub_pids(model, server_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
