@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from python_backend.fraud.features import ModelInputs
+from python_backend.fraud.heavy_model import tree_features
 
 PARAMS = {
     "objective": "binary",
@@ -25,8 +26,9 @@ PARAMS = {
 
 
 def features(inputs: ModelInputs) -> np.ndarray:
-    """Tabular columns plus the categorical ids (as numbers the trees can split on)."""
-    return np.hstack([inputs.tabular, inputs.categorical.astype(np.float32)])
+    """Tabular columns plus the categorical ids (as numbers the trees can split on); the
+    heavy model's trees read the same (``heavy_model.tree_features``)."""
+    return tree_features(inputs)
 
 
 def train(

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from build_engines import primary, report, slices
+from build_engines import heavy, primary, report, slices
 from build_engines.log import log, shown
 from build_engines.provenance import build_key, framework_versions, sha256_file
 from build_engines.simulate import SimulatedData, SimulationConfig, describe, simulate
@@ -31,6 +31,7 @@ from build_engines.split import make_split
 from build_engines.tensorrt import build_engines, tensorrt_availability
 from build_engines.training import (
     INT8_MAX_PR_AUC_DROP,
+    REVIEW_PRECISION,
     train_and_evaluate,
 )
 from build_engines.triton_config import (
@@ -39,24 +40,29 @@ from build_engines.triton_config import (
     refresh_configs,
     scoring_config,
 )
-from python_backend.fraud.contract import FALLBACK, PRIMARY
+from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY
 from python_backend.fraud.features import (
     TABULAR_NAMES,
 )
+from python_backend.fraud.heavy_model import DEEP_FILE, TREES_FILE
+from python_backend.fraud.history import history_layout
 from python_backend.fraud.offline import FeatureTables
 from python_backend.fraud.rules import load_rules
 from python_backend.paths import BUILD, MODEL_REPOSITORY, ROOT
 
 
 def _write_model_version(
-    model_dir: Path, files: dict[str, Path], metadata: dict, config: str
+    model_dir: Path, files: dict[str, Path], metadata: dict, config: str | None
 ) -> Path:
+    """Version 1 of a model; ``config`` None: a model no Triton serves (the heavy model,
+    run by the analysis consumer), so no ``config.pbtxt``."""
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
     for name, source in files.items():
         shutil.copyfile(source, version / name)
     (version / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (model_dir / "config.pbtxt").write_text(config)
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
     return version
 
 
@@ -78,7 +84,9 @@ def build_all(
     primary_cfg = primary_cfg or primary.PrimaryConfig()
     key = build_key(config, primary_cfg)
     report_path = reports / "model_quality.json"
-    outputs = [repository / m / "1" / "model.onnx" for m in (PRIMARY.name, FALLBACK.name)]
+    outputs = [
+        repository / m / "1" / "model.onnx" for m in (PRIMARY.name, FALLBACK.name, HEAVY.name)
+    ]
     outputs.append(repository / "fraud_scoring" / "1" / "decision_policy.json")
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
@@ -116,7 +124,14 @@ def build_all(
     tables.terminal_daily.to_parquet(data_dir / "terminal_daily.parquet", index=False)
     split = make_split(data, tables)
     rules = load_rules()
-    models, facts = train_and_evaluate(split, build_dir / "models" / scale, rules, primary_cfg)
+    models, facts = train_and_evaluate(
+        split,
+        build_dir / "models" / scale,
+        rules,
+        primary_cfg,
+        transactions=data.transactions,
+        heavy_cfg=heavy.HeavyConfig.for_scale(scale),
+    )
 
     # CPU serving: INT8 only where it is as good and faster, measured just now.
     int8_ok = (
@@ -183,6 +198,25 @@ def build_all(
         fallback_config(variant),
     )
 
+    heavy_facts = facts["heavy"]
+    heavy_version = _write_model_version(
+        repository / HEAVY.name,
+        {DEEP_FILE: model_dir / "heavy.onnx", TREES_FILE: model_dir / "gbdt_baseline.txt"},
+        {
+            **common,
+            "metrics": models["heavy"],
+            "tabular_columns": list(TABULAR_NAMES),
+            "history": history_layout(),
+            "training": {k: v for k, v in heavy_facts.items() if k != "history"},
+            "epochs": heavy_facts["history"],
+            "thresholds": heavy_facts["thresholds"],
+            "review_threshold": heavy_facts["review_threshold"],
+            "review_precision": REVIEW_PRECISION,
+            "blend": heavy_facts["blend"],
+        },
+        None,
+    )
+
     policy_dir = repository / "fraud_scoring" / "1"
     policy_dir.mkdir(parents=True, exist_ok=True)
     (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config())
@@ -218,6 +252,22 @@ def build_all(
         "fallback_cost_ratio_b64": round(
             models["primary_fp32"]["us_per_row_b64"] / models["fallback"]["us_per_row_b64"], 1
         ),
+        "heavy": {
+            "pr_auc_gain_over_primary": round(
+                models["heavy"]["pr_auc"] - models["primary_fp32"]["pr_auc"], 4
+            ),
+            "train_rows": heavy_facts["train_rows"],
+            "genuine_share": heavy_facts["genuine_share"],
+            "epochs_run": heavy_facts["epochs_run"],
+            "best_epoch": heavy_facts["best_epoch"],
+            "stopped_by": heavy_facts["stopped_by"],
+            "train_seconds": heavy_facts["train_seconds"],
+            "build_seconds": heavy_facts["build_seconds"],
+            "onnx_parity_max_abs_diff": heavy_facts["onnx_parity_max_abs_diff"],
+            "review_threshold": heavy_facts["review_threshold"],
+            "blend": heavy_facts["blend"],
+            "deep_only_test_pr_auc": heavy_facts["deep_only_test_pr_auc"],
+        },
         "tensorrt": {"built": trt.ok, "reason": trt.reason, "engines": engines},
         "build_seconds": round(time.perf_counter() - started, 1),
     }
@@ -233,6 +283,7 @@ def build_all(
     for label, path in [
         ("primary", primary_version),
         ("fallback", fallback_version),
+        ("heavy", heavy_version),
         *written.items(),
     ]:
         print(f"  {label:>10}: {shown(Path(path))}")

@@ -20,7 +20,8 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm import tqdm
 
-from python_backend.fraud.contract import CATEGORICAL, MAX_BATCH_SIZE, PRIMARY, SEQUENCE, TABULAR
+from python_backend.contract import ModelContract
+from python_backend.fraud.contract import MAX_BATCH_SIZE, PRIMARY
 from python_backend.fraud.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS, ModelInputs
 
 
@@ -37,8 +38,9 @@ class PrimaryConfig:
     seed: int = 0
 
 
-class FraudNet(nn.Module):
-    """``(TABULAR, SEQUENCE, CATEGORICAL) -> PROBABILITY``.
+class Trunk(nn.Module):
+    """What every deep fraud model reads first: the tabular features standardised, the
+    categorical embeddings, and a GRU over the last transactions; ``[B, out_dim]``.
 
     The GRU cell is unrolled over the (short, fixed) sequence so the exported graph is made
     of MatMul/Gemm and element-wise ops: ONNX Runtime's static quantizer and TensorRT both
@@ -46,7 +48,7 @@ class FraudNet(nn.Module):
     """
 
     def __init__(
-        self, n_tabular: int, tab_mean: np.ndarray, tab_std: np.ndarray, cfg: PrimaryConfig
+        self, n_tabular: int, tab_mean: np.ndarray, tab_std: np.ndarray, gru_hidden: int
     ) -> None:
         super().__init__()
         self.register_buffer("tab_mean", torch.as_tensor(tab_mean, dtype=torch.float32))
@@ -55,19 +57,11 @@ class FraudNet(nn.Module):
             nn.Embedding(cardinality, min(8, (cardinality + 1) // 2))
             for _, cardinality in CATEGORICAL_COLUMNS
         )
-        n_embedded = sum(e.embedding_dim for e in self.embeddings)
-        self.gru_hidden = cfg.gru_hidden
-        self.cell = nn.GRUCell(len(SEQUENCE_CHANNELS), cfg.gru_hidden)
-        self.head = nn.Sequential(
-            nn.Linear(n_tabular + n_embedded + cfg.gru_hidden, cfg.hidden),
-            nn.ReLU(),
-            nn.Dropout(0.1),
-            nn.Linear(cfg.hidden, cfg.hidden // 2),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden // 2, 1),
-        )
+        self.gru_hidden = gru_hidden
+        self.cell = nn.GRUCell(len(SEQUENCE_CHANNELS), gru_hidden)
+        self.out_dim = n_tabular + sum(e.embedding_dim for e in self.embeddings) + gru_hidden
 
-    def logits(
+    def forward(
         self, tabular: torch.Tensor, sequence: torch.Tensor, categorical: torch.Tensor
     ) -> torch.Tensor:
         tab = (tabular - self.tab_mean) / self.tab_std
@@ -77,7 +71,35 @@ class FraudNet(nn.Module):
             x = sequence[:, step, :]
             valid = x[:, -1:]
             h = valid * self.cell(x, h) + (1 - valid) * h
-        return self.head(torch.cat([tab, *embedded, h], dim=1))
+        return torch.cat([tab, *embedded, h], dim=1)
+
+
+def mlp_head(inputs: int, hidden: int) -> nn.Sequential:
+    """The head every deep fraud model ends in: two ReLU layers to one logit."""
+    return nn.Sequential(
+        nn.Linear(inputs, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(hidden, hidden // 2),
+        nn.ReLU(),
+        nn.Linear(hidden // 2, 1),
+    )
+
+
+class FraudNet(nn.Module):
+    """``(TABULAR, SEQUENCE, CATEGORICAL) -> PROBABILITY``: the trunk and the head."""
+
+    def __init__(
+        self, n_tabular: int, tab_mean: np.ndarray, tab_std: np.ndarray, cfg: PrimaryConfig
+    ) -> None:
+        super().__init__()
+        self.trunk = Trunk(n_tabular, tab_mean, tab_std, cfg.gru_hidden)
+        self.head = mlp_head(self.trunk.out_dim, cfg.hidden)
+
+    def logits(
+        self, tabular: torch.Tensor, sequence: torch.Tensor, categorical: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head(self.trunk(tabular, sequence, categorical))
 
     def forward(
         self, tabular: torch.Tensor, sequence: torch.Tensor, categorical: torch.Tensor
@@ -93,16 +115,126 @@ def _tensors(inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     )
 
 
-def predict(model: FraudNet, inputs: ModelInputs, batch_size: int = 8192) -> np.ndarray:
-    """Fraud probabilities from the PyTorch model, in eval mode."""
+def predict_tensors(
+    model: nn.Module, tensors: tuple[torch.Tensor, ...], batch_size: int = 8192
+) -> np.ndarray:
+    """Probabilities of a model whose ``forward`` takes ``tensors``, in eval mode."""
     model.eval()
-    tab, seq, cat = _tensors(inputs)
     out = []
     with torch.no_grad():
-        for start in range(0, len(tab), batch_size):
+        for start in range(0, len(tensors[0]), batch_size):
             sl = slice(start, start + batch_size)
-            out.append(model(tab[sl], seq[sl], cat[sl]).numpy()[:, 0])
+            out.append(model(*(t[sl] for t in tensors)).numpy()[:, 0])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def predict(model: FraudNet, inputs: ModelInputs, batch_size: int = 8192) -> np.ndarray:
+    """Fraud probabilities from the PyTorch model, in eval mode."""
+    return predict_tensors(model, _tensors(inputs), batch_size)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How :func:`fit` trains a model (the primary's, the heavy model's)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    pos_weight_power: float
+    seed: int
+    #: Epochs without a better validation PR-AUC before stopping (None: all epochs).
+    patience: int | None = None
+    #: Stop after the epoch that passes this many seconds (None: no limit).
+    max_seconds: float | None = None
+    name: str = "primary"
+
+
+def fit(
+    model: nn.Module,
+    train_tensors: tuple[torch.Tensor, ...],
+    y_train: np.ndarray,
+    valid_tensors: tuple[torch.Tensor, ...],
+    y_valid: np.ndarray,
+    settings: FitSettings,
+    sample_weight: np.ndarray | None = None,
+) -> dict:
+    """Train ``model`` (its ``logits(*tensors)``) with AdamW and a cosine schedule, class
+    imbalance handled by a positive-class weight; keep the epoch with the best validation
+    PR-AUC. ``sample_weight``: per-row loss weights (a subsample weighted back)."""
+    rng = np.random.default_rng(settings.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    weight = np.ones(len(y_train)) if sample_weight is None else sample_weight
+    positives = max(float((weight * y_train).sum()), 1.0)
+    # A fourth root of the imbalance: measured beside the square root (and none) on the open
+    # world, it ranked best on the whole holdout and on every cold-start slice.
+    imbalance = (float(weight.sum()) - positives) / positives
+    pos_weight = torch.tensor(imbalance**settings.pos_weight_power, dtype=torch.float32)
+    reduction = "mean" if sample_weight is None else "none"
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction)
+    rows = len(train_tensors[0])
+    target = torch.from_numpy(y_train.astype(np.float32))[:, None]
+    weights = None if sample_weight is None else torch.from_numpy(sample_weight)[:, None]
+    # Small data sets get small batches: a few hundred optimizer steps at the least.
+    batch_size = min(settings.batch_size, max(128, rows // 200))
+    n_batches = max(1, int(np.ceil(rows / batch_size)))
+    # Cosine decay to a tenth of the rate over the whole run: the late epochs refine.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=settings.epochs * n_batches, eta_min=settings.learning_rate / 10
+    )
+    best = (-1.0, None, -1)
+    history = []
+    stopped = "epochs"
+    started = time.perf_counter()
+    for epoch in range(settings.epochs):
+        model.train()
+        order = torch.from_numpy(rng.permutation(rows))
+        total = 0.0
+        bar = tqdm(
+            range(n_batches),
+            desc=f"{settings.name} epoch {epoch + 1}/{settings.epochs}",
+            leave=False,
+            mininterval=1.0,
+        )
+        for b in bar:
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model.logits(*(t[idx] for t in train_tensors)), target[idx])
+            if weights is not None:
+                loss = (loss * weights[idx]).sum() / weights[idx].sum()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        valid_ap = float(average_precision_score(y_valid, predict_tensors(model, valid_tensors)))
+        history.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_pr_auc": valid_ap})
+        tqdm.write(
+            f"  {settings.name} epoch {epoch + 1}: loss {total / n_batches:.4f}, "
+            f"valid PR-AUC {valid_ap:.4f}"
+        )
+        if valid_ap > best[0]:
+            best = (valid_ap, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
+        if settings.patience is not None and epoch + 1 - best[2] >= settings.patience:
+            stopped = "patience"
+            break
+        if settings.max_seconds is not None and time.perf_counter() - started > (
+            settings.max_seconds
+        ):
+            stopped = "time limit"
+            break
+    model.load_state_dict(best[1])
+    model.eval()
+    return {
+        "best_epoch": best[2],
+        "epochs_run": len(history),
+        "stopped_by": stopped,
+        "valid_pr_auc": best[0],
+        "history": history,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "pos_weight": float(pos_weight),
+    }
 
 
 def train(
@@ -114,71 +246,29 @@ def train(
 ) -> tuple[FraudNet, dict]:
     """Train on the training days; keep the epoch with the best validation PR-AUC."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     mean = train_inputs.tabular.mean(axis=0)
     std = train_inputs.tabular.std(axis=0) + 1e-3
     model = FraudNet(train_inputs.tabular.shape[1], mean, std, cfg)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    facts = fit(
+        model,
+        _tensors(train_inputs),
+        y_train,
+        _tensors(valid_inputs),
+        y_valid,
+        FitSettings(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            pos_weight_power=cfg.pos_weight_power,
+            seed=cfg.seed,
+        ),
     )
-    positives = max(float(y_train.sum()), 1.0)
-    # A fourth root of the imbalance: measured beside the square root (and none) on the open
-    # world, it ranked best on the whole holdout and on every cold-start slice.
-    imbalance = (len(y_train) - positives) / positives
-    pos_weight = torch.tensor(imbalance**cfg.pos_weight_power, dtype=torch.float32)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    tab, seq, cat = _tensors(train_inputs)
-    target = torch.from_numpy(y_train.astype(np.float32))[:, None]
-    # Small data sets get small batches: a few hundred optimizer steps at the least.
-    batch_size = min(cfg.batch_size, max(128, len(tab) // 200))
-    n_batches = max(1, int(np.ceil(len(tab) / batch_size)))
-    # Cosine decay to a tenth of the rate over the whole run: the late epochs refine.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.epochs * n_batches, eta_min=cfg.learning_rate / 10
-    )
-    best = (-1.0, None, -1)
-    history = []
-    started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.from_numpy(rng.permutation(len(tab)))
-        total = 0.0
-        bar = tqdm(
-            range(n_batches),
-            desc=f"primary epoch {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            mininterval=1.0,
-        )
-        for b in bar:
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model.logits(tab[idx], seq[idx], cat[idx]), target[idx])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach())
-        valid_ap = float(average_precision_score(y_valid, predict(model, valid_inputs)))
-        history.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_pr_auc": valid_ap})
-        tqdm.write(
-            f"  primary epoch {epoch + 1}: loss {total / n_batches:.4f}, "
-            f"valid PR-AUC {valid_ap:.4f}"
-        )
-        if valid_ap > best[0]:
-            best = (valid_ap, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
-    model.load_state_dict(best[1])
-    model.eval()
-    calibration = calibrate(model, valid_inputs, y_valid)
-    return model, {
-        "calibration": calibration,
-        "best_epoch": best[2],
-        "valid_pr_auc": best[0],
-        "history": history,
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "pos_weight": float(pos_weight),
-    }
+    calibration = calibrate(model, _tensors(valid_inputs), y_valid)
+    return model, {"calibration": calibration, **facts}
 
 
-def calibrate(model: FraudNet, inputs: ModelInputs, y: np.ndarray) -> dict[str, float]:
+def calibrate(model: nn.Module, tensors: tuple[torch.Tensor, ...], y: np.ndarray) -> dict:
     """Platt scaling on the validation days, folded into the last layer.
 
     The positive-class weight of training inflates the probabilities (about by the weight,
@@ -189,11 +279,10 @@ def calibrate(model: FraudNet, inputs: ModelInputs, y: np.ndarray) -> dict[str, 
     from sklearn.linear_model import LogisticRegression
 
     model.eval()
-    tab, seq, cat = _tensors(inputs)
     with torch.no_grad():
-        z = model.logits(tab, seq, cat).numpy()[:, :1].astype(np.float64)
-    fit = LogisticRegression(C=1e4, max_iter=1_000).fit(z, y)
-    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        z = model.logits(*tensors).numpy()[:, :1].astype(np.float64)
+    fit_ = LogisticRegression(C=1e4, max_iter=1_000).fit(z, y)
+    a, b = float(fit_.coef_[0, 0]), float(fit_.intercept_[0])
     last = model.head[-1]
     with torch.no_grad():
         last.weight.mul_(a)
@@ -201,23 +290,30 @@ def calibrate(model: FraudNet, inputs: ModelInputs, y: np.ndarray) -> dict[str, 
     return {"platt_a": round(a, 4), "platt_b": round(b, 4)}
 
 
-def export_onnx(model: FraudNet, sample: ModelInputs, path: Path) -> None:
-    """Export with a dynamic batch axis and the contract's tensor names."""
+def export_onnx(
+    model: nn.Module,
+    sample: ModelInputs | tuple[torch.Tensor, ...],
+    path: Path,
+    contract: ModelContract = PRIMARY,
+) -> None:
+    """Export with a dynamic batch axis and the contract's tensor names (``forward``'s
+    parameters are named as the contract's fields)."""
     model.eval()
     # The exporter warns about torchvision ops and pytree internals on every run: not ours.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH_SIZE * 16)
-    args = tuple(t[:4] for t in _tensors(sample))
+    tensors = sample if isinstance(sample, tuple) else _tensors(sample)
+    args = tuple(t[:4] for t in tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         model,
         args,
         str(path),
-        input_names=[TABULAR.name, SEQUENCE.name, CATEGORICAL.name],
-        output_names=[o.name for o in PRIMARY.outputs],
-        dynamic_shapes={"tabular": {0: batch}, "sequence": {0: batch}, "categorical": {0: batch}},
+        input_names=[spec.name for spec in contract.inputs],
+        output_names=[o.name for o in contract.outputs],
+        dynamic_shapes={spec.field: {0: batch} for spec in contract.inputs},
         dynamo=True,
         external_data=False,  # one self-contained file for Triton and the quantizer
         verbose=False,

@@ -40,6 +40,8 @@ class Split:
     test_stale: ModelInputs | None = None
     #: Open-world slice masks over the test rows.
     test_slices: dict[str, np.ndarray] | None = None
+    #: Each range's rows as positions in the transactions (joins their histories).
+    positions: dict[str, np.ndarray] | None = None
 
 
 def split_days(n_days: int) -> dict[str, list[int]]:
@@ -69,9 +71,12 @@ def make_split(data: SimulatedData, tables: FeatureTables) -> Split:
     days = split_days(data.config.n_days)
     parts = {}
     rng = np.random.default_rng(data.config.seed)
+    positions = {}
     for name in ("train", "valid", "test"):
         lo, hi = days[name]
-        rows = tx[(tx["day"] >= lo) & (tx["day"] < hi)]
+        inside = ((tx["day"] >= lo) & (tx["day"] < hi)).to_numpy()
+        rows = tx[inside]
+        positions[name] = np.flatnonzero(inside)
         dropout = view_dropout(len(rows), VIEW_DROPOUT, rng) if name == "train" else None
         parts[name] = (model_inputs(tables, tx, rows, dropout), rows)
     test_rows = parts["test"][1]
@@ -89,4 +94,5 @@ def make_split(data: SimulatedData, tables: FeatureTables) -> Split:
         days=days,
         test_stale=stale,
         test_slices=slices.slice_masks(tx, test_rows),
+        positions=positions,
     )

@@ -4,19 +4,24 @@ INT8), the fallback candidates, the rules and the GBDT baseline, side by side.""
 from __future__ import annotations
 
 import shutil
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from build_engines import baseline, fallback, primary, slices
+from build_engines import baseline, fallback, heavy, primary, slices
 from build_engines.log import log
 from build_engines.metrics import microseconds_per_row, quality
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.split import Split
-from python_backend.fraud.contract import FALLBACK, PRIMARY
+from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY
 from python_backend.fraud.features import (
     ModelInputs,
 )
+from python_backend.fraud.heavy_model import Blend
+from python_backend.fraud.history import HeavyInputs, offline_histories
 from python_backend.fraud.rules import RuleSet
 from python_backend.onnx_runner import OnnxModel
 
@@ -24,7 +29,7 @@ from python_backend.onnx_runner import OnnxModel
 PARITY_TOLERANCE = 1e-4
 #: INT8 is served on CPU only when it loses at most this much PR-AUC (and is faster).
 INT8_MAX_PR_AUC_DROP = 0.005
-MODEL_NAMES = ("primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline")
+MODEL_NAMES = ("primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline", "heavy")
 #: Which served thresholds each model of the report is judged at.
 THRESHOLD_PATH = {
     "primary_fp32": "primary",
@@ -32,7 +37,11 @@ THRESHOLD_PATH = {
     "fallback": "fallback",
     "rules": "rules",
     "gbdt_baseline": "gbdt_baseline",
+    "heavy": "heavy",
 }
+#: The heavy model's review queue: the threshold where this share of what it flags on the
+#: validation days is fraud (approved transactions above it go to the ``review`` topic).
+REVIEW_PRECISION = 0.5
 
 
 def _onnx_scorer(model: OnnxModel, inputs: ModelInputs):
@@ -41,9 +50,15 @@ def _onnx_scorer(model: OnnxModel, inputs: ModelInputs):
 
 
 def train_and_evaluate(
-    split: Split, out_dir: Path, rules: RuleSet | None, primary_cfg: primary.PrimaryConfig
+    split: Split,
+    out_dir: Path,
+    rules: RuleSet | None,
+    primary_cfg: primary.PrimaryConfig,
+    transactions: pd.DataFrame | None = None,
+    heavy_cfg: heavy.HeavyConfig | None = None,
 ) -> tuple[dict, dict]:
-    """Train every model on ``split``, export and check the ONNX files, and measure.
+    """Train every model on ``split``, export and check the ONNX files, and measure. The
+    heavy model too with ``transactions`` (its histories come from them) and ``heavy_cfg``.
 
     Returns the report's ``models`` section and facts about the build (parity, timings).
     """
@@ -118,6 +133,28 @@ def train_and_evaluate(
             {k: v[start : start + batch] for k, v in cols.items()}
         )
 
+    valid_heavy = None
+    if heavy_cfg is not None and transactions is not None and split.positions is not None:
+        model, test_inputs, stale_inputs, valid_deep, facts["heavy"] = train_heavy(
+            split, transactions, out_dir, heavy_cfg
+        )
+        # The heavy model: the deep one blended with the trees, fitted on the validation days.
+        blend = Blend.fit(valid_deep, baseline.predict(booster, split.valid), split.y_valid)
+        valid_heavy = blend(valid_deep, baseline.predict(booster, split.valid))
+        deep_test = model.predict(test_inputs)
+        scores["heavy"] = blend(deep_test, scores["gbdt_baseline"])
+        stale["heavy"] = blend(model.predict(stale_inputs), stale["gbdt_baseline"])
+        deep_scorer = _onnx_scorer(model, test_inputs)
+        scorers["heavy"] = lambda start, batch: blend(
+            deep_scorer(start, batch), scorers["gbdt_baseline"](start, batch)
+        )
+        facts["heavy"]["blend"] = asdict(blend)
+        facts["heavy"]["deep_only_test_pr_auc"] = {
+            name: round(_pr_auc(split.y_test[mask], deep_test[mask]), 4)
+            for name, mask in (split.test_slices or {"all": slice(None)}).items()
+            if name in ("all", "new_terminal", "new_card")
+        }
+
     log("measuring CPU cost per row, all models side by side, batch 1 and 64")
     timings: dict[str, dict[str, float]] = {name: {} for name in scorers}
     for batch in (1, 64):
@@ -142,10 +179,20 @@ def train_and_evaluate(
     if rules is not None:
         valid_scores["rules"] = rules.evaluate(split.valid.columns).scores
     valid_scores["gbdt_baseline"] = baseline.predict(booster, split.valid)
+    if valid_heavy is not None:
+        valid_scores["heavy"] = valid_heavy
+        facts["heavy"]["review_threshold"] = threshold_at_precision(
+            valid_heavy, split.y_valid, REVIEW_PRECISION
+        )
     thresholds = {
         path: decision_thresholds(values, split.y_valid) for path, values in valid_scores.items()
     }
-    facts["thresholds"] = {k: v for k, v in thresholds.items() if k != "gbdt_baseline"}
+    # The served policy: the ladder's paths (the baseline and the heavy model decide nothing).
+    facts["thresholds"] = {
+        k: v for k, v in thresholds.items() if k not in ("gbdt_baseline", "heavy")
+    }
+    if "heavy" in thresholds:
+        facts["heavy"]["thresholds"] = thresholds["heavy"]
     by_model = {m: thresholds[path] for m, path in THRESHOLD_PATH.items() if path in thresholds}
     facts["slices"] = (
         slices.evaluate(split.y_test, split.test_slices, scores, stale, by_model)
@@ -153,6 +200,61 @@ def train_and_evaluate(
         else None
     )
     return models, facts
+
+
+def train_heavy(
+    split: Split, transactions: pd.DataFrame, out_dir: Path, cfg: heavy.HeavyConfig
+) -> tuple[OnnxModel, HeavyInputs, HeavyInputs, np.ndarray, dict]:
+    """The heavy model: histories for its rows (a genuine subsample of the training days,
+    weighted back; every validation and test row), trained, exported to ONNX and checked
+    against PyTorch. Returns the ONNX model, the test rows' inputs (and with every view
+    unavailable), the validation scores, and facts."""
+    started = time.perf_counter()
+    columns = [
+        transactions[c].to_numpy()
+        for c in ("card_id", "terminal_id", "ts_ms", "amount", "transaction_id")
+    ]
+    rows, weights = heavy.genuine_subsample(split.y_train, cfg.genuine_share, cfg.seed)
+
+    def inputs(part: ModelInputs, positions: np.ndarray) -> HeavyInputs:
+        return HeavyInputs.of(part, offline_histories(*columns, rows=positions))
+
+    train_inputs = inputs(_take(split.train, rows), split.positions["train"][rows])
+    valid_inputs = inputs(split.valid, split.positions["valid"])
+    test_histories = offline_histories(*columns, rows=split.positions["test"])
+    test_inputs = HeavyInputs.of(split.test, test_histories)
+    stale_inputs = HeavyInputs.of(split.test_stale or split.test, test_histories)
+    histories_s = time.perf_counter() - started
+    net, facts = heavy.train(
+        train_inputs, split.y_train[rows], weights, valid_inputs, split.y_valid, cfg
+    )
+    path = out_dir / "heavy.onnx"
+    heavy.export_onnx(net, test_inputs, path)
+    model = OnnxModel(path, HEAVY)
+    torch_scores = heavy.predict(net, test_inputs)
+    diff = float(np.abs(model.predict(test_inputs) - torch_scores).max())
+    log(f"heavy model, ONNX Runtime vs PyTorch on {len(torch_scores):,} test rows: {diff:.2e}")
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"the heavy model's ONNX export differs from PyTorch by {diff:.2e} "
+            f"(limit {PARITY_TOLERANCE:.0e})"
+        )
+    facts.update(
+        onnx_parity_max_abs_diff=diff,
+        histories_seconds=round(histories_s, 1),
+        build_seconds=round(time.perf_counter() - started, 1),
+    )
+    return model, test_inputs, stale_inputs, model.predict(valid_inputs), facts
+
+
+def threshold_at_precision(scores: np.ndarray, y: np.ndarray, precision: float) -> float:
+    """The lowest score threshold whose flagged rows are at least ``precision`` fraud
+    (the highest score when none is)."""
+    from sklearn.metrics import precision_recall_curve
+
+    p, _r, t = precision_recall_curve(y, scores)
+    ok = np.flatnonzero(p[:-1] >= precision)
+    return round(float(t[ok[0]] if len(ok) else scores.max()), 6)
 
 
 def train_fallback(

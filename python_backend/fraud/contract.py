@@ -15,6 +15,12 @@ from python_backend.fraud.features import (
     SEQUENCE_LENGTH,
     TABULAR_COLUMNS,
 )
+from python_backend.fraud.history import (
+    CARD_HISTORY_CHANNELS,
+    CARD_HISTORY_LENGTH,
+    TERMINAL_HISTORY_CHANNELS,
+    TERMINAL_HISTORY_LENGTH,
+)
 
 #: Largest batch the model servers accept (dynamic batcher and TensorRT profile).
 MAX_BATCH_SIZE = 256
@@ -30,6 +36,20 @@ PROBABILITY = TensorSpec("PROBABILITY", np.float32, (1,))
 PRIMARY = ModelContract("fraud_primary", (TABULAR, SEQUENCE, CATEGORICAL), (PROBABILITY,))
 #: The cheap CPU model: tabular features only.
 FALLBACK = ModelContract("fraud_fallback", (TABULAR,), (PROBABILITY,))
+
+CARD_HISTORY = TensorSpec(
+    "CARD_HISTORY", np.float32, (CARD_HISTORY_LENGTH, len(CARD_HISTORY_CHANNELS))
+)
+TERMINAL_HISTORY = TensorSpec(
+    "TERMINAL_HISTORY", np.float32, (TERMINAL_HISTORY_LENGTH, len(TERMINAL_HISTORY_CHANNELS))
+)
+#: The heavy model, off the hot path (``feature_repo analyze``): what the primary saw, plus
+#: the card's and the terminal's longer histories (``python_backend.fraud.history``).
+HEAVY = ModelContract(
+    "fraud_heavy",
+    (TABULAR, SEQUENCE, CATEGORICAL, CARD_HISTORY, TERMINAL_HISTORY),
+    (PROBABILITY,),
+)
 
 #: The service's own contract: what callers send to ``fraud_scoring``, one row per
 #: transaction, and what they get back. ``STAGE_US`` holds microseconds spent on

@@ -11,7 +11,7 @@ import pytest
 from build_engines.pipeline import build_all
 from build_engines.primary import PrimaryConfig
 from build_engines.training import MODEL_NAMES
-from python_backend.fraud.contract import FALLBACK, MAX_BATCH_SIZE, PRIMARY
+from python_backend.fraud.contract import FALLBACK, HEAVY, MAX_BATCH_SIZE, PRIMARY
 from python_backend.fraud.features import TABULAR_NAMES
 
 METRICS = (
@@ -40,6 +40,47 @@ def test_build_writes_models_configs_and_metadata(tiny_build) -> None:
         config = (model_dir / "config.pbtxt").read_text()
         assert f'name: "{contract.name}"' in config
         assert f"max_batch_size: {MAX_BATCH_SIZE}" in config
+
+
+def test_heavy_model_is_exported_checked_and_kept_off_triton(tiny_build) -> None:
+    """The heavy model: ONNX with a dynamic batch axis and the HEAVY contract, equal to
+    PyTorch on the test set, its history layout and review threshold in its metadata, and no
+    ``config.pbtxt`` (the analysis consumer runs it, never a serving Triton)."""
+    from python_backend.fraud.heavy_model import HeavyModel
+    from python_backend.fraud.history import HeavyInputs, history_layout
+    from python_backend.onnx_runner import OnnxModel
+
+    model_dir = tiny_build.repository / HEAVY.name
+    model = onnx.load(str(model_dir / "1" / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == [s.name for s in HEAVY.inputs]
+    assert not model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    assert not (model_dir / "config.pbtxt").exists()
+    metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
+    assert metadata["history"] == json.loads(json.dumps(history_layout()))
+    assert 0 < metadata["review_threshold"] < 1
+    heavy = tiny_build.report["heavy"]
+    assert heavy["onnx_parity_max_abs_diff"] <= 1e-4
+    assert heavy["stopped_by"] in ("epochs", "patience", "time limit")
+    # Every input shape at batch 1 and 64 (the report's latency columns), probabilities out.
+    session = OnnxModel(model_dir / "1" / "model.onnx", HEAVY)
+    rng = np.random.default_rng(0)
+    for batch in (1, 64):
+        feeds = {
+            s.name: (rng.random((batch, *s.dims)) * (2 if s.dtype is np.int64 else 1)).astype(
+                s.dtype
+            )
+            for s in HEAVY.inputs
+        }
+        scores = session.run(feeds)
+        assert scores.shape == (batch,) and np.all((scores >= 0) & (scores <= 1))
+        # The heavy model as the consumer runs it: the deep model blended with the trees.
+        blended = HeavyModel(model_dir / "1").score(
+            HeavyInputs(**{s.field: feeds[s.name] for s in HEAVY.inputs})
+        )
+        assert blended.shape == (batch,) and np.all((blended > 0) & (blended < 1))
+    models = tiny_build.report["models"]["heavy"]
+    assert models["us_per_row_b1"] > 0 and models["us_per_row_b64"] > 0
 
 
 def test_onnx_matches_pytorch_on_the_test_set(tiny_build) -> None:
@@ -83,7 +124,7 @@ def test_quality_report_judges_every_model_on_the_open_world_slices(tiny_build) 
 
     report = tiny_build.report
     assert list(report["slices"]) == list(SLICES)
-    judged = {"primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline"}
+    judged = {"primary_fp32", "primary_int8", "fallback", "rules", "gbdt_baseline", "heavy"}
     for name, models in report["slices"].items():
         assert set(models) == judged, name
         for model, row in models.items():
