@@ -21,16 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from build_engines import primary
 from build_engines.log import log
 from python_backend.fraud.contract import HEAVY
-from python_backend.fraud.history import (
-    CARD_HISTORY_CHANNELS,
-    TERMINAL_HISTORY_CHANNELS,
-    HeavyInputs,
-)
+from python_backend.fraud.heavy_net import HeavyNet, HeavyShape
+from python_backend.fraud.history import HeavyInputs
 
 
 @dataclass(frozen=True)
@@ -64,75 +60,6 @@ class HeavyConfig:
         return cls(**sizes.get(scale, {}))
 
 
-class HistoryEncoder(nn.Module):
-    """``[B, L, C]`` (the last channel: valid) and a query source ``[B, Q]`` -> ``[B, D]``:
-    masked mean and max of per-transaction encodings, attention pooling with
-    ``heads`` queries made from the judged transaction, and how many transactions there are."""
-
-    def __init__(self, channels: int, query_in: int, width: int, heads: int) -> None:
-        super().__init__()
-        self.width, self.heads = width, heads
-        self.encode = nn.Sequential(
-            nn.Linear(channels, width), nn.GELU(), nn.Linear(width, width), nn.GELU()
-        )
-        self.query = nn.Linear(query_in, width * heads)
-        self.out_dim = width * (2 + heads) + 1
-
-    def forward(self, history: torch.Tensor, query_source: torch.Tensor) -> torch.Tensor:
-        valid = history[:, :, -1:]  # [B, L, 1]
-        h = self.encode(history) * valid  # [B, L, W]
-        count = valid.sum(dim=1)  # [B, 1]
-        any_valid = (count > 0).to(h.dtype)
-        mean = h.sum(dim=1) / torch.clamp(count, min=1.0)
-        maximum = torch.amax(h + (valid - 1.0) * 1e4, dim=1) * any_valid
-        q = self.query(query_source).reshape(-1, self.heads, self.width)  # [B, H, W]
-        scores = torch.matmul(q, h.transpose(1, 2)) / float(np.sqrt(self.width))  # [B, H, L]
-        scores = scores + (valid.transpose(1, 2) - 1.0) * 1e4
-        weights = torch.softmax(scores, dim=-1) * any_valid[:, :, None]
-        attended = torch.matmul(weights, h).reshape(-1, self.heads * self.width)
-        return torch.cat([mean, maximum, attended, torch.log1p(count)], dim=1)
-
-
-class HeavyNet(nn.Module):
-    """``(TABULAR, SEQUENCE, CATEGORICAL, CARD_HISTORY, TERMINAL_HISTORY) -> PROBABILITY``:
-    the primary's trunk, the two history encoders queried from it, the head."""
-
-    def __init__(
-        self, n_tabular: int, tab_mean: np.ndarray, tab_std: np.ndarray, cfg: HeavyConfig
-    ) -> None:
-        super().__init__()
-        self.trunk = primary.Trunk(n_tabular, tab_mean, tab_std, cfg.gru_hidden)
-        trunk = self.trunk.out_dim
-        self.card = HistoryEncoder(len(CARD_HISTORY_CHANNELS), trunk, cfg.width, cfg.heads)
-        self.terminal = HistoryEncoder(len(TERMINAL_HISTORY_CHANNELS), trunk, cfg.width, cfg.heads)
-        self.head = primary.mlp_head(trunk + self.card.out_dim + self.terminal.out_dim, cfg.hidden)
-
-    def logits(
-        self,
-        tabular: torch.Tensor,
-        sequence: torch.Tensor,
-        categorical: torch.Tensor,
-        card_history: torch.Tensor,
-        terminal_history: torch.Tensor,
-    ) -> torch.Tensor:
-        trunk = self.trunk(tabular, sequence, categorical)
-        card = self.card(card_history, trunk)
-        terminal = self.terminal(terminal_history, trunk)
-        return self.head(torch.cat([trunk, card, terminal], dim=1))
-
-    def forward(
-        self,
-        tabular: torch.Tensor,
-        sequence: torch.Tensor,
-        categorical: torch.Tensor,
-        card_history: torch.Tensor,
-        terminal_history: torch.Tensor,
-    ) -> torch.Tensor:
-        return torch.sigmoid(
-            self.logits(tabular, sequence, categorical, card_history, terminal_history)
-        )
-
-
 def tensors(inputs: HeavyInputs) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(getattr(inputs, spec.field)) for spec in HEAVY.inputs)
 
@@ -163,7 +90,10 @@ def train(
     torch.manual_seed(cfg.seed)
     mean = train_inputs.tabular.mean(axis=0)
     std = train_inputs.tabular.std(axis=0) + 1e-3
-    model = HeavyNet(train_inputs.tabular.shape[1], mean, std, cfg)
+    shape = HeavyShape(
+        train_inputs.tabular.shape[1], cfg.width, cfg.heads, cfg.hidden, cfg.gru_hidden
+    )
+    model = HeavyNet(shape, mean, std)
     log(
         f"training the heavy model on {len(y_train):,} rows (every fraud, "
         f"{cfg.genuine_share:.0%} of the genuine ones, weighted back), at most "

@@ -45,6 +45,7 @@ from python_backend.fraud.features import (
     TABULAR_NAMES,
 )
 from python_backend.fraud.heavy_model import DEEP_FILE, TREES_FILE
+from python_backend.fraud.heavy_net import WEIGHTS_FILE
 from python_backend.fraud.history import history_layout
 from python_backend.fraud.offline import FeatureTables
 from python_backend.fraud.rules import load_rules
@@ -201,7 +202,11 @@ def build_all(
     heavy_facts = facts["heavy"]
     heavy_version = _write_model_version(
         repository / HEAVY.name,
-        {DEEP_FILE: model_dir / "heavy.onnx", TREES_FILE: model_dir / "gbdt_baseline.txt"},
+        {
+            DEEP_FILE: model_dir / "heavy.onnx",
+            TREES_FILE: model_dir / "gbdt_baseline.txt",
+            WEIGHTS_FILE: model_dir / "heavy.pt",
+        },
         {
             **common,
             "metrics": models["heavy"],

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from python_backend.contract import ModelContract
 from python_backend.fraud.contract import MAX_BATCH_SIZE, PRIMARY
-from python_backend.fraud.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS, ModelInputs
+from python_backend.fraud.features import ModelInputs
+from python_backend.fraud.heavy_net import Trunk, mlp_head
 
 
 @dataclass(frozen=True)
@@ -36,54 +37,6 @@ class PrimaryConfig:
     #: The positive class weighs (negatives / positives) ** this in the loss.
     pos_weight_power: float = 0.25
     seed: int = 0
-
-
-class Trunk(nn.Module):
-    """What every deep fraud model reads first: the tabular features standardised, the
-    categorical embeddings, and a GRU over the last transactions; ``[B, out_dim]``.
-
-    The GRU cell is unrolled over the (short, fixed) sequence so the exported graph is made
-    of MatMul/Gemm and element-wise ops: ONNX Runtime's static quantizer and TensorRT both
-    handle those well. Padded steps (``valid`` = 0) leave the hidden state unchanged.
-    """
-
-    def __init__(
-        self, n_tabular: int, tab_mean: np.ndarray, tab_std: np.ndarray, gru_hidden: int
-    ) -> None:
-        super().__init__()
-        self.register_buffer("tab_mean", torch.as_tensor(tab_mean, dtype=torch.float32))
-        self.register_buffer("tab_std", torch.as_tensor(tab_std, dtype=torch.float32))
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(cardinality, min(8, (cardinality + 1) // 2))
-            for _, cardinality in CATEGORICAL_COLUMNS
-        )
-        self.gru_hidden = gru_hidden
-        self.cell = nn.GRUCell(len(SEQUENCE_CHANNELS), gru_hidden)
-        self.out_dim = n_tabular + sum(e.embedding_dim for e in self.embeddings) + gru_hidden
-
-    def forward(
-        self, tabular: torch.Tensor, sequence: torch.Tensor, categorical: torch.Tensor
-    ) -> torch.Tensor:
-        tab = (tabular - self.tab_mean) / self.tab_std
-        embedded = [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
-        h = torch.zeros(sequence.shape[0], self.gru_hidden, dtype=sequence.dtype)
-        for step in range(sequence.shape[1]):
-            x = sequence[:, step, :]
-            valid = x[:, -1:]
-            h = valid * self.cell(x, h) + (1 - valid) * h
-        return torch.cat([tab, *embedded, h], dim=1)
-
-
-def mlp_head(inputs: int, hidden: int) -> nn.Sequential:
-    """The head every deep fraud model ends in: two ReLU layers to one logit."""
-    return nn.Sequential(
-        nn.Linear(inputs, hidden),
-        nn.ReLU(),
-        nn.Dropout(0.1),
-        nn.Linear(hidden, hidden // 2),
-        nn.ReLU(),
-        nn.Linear(hidden // 2, 1),
-    )
 
 
 class FraudNet(nn.Module):

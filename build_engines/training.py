@@ -16,6 +16,7 @@ from build_engines.log import log
 from build_engines.metrics import microseconds_per_row, quality
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.split import Split
+from python_backend.fraud import heavy_net
 from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY
 from python_backend.fraud.features import (
     ModelInputs,
@@ -230,6 +231,7 @@ def train_heavy(
     )
     path = out_dir / "heavy.onnx"
     heavy.export_onnx(net, test_inputs, path)
+    heavy_net.save(net, out_dir / "heavy.pt")  # for the consumer's explanations (Captum)
     model = OnnxModel(path, HEAVY)
     torch_scores = heavy.predict(net, test_inputs)
     diff = float(np.abs(model.predict(test_inputs) - torch_scores).max())

@@ -1,5 +1,5 @@
 """``python -m client {score,replay,open-world,serve,stop,demo,image-api,classify,recommend,
-click,watchdog,trace,collector,observe,settings}``:
+click,watchdog,trace,collector,observe,case,cases,settings}``:
 call and operate the services.
 
 - ``score``: one transaction, the decision as JSON.
@@ -16,6 +16,9 @@ call and operate the services.
 - ``trace``: one traced decision's spans as a waterfall, printed and drawn (``client.observe``).
 - ``collector``: the OTLP/HTTP span receiver in the foreground (``make observe`` starts it).
 - ``observe``: ``make observe`` (the collector and Prometheus beside ``make serve``).
+- ``case``: one transaction's case from the case store: the decision, the heavy model's score
+  and why, the card's and terminal's history (``client.cases``).
+- ``cases``: the review queue, newest first.
 """
 
 from __future__ import annotations
@@ -236,11 +239,13 @@ def cmd_rollout(args) -> int:
     repository = args.repository or MODEL_REPOSITORY
     if args.publish:
         rollout.publish(repository, args.version, args.publish)
+    pids: dict[str, int] = {}
     if args.replicas:
         replicas = args.replicas.split(",")
     elif _mesh_alive():
         state = json.loads(MESH_STATE.read_text())
         replicas = [f"127.0.0.1:{r['grpc']}" for r in state["replicas"]]
+        pids = {f"127.0.0.1:{r['grpc']}": r["pid"] for r in state["replicas"]}
     else:
         replicas = [args.url or f"127.0.0.1:{settings.TRITON_GRPC_PORT.get()}"]
     prometheus = rollout.Prometheus(args.prometheus)
@@ -265,8 +270,21 @@ def cmd_rollout(args) -> int:
         steps=steps,
         step_s=args.step_s,
         rotation=Rotation.from_state(MESH_STATE) if _mesh_alive() else None,
+        replica_pids=pids,
     ).run()
     return 0 if report["outcome"] == "promoted" else 1
+
+
+def cmd_case(args) -> int:
+    from client.cases import show_case
+
+    return show_case(args.transaction_id, store=args.store, as_json=args.json, plot=args.plot)
+
+
+def cmd_cases(args) -> int:
+    from client.cases import show_review_queue
+
+    return show_review_queue(store=args.store, limit=args.limit, as_json=args.json)
 
 
 def cmd_settings(args) -> int:
@@ -369,6 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     roll.add_argument("--shadow-share", type=float, default=0.2, help="0: no shadow step")
     roll.add_argument("--steps", default="1,10,50,100", help="canary shares, in percent")
     roll.add_argument("--step-s", type=float, default=15.0, help="each step's window")
+    case = sub.add_parser("case", help="one transaction's case: decision, heavy score and why")
+    case.add_argument("transaction_id")
+    case.add_argument("--json", action="store_true", help="the case as JSON")
+    case.add_argument("--plot", type=Path, default=None, help="write its timeline to this PNG")
+    cases = sub.add_parser("cases", help="the review queue, newest first")
+    cases.add_argument("--limit", type=int, default=50)
+    cases.add_argument("--json", action="store_true")
+    for reader in (case, cases):
+        reader.add_argument("--store", help="the case store (default: CASE_STORE_PATH)")
     sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
@@ -388,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "settings": cmd_settings,
         "rollout": cmd_rollout,
+        "case": cmd_case,
+        "cases": cmd_cases,
     }[args.command](args)
 
 

@@ -338,6 +338,9 @@ class Rollout:
     rotation: Rotation | None = None
     #: Each reload: the replica, in place or not, and its steps' seconds.
     reloads: list[dict] = field(default_factory=list)
+    #: The server process of each replica address, where known: a replica out of rotation
+    #: reloads at a lower CPU priority (``client.mesh.rotation.process_nice``).
+    replica_pids: dict[str, int] = field(default_factory=dict)
 
     def _on_replicas(self, act: Callable) -> None:
         """``act(admin)`` (a reload) on one replica after the other, each out of Envoy's
@@ -346,12 +349,14 @@ class Rollout:
         once held a request over a second (seen in CI). Without a mesh, in place."""
         from client.launcher import warm_up
         from client.local.operator import admin_client
-        from client.mesh.rotation import reloading
+        from client.mesh.rotation import process_nice, reloading
 
         for url in self.replicas:
             admin = admin_client(url)
+            pid = self.replica_pids.get(url)
+            nice = process_nice(pid) if pid else None
             try:
-                with reloading(self.rotation, url, lambda u=url: warm_up(u, 20)) as steps:
+                with reloading(self.rotation, url, lambda u=url: warm_up(u, 20), nice) as steps:
                     act(admin)
                 self.reloads.append({"replica": url, **steps})
             finally:

@@ -1,5 +1,5 @@
 """Feature jobs: ``python -m feature_repo {apply,materialize,consume,replay,recommender,
-consume-clicks}``.
+consume-clicks,analyze}``.
 
 The store comes from the environment (``FEATURE_STORE``, ``REDIS_URL``, ``FEATURE_DATA``,
 ``FEATURE_REPO_DIR``; see ``feature_repo.store``), the broker from ``KAFKA_BOOTSTRAP``.
@@ -61,7 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     clicks = sub.add_parser("consume-clicks", help="run the clicks consumer into the store")
     clicks.add_argument("--topic", default=None, help="topic to consume (default: clicks)")
     clicks.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
+    ana = sub.add_parser(
+        "analyze", help="the heavy model on every decision, into the case store (off the hot path)"
+    )
+    ana.add_argument("--until-idle", type=float, default=None, help="stop after idle seconds")
+    ana.add_argument("--group", default="fraud-analysis", help="consumer group")
+    ana.add_argument("--decisions-topic", default=None, help="default: DECISIONS_TOPIC")
+    ana.add_argument("--transactions-topic", default=None, help="default: SCORED_TOPIC")
+    ana.add_argument("--model", type=Path, default=None, help="default: HEAVY_MODEL_DIR")
+    ana.add_argument("--store", default=None, help="the case store (default: CASE_STORE_PATH)")
+    ana.add_argument("--no-explain", action="store_true", help="scores only, no attributions")
+    ana.add_argument("--stats-file", type=Path, help="write the consumer's counts here (JSON)")
+    ana.add_argument("--ready-file", type=Path, help="created once partitions are assigned")
+    ana.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus metrics (make observe: 9110)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "analyze":
+        return _analyze(args)
 
     from feature_repo.store import StoreSettings, apply, feature_store, materialize
 
@@ -143,6 +160,57 @@ def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> N
                 consumer.poll_once()
             ready_file.touch()
         consumer.run(until_idle_s=until_idle_s)
+
+
+def _analyze(args) -> int:
+    from feature_repo.analysis import AnalysisConsumer, AnalysisMetrics, lowest_priority
+    from feature_repo.stream import ensure_topic
+    from python_backend import settings
+    from python_backend.fraud.cases import open_case_store
+    from python_backend.fraud.heavy_model import HeavyModel
+
+    folder = args.model or Path(settings.HEAVY_MODEL_DIR.get())
+    if not (folder / "metadata.json").exists():
+        print(f"no heavy model in {folder}: run `make engines` first", file=sys.stderr)
+        return 2
+    priority = lowest_priority()
+    bootstrap = kafka_bootstrap()
+    topics = {
+        "transactions_topic": args.transactions_topic or settings.SCORED_TOPIC.get(),
+        "decisions_topic": args.decisions_topic or settings.DECISIONS_TOPIC.get(),
+        "analysis_topic": settings.ANALYSIS_TOPIC.get(),
+        "review_topic": settings.REVIEW_TOPIC.get(),
+    }
+    for topic in topics.values():
+        ensure_topic(bootstrap, topic)
+    model = HeavyModel(folder)
+    explainer = None
+    if not args.no_explain:
+        from python_backend.fraud.explain import Explainer
+
+        explainer = Explainer(model)
+    store = open_case_store(location=args.store)
+    consumer = AnalysisConsumer(
+        bootstrap, model, store, explainer=explainer, group=args.group, **topics
+    )
+    if args.metrics_port:
+        AnalysisMetrics(consumer, args.metrics_port)
+    print(
+        f"analysis: heavy model {model.version} on {topics['decisions_topic']} and "
+        f"{topics['transactions_topic']}, cases in {getattr(store, 'path', store)}, at {priority}",
+        flush=True,
+    )
+    try:
+        _consume(consumer, args.ready_file, args.until_idle)
+    finally:
+        consumer.close()
+        counts = {**consumer.counts, "rejected": consumer.stats.rejected}
+        if args.stats_file:
+            args.stats_file.write_text(json.dumps(counts))
+        explained = f"; explained in {explainer.seconds:.1f} s" if explainer else ""
+        print(f"analysis: {dict(counts)}{explained}", flush=True)
+        store.close()
+    return 0
 
 
 def _recommender(args, settings) -> int:

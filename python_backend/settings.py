@@ -78,6 +78,21 @@ DECISION_DRAIN_S = _setting(
     "10",
     "seconds the decision log spends handing its spool to the broker at shutdown",
 )
+# The analysis consumer (feature_repo analyze) and the case store it fills.
+CASE_STORE = _setting("CASE_STORE", "sqlite", "the case store: sqlite (embedded)")
+CASE_STORE_PATH = _setting(
+    "CASE_STORE_PATH", str(paths.BUILD / "cases" / "cases.db"), "the SQLite case store"
+)
+ANALYSIS_TOPIC = _setting("ANALYSIS_TOPIC", "analysis", "where analysis records go")
+REVIEW_TOPIC = _setting("REVIEW_TOPIC", "review", "approved transactions the heavy model doubts")
+HEAVY_MODEL_DIR = _setting(
+    "HEAVY_MODEL_DIR",
+    str(paths.MODEL_REPOSITORY / "fraud_heavy" / "1"),
+    "the heavy model the analysis consumer runs",
+)
+ANALYSIS_METRICS_PORT = _setting(
+    "ANALYSIS_METRICS_PORT", "9110", "the analysis consumer's Prometheus metrics"
+)
 # The Triton server the tooling starts.
 TRITON_SERVER = _setting("TRITON_SERVER", None, "a tritonserver binary (default: the wheel's)")
 TRITON_GRPC_PORT = _setting("TRITON_GRPC_PORT", "8001", "Triton's gRPC port (make serve)")

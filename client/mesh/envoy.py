@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.mesh import config as mesh_config
+from client.mesh.priority import may_run_at
 from client.mesh.rotation import parse_clusters
 
 
@@ -47,14 +48,6 @@ def validate(config_path: Path) -> None:
 #: Envoy runs ahead of the batch work on a shared machine (a replica booting, a refill):
 #: every decision waits on it twice. Negative niceness needs privilege; without it, 0.
 ENVOY_NICE = -5
-
-
-def may_run_at(niceness: int) -> bool:
-    """Whether this process may give a child ``niceness`` (root, or RLIMIT_NICE allows it)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 20 - niceness
 
 
 def priority() -> list[str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 from client.local.triton import Ports, Server
 from client.mesh import config as mesh_config
 from client.mesh import envoy as envoy_process
-from client.mesh.rotation import DRAINING, HEALTHY, Rotation
+from client.mesh.priority import may_run_at, renice_tree
+from client.mesh.rotation import DRAINING, HEALTHY, Rotation, process_nice
 
 #: Not in the endpoint file at all (stopped): when it is admitted again it is a new host to
 #: Envoy, which ramps its share up over the slow-start window instead of sending it a
@@ -54,18 +55,12 @@ BOOT_NICE = 10
 
 def can_renice() -> bool:
     """Whether a niced replica can be given its priority back (niceness 0)."""
-    return envoy_process.may_run_at(0)
+    return may_run_at(0)
 
 
 def renice(server: Server, niceness: int) -> None:
     """``niceness`` for the server and every process under it (its Python stubs)."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(server.process.pid)
-        for process in (root, *root.children(recursive=True)):
-            with contextlib.suppress(psutil.Error):
-                process.nice(niceness)
+    renice_tree(server.process.pid, niceness)
 
 
 class Mesh:
@@ -150,7 +145,9 @@ class Mesh:
     def reloading(self, replica: Replica):
         """Around a model reload on ``replica`` (``Rotation.quiesced``): drained first, warmed
         and readmitted after, unless no other replica serves."""
-        return self.rotation.quiesced(replica.address, lambda: self.warm(replica))
+        server = replica.server
+        nice = process_nice(server.process.pid) if server is not None else None
+        return self.rotation.quiesced(replica.address, lambda: self.warm(replica), nice)
 
     def stop_replica(self, replica: Replica) -> None:
         """SIGTERM (drain first); its shutdown runs at the lowest priority, as it serves no

@@ -30,6 +30,8 @@ import yaml
 from client.mesh import config as mesh_config
 
 HEALTHY, DRAINING = "HEALTHY", "DRAINING"
+#: A replica out of rotation reloads at this niceness (as one booting beside a serving one).
+RELOAD_NICE = 10
 
 
 def parse_clusters(text: str) -> dict[str, dict[str, str]]:
@@ -159,11 +161,18 @@ class Rotation:
         self.wait(address, healthy=True, timeout_s=timeout_s)
 
     @contextlib.contextmanager
-    def quiesced(self, address: str, warm: Callable[[], None] | None = None) -> Iterator[dict]:
+    def quiesced(
+        self,
+        address: str,
+        warm: Callable[[], None] | None = None,
+        nice: Callable[[int], None] | None = None,
+    ) -> Iterator[dict]:
         """Around a reload on ``address``: out of rotation and drained first, warmed on its
-        own port and readmitted after, unless no other replica serves (then in place). The
-        yielded dict gets the seconds of each step (``drain_s``, ``reload_s``,
-        ``warm_s``, ``admit_s``) and ``in_place``."""
+        own port and readmitted after, unless no other replica serves (then in place).
+        ``nice(n)`` sets the replica's CPU priority: while it reloads and warms it runs at
+        ``RELOAD_NICE``, so the replica carrying the traffic keeps the CPU (on two cores a
+        reload's stub start-up is the cost). The yielded dict gets the seconds of each step
+        (``drain_s``, ``reload_s``, ``warm_s``, ``admit_s``) and ``in_place``."""
         steps: dict = {"in_place": not (self.serving() - {address})}
         if steps["in_place"]:
             self.log(f"mesh: no other replica serves; reloading {address} in place")
@@ -173,6 +182,8 @@ class Rotation:
             return
         steps["drain_s"] = round(self.drain(address), 2)
         started = time.perf_counter()
+        if nice is not None:
+            nice(RELOAD_NICE)
         try:
             yield steps
             steps["reload_s"] = round(time.perf_counter() - started, 2)
@@ -183,16 +194,36 @@ class Rotation:
         except BaseException:
             # Back in the file without waiting: Envoy's health checks judge a replica that
             # failed its reload (or died in it); the error is the caller's to handle.
+            if nice is not None:
+                nice(0)
             self.set(address, HEALTHY)
             raise
+        if nice is not None:
+            nice(0)
         started = time.perf_counter()
         self.admit(address)
         steps["admit_s"] = round(time.perf_counter() - started, 2)
 
 
-def reloading(rotation: Rotation | None, address: str, warm: Callable[[], None] | None = None):
+def reloading(
+    rotation: Rotation | None,
+    address: str,
+    warm: Callable[[], None] | None = None,
+    nice: Callable[[int], None] | None = None,
+):
     """:meth:`Rotation.quiesced` where there is a mesh; without one (a single server, where
     nothing can take its traffic) the reload happens in place."""
     if rotation is None:
         return contextlib.nullcontext({"in_place": True})
-    return rotation.quiesced(address, warm)
+    return rotation.quiesced(address, warm, nice)
+
+
+def process_nice(pid: int) -> Callable[[int], None] | None:
+    """A ``nice`` for :meth:`Rotation.quiesced` that sets the niceness of process ``pid``
+    and every process under it (a replica's server and its Python stubs), or None where
+    this process may not give a priority back (an unprivileged operator)."""
+    from client.mesh.priority import may_run_at, renice_tree
+
+    if not may_run_at(0):
+        return None
+    return lambda niceness: renice_tree(pid, niceness)

@@ -146,40 +146,32 @@ class OffsetGaps:
             self.since.pop(key, None)
 
 
-class BufferConsumer:
-    """Consumes one topic into per-entity buffers (``spec``); one instance per process.
-    ``read_buffers(entities)`` returns the buffers the store holds now."""
+class GroupConsumer:
+    """A consumer group's member with the stream machinery's guarantees, whatever it does
+    with the events: at least once (offsets committed only after :meth:`apply` made the
+    batch durable, and exactly what was applied, never past a hole), holes in the offsets
+    re-read (``OffsetGaps``), a record that does not decode counted, logged with its
+    topic, partition and offset and skipped, lag measured from the broker's watermarks.
+    Subclasses say how a record decodes (:meth:`decode`) and what a batch does
+    (:meth:`apply`); the feature consumer (:class:`BufferConsumer`) and the analysis
+    consumer (``feature_repo.analysis``) are two."""
 
     def __init__(
         self,
         bootstrap: str,
-        spec: BufferSpec,
-        read_buffers: Callable[[list[int]], dict[int, list[Entry]]],
-        writer: RecentWriter,
         group: str,
-        topic: str,
+        topics: list[str],
         batch_size: int = 1000,
         log=print,
         gap_wait_s: float = 2.0,
-        heartbeat_s: float | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.consumer = Consumer(consumer_config(bootstrap, group))
-        self.heartbeat_s = heartbeat_s
-        self.clock = clock
-        self._beat_at = float("-inf")
         self.assigned = False
-        self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.gaps = OffsetGaps(gap_wait_s)
         self._unchecked: set[tuple[str, int]] = set()  # assigned, committed offset not read yet
-        self.spec = spec
-        self.read_buffers = read_buffers
-        self.writer = writer
         self.batch_size = batch_size
         self.stats = ConsumerStats()
-        #: The ids this process applied last: a duplicate is known even once its buffer
-        #: has let it go.
-        self.recent_ids = RecentIds()
         self.log = log
         #: Records not applied yet by (topic, partition), refreshed every ``lag_every_s``
         #: from the watermarks the broker sent with its last fetch (no extra request).
@@ -187,6 +179,22 @@ class BufferConsumer:
         self.lag_every_s = 2.0
         self._lag_at = 0.0
         self.last_applied = time.time()
+
+    # -- what a subclass says ---------------------------------------------------------
+
+    def decode(self, message):
+        """The event a record holds; ``EventError`` (naming the rule) if it holds none."""
+        raise NotImplementedError
+
+    def apply(self, events: list[tuple[object, object]]) -> None:
+        """Make the batch's ``(message, event)`` pairs durable; only then are their offsets
+        committed. Raise to have the batch read again (nothing is committed)."""
+        raise NotImplementedError
+
+    def before_poll(self) -> None:
+        """Called before each poll (the feature consumer's heartbeat)."""
+
+    # -- the group ----------------------------------------------------------------------
 
     def _on_assign(self, _consumer, partitions) -> None:
         self.assigned = True
@@ -213,12 +221,12 @@ class BufferConsumer:
                 self.gaps.expected[(tp.topic, tp.partition)] = tp.offset
 
     def poll_once(self, timeout_s: float = 0.2, commit: bool = True) -> int:
-        """Consume one batch, write it, commit it. Returns messages consumed.
+        """Consume one batch, apply it, commit it. Returns messages consumed.
 
         ``commit=False`` leaves the offsets uncommitted, as a crash between the write and
         the commit would (for tests of the at-least-once path).
         """
-        self._heartbeat()
+        self.before_poll()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
         if not messages:
             self._measure_lag()
@@ -226,10 +234,8 @@ class BufferConsumer:
         if self._unchecked:
             self._expect_committed()
         started = time.perf_counter()
-        consumed_ns = time.time_ns()
-        events: dict[int, list[Entry]] = {}
         rewind: dict[tuple[str, int], int] = {}
-        traced: list[tuple[str, int, object]] = []  # (traceparent, produced ns, event)
+        events: list[tuple[object, object]] = []
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -250,30 +256,19 @@ class BufferConsumer:
                 )
             self.stats.consumed += 1
             try:
-                event = self.spec.decode(message.value())
+                event = self.decode(message)
             except EventError as err:
-                # A poison message must not stop the stream: count it, log where it is and
-                # the rule it broke, skip it (its offset is committed with the batch).
+                # A poison message must not stop the stream: count it, log it, skip it.
                 self.stats.rejected += 1
-                self.log(f"rejected {key[0]}[{key[1]}] offset {message.offset()}: {err}")
+                self.log(
+                    f"rejected {message.topic()}[{message.partition()}] offset "
+                    f"{message.offset()}: {err}"
+                )
                 continue
-            entry = self.spec.to_entry(event)
-            if entry[-1] in self.recent_ids:
-                # Applied already, though maybe no longer in its buffer (a newer entry pushed
-                # it out): a decision made twice (a retry on another replica) publishes its
-                # transaction twice.
-                self.stats.duplicates += 1
-                continue
-            events.setdefault(self.spec.entity(event), []).append(entry)
-            context = _traceparent(message)
-            if context is not None:
-                traced.append((context, message.timestamp()[1] * 1_000_000, event))
-        added = self._write_with_retry(events)
-        self.recent_ids.add(entry[-1] for entries in events.values() for entry in entries)
-        self.stats.applied += sum(added.values())
-        self.stats.duplicates += sum(len(e) for e in events.values()) - sum(added.values())
+            events.append((message, event))
+        self.apply(events)
         if commit:
-            # Exactly what was written, never past a hole (the default would commit the
+            # Exactly what was applied, never past a hole (the default would commit the
             # position of every record returned, those dropped above included).
             offsets = [
                 TopicPartition(t, p, self.gaps.expected[(t, p)])
@@ -295,31 +290,7 @@ class BufferConsumer:
         self.stats.seconds += time.perf_counter() - started
         self.last_applied = time.time()
         self._measure_lag()
-        if traced:
-            self._trace(traced, consumed_ns, time.time_ns(), len(messages))
         return len(messages)
-
-    def _trace(self, traced, consumed_ns: int, applied_ns: int, batch: int) -> None:
-        """Continue the trace of each traced record: ``kafka.queued`` (produced to
-        consumed) and ``stream.apply`` (consumed to written and committed)."""
-        spans = tracing.tracer("fraud-stream-consumer")
-        if spans is None:
-            return
-        for context, produced_ns, event in traced:
-            attributes = {
-                "messaging.system": "kafka",
-                "fraud.transaction_ids": [str(getattr(event, "transaction_id", ""))],
-                "stream.batch": batch,
-            }
-            spans.span(
-                "kafka.queued",
-                context,
-                min(produced_ns, consumed_ns),
-                consumed_ns,
-                attributes,
-                kind="CONSUMER",
-            )
-            spans.span("stream.apply", context, consumed_ns, applied_ns, attributes)
 
     def _measure_lag(self) -> None:
         now = time.monotonic()
@@ -342,6 +313,103 @@ class BufferConsumer:
             position = self.gaps.expected.get(key)
             lag[key] = max(0, high - position) if position is not None else high
         self.lag = lag
+
+    def run(self, until_idle_s: float | None = None, max_seconds: float | None = None) -> None:
+        """Consume until the topics stay empty for ``until_idle_s`` once partitions are
+        assigned (None: forever), or for at most ``max_seconds``."""
+        started = idle_since = time.monotonic()
+        while True:
+            if self.poll_once() or not self.assigned:
+                idle_since = time.monotonic()
+            now = time.monotonic()
+            if until_idle_s is not None and now - idle_since >= until_idle_s:
+                return
+            if max_seconds is not None and now - started >= max_seconds:
+                return
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class BufferConsumer(GroupConsumer):
+    """Consumes one topic into per-entity buffers (``spec``); one instance per process.
+    ``read_buffers(entities)`` returns the buffers the store holds now."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        spec: BufferSpec,
+        read_buffers: Callable[[list[int]], dict[int, list[Entry]]],
+        writer: RecentWriter,
+        group: str,
+        topic: str,
+        batch_size: int = 1000,
+        log=print,
+        gap_wait_s: float = 2.0,
+        heartbeat_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(bootstrap, group, [topic], batch_size, log, gap_wait_s)
+        self.heartbeat_s = heartbeat_s
+        self.clock = clock
+        self._beat_at = float("-inf")
+        self.spec = spec
+        self.read_buffers = read_buffers
+        self.writer = writer
+        #: The ids this process applied last: a duplicate is known even once its buffer
+        #: has let it go.
+        self.recent_ids = RecentIds()
+
+    def decode(self, message):
+        return self.spec.decode(message.value())
+
+    def before_poll(self) -> None:
+        self._heartbeat()
+
+    def apply(self, events: list[tuple[object, object]]) -> None:
+        consumed_ns = time.time_ns()
+        by_entity: dict[int, list[Entry]] = {}
+        traced: list[tuple[str, int, object]] = []  # (traceparent, produced ns, event)
+        for message, event in events:
+            entry = self.spec.to_entry(event)
+            if entry[-1] in self.recent_ids:
+                # Applied already, though maybe no longer in its buffer (a newer entry pushed
+                # it out): a decision made twice (a retry on another replica) publishes its
+                # transaction twice.
+                self.stats.duplicates += 1
+                continue
+            by_entity.setdefault(self.spec.entity(event), []).append(entry)
+            context = _traceparent(message)
+            if context is not None:
+                traced.append((context, message.timestamp()[1] * 1_000_000, event))
+        added = self._write_with_retry(by_entity)
+        self.recent_ids.add(entry[-1] for entries in by_entity.values() for entry in entries)
+        self.stats.applied += sum(added.values())
+        self.stats.duplicates += sum(len(e) for e in by_entity.values()) - sum(added.values())
+        if traced:
+            self._trace(traced, consumed_ns, time.time_ns(), len(events))
+
+    def _trace(self, traced, consumed_ns: int, applied_ns: int, batch: int) -> None:
+        """Continue the trace of each traced record: ``kafka.queued`` (produced to
+        consumed) and ``stream.apply`` (consumed to written and committed)."""
+        spans = tracing.tracer("fraud-stream-consumer")
+        if spans is None:
+            return
+        for context, produced_ns, event in traced:
+            attributes = {
+                "messaging.system": "kafka",
+                "fraud.transaction_ids": [str(getattr(event, "transaction_id", ""))],
+                "stream.batch": batch,
+            }
+            spans.span(
+                "kafka.queued",
+                context,
+                min(produced_ns, consumed_ns),
+                consumed_ns,
+                attributes,
+                kind="CONSUMER",
+            )
+            spans.span("stream.apply", context, consumed_ns, applied_ns, attributes)
 
     def _heartbeat(self) -> None:
         """Every ``heartbeat_s``: this poll's wall-clock time as the buffer of entity
@@ -394,22 +462,6 @@ class BufferConsumer:
         else:
             raise RuntimeError(f"{len(pending)} entities kept changing under the consumer")
         return added
-
-    def run(self, until_idle_s: float | None = None, max_seconds: float | None = None) -> None:
-        """Consume until the topic stays empty for ``until_idle_s`` once partitions are
-        assigned (None: forever), or for at most ``max_seconds``."""
-        started = idle_since = time.monotonic()
-        while True:
-            if self.poll_once() or not self.assigned:
-                idle_since = time.monotonic()
-            now = time.monotonic()
-            if until_idle_s is not None and now - idle_since >= until_idle_s:
-                return
-            if max_seconds is not None and now - started >= max_seconds:
-                return
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 class TransactionConsumer(BufferConsumer):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from python_backend import settings
 from python_backend.events import TransactionEvent
+from python_backend.fraud import served
 from python_backend.fraud.decision_log import DecisionLog
 from python_backend.fraud.service import Batch
 from python_backend.tracing import TRACEPARENT
@@ -75,8 +76,14 @@ class Outbox:
             self.count("published", sent, outcome="queued")
             self.count("published", len(tx) - sent, outcome="dropped")
         if self.decision_log is not None:
+            inputs = batch.decided.inputs if batch.decided is not None else None
+            logged = served.logged(inputs) if inputs is not None else None
             self.decision_log.append(
-                rec for a in batch.answers for rec in with_route(a.offset, a.records(), route)
+                rec
+                for a in batch.answers
+                for rec in with_route(
+                    a.offset, with_transaction(a.offset, a.records(), tx, logged), route
+                )
             )
 
     def close(self) -> None:
@@ -85,6 +92,23 @@ class Outbox:
         self.publisher.flush(5)
         if self.decision_log is not None:
             self.decision_log.close(drain_s=settings.DECISION_DRAIN_S.get_float())
+
+
+def with_transaction(offset: int, records: list[dict], tx, logged: list[dict] | None) -> list[dict]:
+    """``records`` (an answer's, its rows from ``offset`` in the batch) with the transaction
+    (card, terminal, amount, time) and what the models saw (``inputs``): a decision-log
+    record is then a whole case, for the analysis and for training on what was served."""
+    if tx is None:
+        return records
+    for j, rec in enumerate(records):
+        i = offset + j
+        rec["card_id"] = int(tx.card_id[i])
+        rec["terminal_id"] = int(tx.terminal_id[i])
+        rec["amount"] = round(float(tx.amount[i]), 4)
+        rec["ts_ms"] = int(tx.timestamp_ms[i])
+        if logged is not None:
+            rec["inputs"] = logged[i]
+    return records
 
 
 def with_route(offset: int, records: list[dict], route) -> list[dict]:

@@ -22,6 +22,7 @@ import numpy as np
 from python_backend.breaker import CircuitBreaker
 from python_backend.fraud import decision_log, scoring
 from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, SCORING, STAGES
+from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import Budget, ModelLadder
 from python_backend.fraud.online import OnlineFeatureReader
 from python_backend.fraud.reasons import FEATURES_CIRCUIT_OPEN, FEATURES_UNAVAILABLE, INVALID_INPUT
@@ -66,6 +67,8 @@ class Decided:
     degradations: list[str]  # ladder and feature-read codes, the same for every row
     #: Rows decided without each stale view, by view.
     stale: dict[str, int] | None = None
+    #: What the models were given (logged with each decision: ``python_backend.fraud.served``).
+    inputs: ModelInputs | None = None
 
     @property
     def decisions(self) -> list[str]:
@@ -284,7 +287,14 @@ class FraudService:
         rows = [r + shared + rr for r, rr in zip(reasons, rule_reasons, strict=True)]
         stale = {view: int(mask.sum()) for view, mask in unavailable.items()} if ok else None
         return Decided(
-            np.asarray(scores, dtype=np.float32), outcome.path, codes, rows, stage, shared, stale
+            np.asarray(scores, dtype=np.float32),
+            outcome.path,
+            codes,
+            rows,
+            stage,
+            shared,
+            stale,
+            inputs,
         )
 
     def _feature_error(self, err: Exception) -> None:

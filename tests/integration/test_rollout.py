@@ -146,6 +146,7 @@ def _rollout(fleet, version: int, **kwargs) -> tuple[dict, Load]:
             out=work / "reports",
             rejected=work / "rejected",
             rotation=mesh.rotation,  # each replica's reloads out of Envoy's rotation
+            replica_pids={r.address: r.server.process.pid for r in mesh.replicas},
             **{"step_s": 5.0, "max_step_s": 25.0, **kwargs},
         ).run()
     return report, load
