@@ -23,7 +23,7 @@ CHART_VENV := .venv-chart
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe rollout perf-mesh trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe rollout perf-mesh perf-analysis trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -76,7 +76,10 @@ feature-parity: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Replay a day t
 # Triton replicas behind Envoy for `make serve` (0: one server on the ports, no Envoy).
 REPLICAS ?= 0
 export REPLICAS
-serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002; REPLICAS=N: N behind Envoy)
+# 1: the heavy model's analysis consumer (and a local broker) beside `make serve`.
+ANALYSIS ?= 0
+export ANALYSIS
+serve: $(STAMP)  ## Build what is missing, start Triton in the background (gRPC 8001, HTTP 8000, metrics 8002; REPLICAS=N: N behind Envoy; ANALYSIS=1: the heavy model's analysis beside it)
 	$(PY) -m client serve --scale $(DEMO_SCALE) --replicas $(REPLICAS)
 
 stop:  ## Stop the background Triton server, the image API, the collector and Prometheus
@@ -91,6 +94,9 @@ rollout: $(STAMP)  ## Roll out fraud_primary VERSION=N (PUBLISH=copy|inverted|fi
 
 perf-mesh: $(STAMP)  ## What Envoy adds: the same load direct and through Envoy, side by side -> perf/results/mesh
 	$(PY) -m perf mesh --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)
+
+perf-analysis: $(STAMP)  ## The analysis consumer beside the service: its lag, and serving with it and without -> build/reports/analysis.md
+	$(PY) -m perf analysis --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)
 
 trace-report: $(STAMP)  ## A traced load run: per-stage p50/p99 and the slowest 1% as waterfalls -> perf/results/traces
 	$(PY) -m perf trace-report --scale $(DEMO_SCALE) $(if $(filter 1,$(PERF_QUICK)),--quick)

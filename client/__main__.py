@@ -99,7 +99,7 @@ def cmd_open_world(args) -> int:
 def cmd_serve(args) -> int:
     from client.launcher import serve
 
-    serve(args.scale, replicas=args.replicas)
+    serve(args.scale, replicas=args.replicas, analysis=args.analysis)
     return 0
 
 
@@ -336,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=settings.REPLICAS.get_int(),
         help="Triton replicas behind Envoy on the gRPC port (0: one server, no Envoy)",
+    )
+    serve.add_argument(
+        "--analysis",
+        action="store_true",
+        default=settings.ANALYSIS.get() == "1",
+        help="the heavy model's analysis consumer beside it (and a broker unless "
+        "KAFKA_BOOTSTRAP names one)",
     )
     sub.add_parser("stop", help="stop the background server")
     demo = sub.add_parser("demo", help="the whole job, start to finish")

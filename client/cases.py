@@ -161,8 +161,10 @@ def case_text(case: Case) -> str:
     why = [
         f"{c['contribution']:+.2f}  {'raises' if c['contribution'] > 0 else 'lowers'} the risk"
         f"  {c['words']}"
-        for c in a.get("attributions", [])
-    ] or ["(no attributions recorded)"]
+        for c in a.get("attributions") or []
+    ] or ["(not explained yet: `python -m client case` explains it with HEAVY_MODEL_DIR's model)"]
+    if a.get("explained_when_opened"):
+        why.append("(explained now, when opened: the consumer explains review cases first)")
     field = "{:<14}{}".format
     lines = [
         f"Case {a['transaction_id']}" + ("  IN THE REVIEW QUEUE" if a["review"] else ""),
@@ -367,6 +369,8 @@ def show_case(
     try:
         case = load_case(opened, transaction_id)
         held = opened.counts()["analyses"]
+        if case is not None and case.analysis.get("attributions") is None:
+            explain_now(case, opened)
     finally:
         opened.close()
     if case is None:
@@ -383,6 +387,27 @@ def show_case(
         case_png(case, plot)
         print(f"timeline: {plot}", file=sys.stderr if as_json else sys.stdout)
     return 0
+
+
+def explain_now(case: Case, store: CaseStore) -> None:
+    """The consumer explains the cases an analyst opens first (the review queue,
+    disagreements); any other is explained here, when opened, by the heavy model that
+    scored it (``HEAVY_MODEL_DIR``), from the inputs its record keeps."""
+    from python_backend.fraud.explain import Explainer, explain_case
+    from python_backend.fraud.heavy_model import HeavyModel
+
+    folder = Path(settings.HEAVY_MODEL_DIR.get())
+    if not (folder / "metadata.json").exists() or "inputs" not in case.analysis:
+        return
+    model = HeavyModel(folder)
+    if model.version != case.analysis["heavy_version"]:
+        print(
+            f"(explained by heavy model {model.version}; the case was scored by "
+            f"{case.analysis['heavy_version']})",
+            file=sys.stderr,
+        )
+    case.analysis["attributions"] = explain_case(case.analysis, store, Explainer(model))
+    case.analysis["explained_when_opened"] = True
 
 
 def show_review_queue(store: str | None = None, limit: int = 50, as_json: bool = False) -> int:

@@ -25,7 +25,14 @@ from python_backend.paths import DATA, MODEL_REPOSITORY, REPORTS, ROOT, TRITON_S
 
 #: When ``run`` calls ``on_step(name, server)``, in order: the server started and warmed up,
 #: then after each step that sends transactions.
-STEPS = ("started", "normal", "open_world", "primary_unloaded", "primary_stub_killed")
+STEPS = (
+    "started",
+    "normal",
+    "open_world",
+    "primary_unloaded",
+    "primary_stub_killed",
+    "analysed",
+)
 #: Genuine purchases of the replayed day that the open world sends again, four ways.
 OPEN_WORLD_ROWS = 400
 
@@ -39,6 +46,9 @@ class DemoResult:
     primary_unloaded: ReplaySummary
     primary_stub_killed: ReplaySummary
     report_path: Path
+    #: The case the demo opened at its end (its analysis), and the analyses' counts.
+    case: dict | None = None
+    analysis: dict | None = None
 
     @property
     def replays(self) -> tuple[ReplaySummary, ...]:
@@ -55,6 +65,8 @@ class DemoResult:
             "primary_unloaded": self.primary_unloaded.as_dict(),
             "primary_stub_killed": self.primary_stub_killed.as_dict(),
             "open_world": {k: o.as_dict() for k, o in self.open_world.items()},
+            "analysis": self.analysis,
+            "case": None if self.case is None else self.case["transaction_id"],
         }
 
 
@@ -80,6 +92,7 @@ def run(
     kill_rate_per_s: float = 100,
     state_dir: Path = TRITON_STATE,
     report_path: Path = REPORTS / "demo.json",
+    cases_path: Path | None = None,
     out: Callable[[str], None] = print,
     on_step: Callable[[str, Server], None] | None = None,
 ) -> DemoResult:
@@ -90,10 +103,12 @@ def run(
     store ``env`` names is filled. ``data``: the folder of ``transactions.parquet`` (the
     built scale's by default). ``kill_rate_per_s``: the pace of the replay after the stub
     kill, which must outlast the watchdog's reload to show the primary back. ``state_dir``:
-    where the server's and the watchdog's logs go. ``on_step(name, server)`` is called at
+    where the server's and the watchdog's logs go. ``cases_path``: the case store the
+    analysis fills (``CASE_STORE_PATH`` by default). ``on_step(name, server)`` is called at
     each of :data:`STEPS`, before the next begins."""
     from client.launcher import ensure_features, ensure_models, warm_up
     from client.local.operator import admin_client
+    from client.local.services import kafka_broker
     from client.local.triton import running
     from client.open_world import score_variants, table
     from client.replay import replay
@@ -109,14 +124,24 @@ def run(
     else:
         out(f"models: given ({repository}); online store: given ({env.get('FEATURE_STORE')})")
     ports = Ports.free()
-    out(f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly)")
-    with running(
-        repository=repository,
-        ports=ports,
-        env=env,
-        log_path=state_dir / "server.log",
-        watchdog=True,
-    ) as server:
+    out(
+        f"== 2. start Triton (gRPC 127.0.0.1:{ports.grpc}, models loaded explicitly) and a "
+        "Kafka-protocol broker for its decision log"
+    )
+    with (
+        kafka_broker() as broker,
+        running(
+            repository=repository,
+            ports=ports,
+            env={
+                **env,
+                "KAFKA_BOOTSTRAP": f"127.0.0.1:{broker.port}",
+                "DECISION_SPOOL_DIR": str(state_dir / "decision-spool"),
+            },
+            log_path=state_dir / "server.log",
+            watchdog=True,
+        ) as server,
+    ):
         warm_up(server)
         step("started", server)
         day = last_day(data or DATA / scale, limit)
@@ -162,16 +187,89 @@ def run(
             f"paths with the primary unloaded: {dict(primary_unloaded.paths)}; after the stub "
             f"kill: {dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
         )
+        heavy = repository / "fraud_heavy" / "1"
+        out(
+            "== 8. the heavy model studies every decision, off the hot path "
+            "(`python -m feature_repo analyze` on the decision log), and opens a case"
+        )
+        result.analysis, result.case = analyse(
+            f"127.0.0.1:{broker.port}", heavy, cases_path, report_path.parent, out
+        )
+        step("analysed", server)
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-        shown = report_path.relative_to(ROOT) if report_path.is_relative_to(ROOT) else report_path
-        out(f"== 8. stopping the server; summary in {shown}")
+        out(f"== 9. stopping the server; summary in {_shown(report_path)}")
         out(
             "   next: `make serve` then `make observe` (span collector and Prometheus beside it:"
             " trace a decision with `python -m client score ... --trace`, then `python -m "
             "client trace <id>`); `make trace-report` for where every millisecond goes"
         )
     return result
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def analyse(
+    bootstrap: str, heavy: Path, cases_path: Path | None, reports: Path, out: Callable
+) -> tuple[dict, dict | None]:
+    """The analysis consumer over the demo's decision log until it is idle, then one case
+    opened: a review case if the heavy model sent any, else its most suspicious decision.
+    Returns the counts and the case's analysis."""
+    from client.cases import case_png, case_text, load_case
+    from feature_repo.analysis import AnalysisConsumer
+    from python_backend import settings
+    from python_backend.fraud.cases import open_case_store
+    from python_backend.fraud.explain import Explainer
+    from python_backend.fraud.heavy_model import HeavyModel
+
+    if not (heavy / "metadata.json").exists():
+        out(f"   no heavy model in {heavy}: `make engines` builds it")
+        return {}, None
+    store = open_case_store(location=str(cases_path) if cases_path else None)
+    model = HeavyModel(heavy)
+    consumer = AnalysisConsumer(
+        bootstrap,
+        model,
+        store,
+        explainer=Explainer(model),
+        group="demo-analysis",
+        transactions_topic=settings.SCORED_TOPIC.get(),
+        decisions_topic=settings.DECISIONS_TOPIC.get(),
+        log=lambda _m: None,
+    )
+    try:
+        consumer.run(until_idle_s=3.0, max_seconds=300)
+    finally:
+        consumer.close()
+    counts = dict(consumer.counts)
+    out(
+        f"   analysed {counts.get('analysed', 0):,} decisions ({counts.get('review', 0):,} "
+        f"approved ones to review, {counts.get('disagreements', 0):,} disagreements with the "
+        f"real-time decision) into {getattr(store, 'path', store)}"
+    )
+    chosen = _worth_opening(store)
+    case = load_case(store, chosen) if chosen else None
+    if case is not None:
+        out(case_text(case))
+        picture = case_png(case, reports / "demo_case.png")
+        out(
+            f"   its timeline: {_shown(picture)}; any other: `python -m client case <id>`, the "
+            "queue: `python -m client cases`"
+        )
+    store.close()
+    return counts, None if case is None else case.analysis
+
+
+def _worth_opening(store) -> str | None:
+    """The replayed day's review case the heavy model is surest of, else its most suspicious
+    decision (the warm-up's synthetic requests left out)."""
+    for rows in (store.review_queue(1_000), store.highest(1_000)):
+        replayed = [r for r in rows if not r["transaction_id"].startswith("warm-up-")]
+        if replayed:
+            return max(replayed, key=lambda r: r["heavy_score"])["transaction_id"]
+    return None
 
 
 def kill_stubs(model: str, server_pid: int) -> None:

@@ -117,15 +117,20 @@ def warm_up(server: Server | str, requests: int = 30) -> None:
     client.close()
 
 
-def serve(scale: str, ports: Ports | None = None, log=print, replicas: int = 0):
+def serve(
+    scale: str, ports: Ports | None = None, log=print, replicas: int = 0, analysis: bool = False
+):
     """Build what is missing, then start Triton and its stub watchdog in the background and
     record their pids. ``replicas`` > 0: that many replicas (each with its watchdog) behind
-    Envoy, which takes the gRPC port (:func:`serve_mesh`)."""
+    Envoy, which takes the gRPC port (:func:`serve_mesh`). ``analysis``: the heavy model's
+    analysis consumer beside them (:func:`start_analysis`)."""
     pid = _alive(PID_FILE) or _mesh_alive()
     if pid:
         raise RuntimeError(f"a server is already running (pid {pid}): `make stop` first")
     scale = ensure_models(scale, log)
     env = ensure_features(scale, log)
+    if analysis:
+        env.update(start_analysis(log))
     if replicas > 0:
         return serve_mesh(replicas, ports or Ports.from_env(), env, log=log)
     return start_in_background(ports or Ports.from_env(), env, log=log)
@@ -264,6 +269,61 @@ def _stop_group(pid: int) -> None:
         pass
 
 
+ANALYSIS_PID = TRITON_STATE / "analysis.pid"
+BROKER_PID = TRITON_STATE / "broker.pid"
+
+
+def start_analysis(log=print, state_dir=TRITON_STATE) -> dict[str, str]:
+    """``make serve ANALYSIS=1``: a broker on this machine's default port unless
+    ``KAFKA_BOOTSTRAP`` names one, and ``python -m feature_repo analyze`` in the background
+    (its own session, the lowest CPU priority, metrics on ``ANALYSIS_METRICS_PORT``, log in
+    ``state_dir/analysis.log``); returns what the server's environment needs (the broker)."""
+    import sys
+
+    from client.local.services import child_environment, start_broker_in_background
+    from python_backend.settings import ANALYSIS_METRICS_PORT, LOCAL_BROKER
+
+    bootstrap = KAFKA_BOOTSTRAP.get()
+    if not bootstrap:
+        bootstrap = LOCAL_BROKER
+        broker = start_broker_in_background(
+            int(LOCAL_BROKER.rsplit(":", 1)[1]), state_dir / "broker.log"
+        )
+        BROKER_PID.write_text(str(broker.pid))
+        log(f"Kafka-protocol broker (tansu, in memory) on {bootstrap}, pid {broker.pid}")
+    log_path = state_dir / "analysis.log"
+    with log_path.open("ab") as out:
+        consumer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "feature_repo",
+                "analyze",
+                "--metrics-port",
+                ANALYSIS_METRICS_PORT.get(),
+            ],
+            env=child_environment({KAFKA_BOOTSTRAP.name: bootstrap, "PYTHONUNBUFFERED": "1"}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ANALYSIS_PID.write_text(str(consumer.pid))
+    log(
+        f"analysis consumer pid {consumer.pid} (log {log_path}): every decision studied by "
+        "the heavy model; `python -m client cases` lists the review queue"
+    )
+    return {KAFKA_BOOTSTRAP.name: bootstrap}
+
+
+def stop_analysis(log=print) -> None:
+    for name, pid_file in (("analysis consumer", ANALYSIS_PID), ("broker", BROKER_PID)):
+        pid = _alive(pid_file)
+        if pid:
+            _stop_group(pid)
+            log(f"stopped the {name} (pid {pid})")
+        pid_file.unlink(missing_ok=True)
+
+
 def stop(log=print, state_dir=TRITON_STATE) -> bool:
     """Stop the background server and watchdog started by :func:`serve` (and the image API,
     the collector and Prometheus of ``make observe``)."""
@@ -272,6 +332,7 @@ def stop(log=print, state_dir=TRITON_STATE) -> bool:
     stop_image_api(log)
     stack.stop(log)
     meshed = stop_mesh(log)
+    stopped_analysis = _alive(ANALYSIS_PID) or _alive(BROKER_PID)
     watchdog = _alive(state_dir / "watchdog.pid")
     if watchdog:
         _stop_group(watchdog)
@@ -281,11 +342,13 @@ def stop(log=print, state_dir=TRITON_STATE) -> bool:
     if not pid_file.exists():
         if not meshed:
             log("no server running (no pid file)")
-        return meshed
+        stop_analysis(log)
+        return meshed or bool(stopped_analysis)
     pid = int(pid_file.read_text())
     _stop_group(pid)
     pid_file.unlink(missing_ok=True)
     log(f"stopped Triton (pid {pid})")
+    stop_analysis(log)  # after the server: its decision log hands its spool over at exit
     return True
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from feature_repo.stream.consumer import GroupConsumer
 from python_backend import events as tx_events
+from python_backend import settings
 from python_backend.events import EventError, TransactionEvent
 from python_backend.fraud import served
 from python_backend.fraud.cases import ANALYSIS_VERSION, CaseStore, Event
@@ -195,19 +196,21 @@ class AnalysisConsumer(GroupConsumer):
         heavy = HeavyInputs.of(inputs, self.histories.histories(card, terminal, ts, amount))
         scores = self.model.score(heavy)
         threshold = self.model.review_threshold
-        # The deep model's per-feature shares cost most: for the cases an analyst opens.
+        # Explanations cost some 8 ms a row: made now for the cases an analyst opens first
+        # (the review queue, disagreements), the rest when opened (explain.explain_case).
         detail = np.array(
             [
                 (d["decision"] == "APPROVE" and s >= threshold)
                 or disagrees(d["decision"], float(s), threshold)
                 for d, s in zip(decisions, scores, strict=True)
-            ]
+            ],
+            dtype=bool,
         )
-        explained = (
-            self.explainer.explain(heavy, detail)
-            if self.explainer is not None
-            else [[]] * len(decisions)
-        )
+        explained: list = [None] * len(decisions)
+        rows = np.flatnonzero(detail)
+        if self.explainer is not None and len(rows):
+            for i, attributions in zip(rows, self.explainer.explain(heavy.take(rows)), strict=True):
+                explained[i] = attributions
         analysed_at = int(time.time() * 1000)
         records = []
         for d, score, attributions in zip(decisions, scores, explained, strict=True):
@@ -232,6 +235,7 @@ class AnalysisConsumer(GroupConsumer):
                     "review": review,
                     "disagrees": disagrees(d["decision"], float(score), threshold),
                     "attributions": attributions,
+                    "inputs": d["inputs"],  # to explain it when opened, if not explained now
                 }
             )
         return records
@@ -263,6 +267,7 @@ class AnalysisConsumer(GroupConsumer):
 
     def close(self) -> None:
         self.producer.flush(5)
+        self.producer = None  # let librdkafka go: it would keep reconnecting to a broker gone
         super().close()
 
 
@@ -274,16 +279,15 @@ LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 class AnalysisMetrics:
     """The consumer's Prometheus metrics on ``127.0.0.1:port`` (job ``fraud-analysis``):
     records by outcome, the review queue, disagreements with the real-time decision, the
-    analysis lag and the heavy scores; and the stream machinery's own (lag per partition)."""
+    analysis lag and the heavy scores, the records not read yet per partition and the time
+    since a batch was applied (names of its own: the feature consumer's alerts and panels
+    read ``stream_*``)."""
 
     def __init__(self, consumer: AnalysisConsumer, port: int) -> None:
         from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
-        from feature_repo.stream.metrics import ConsumerCollector
-
         self.consumer = consumer
         registry = CollectorRegistry()
-        registry.register(ConsumerCollector(consumer, "analysis"))
         registry.register(self)
         self.lag = Histogram(
             "fraud_analysis_lag_seconds",
@@ -298,7 +302,7 @@ class AnalysisMetrics:
             registry=registry,
         )
         consumer.on_analysed = self.observe
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        start_http_server(port, addr=settings.METRICS_BIND_ADDRESS.get(), registry=registry)
 
     def observe(self, records: list[dict]) -> None:
         now = time.time()
@@ -307,7 +311,7 @@ class AnalysisMetrics:
             self.score.observe(r["heavy_score"])
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         counts = self.consumer.counts
         records = CounterMetricFamily(
@@ -324,4 +328,17 @@ class AnalysisMetrics:
             "fraud_analysis_disagreements",
             "Analyses where the heavy model and the real-time decision disagree",
             value=counts["disagreements"],
+        )
+        lag = GaugeMetricFamily(
+            "fraud_analysis_consumer_lag",
+            "Records on the decisions and transactions topics not analysed yet",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), n in sorted(self.consumer.lag.items()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
+        yield GaugeMetricFamily(
+            "fraud_analysis_last_applied_age_seconds",
+            "Seconds since the consumer last applied a batch (or started)",
+            value=time.time() - self.consumer.last_applied,
         )

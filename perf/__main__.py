@@ -11,6 +11,7 @@
     python -m perf mesh       what Envoy adds, direct vs through it side by side (make perf-mesh)
     python -m perf rollout-cost    what a canary and a shadow cost the serving path
     python -m perf reload-cost     a rollout step's reload: in place vs out of rotation
+    python -m perf analysis   the analysis consumer's lag and its cost to serving
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -43,6 +44,7 @@ def main() -> None:
             "mesh",
             "rollout-cost",
             "reload-cost",
+            "analysis",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -70,6 +72,10 @@ def main() -> None:
         from perf.reload_cost import run as run_reload_cost
 
         run_reload_cost(args.scale, quick=args.quick)
+    elif args.command == "analysis":
+        from perf.analysis import run as run_analysis
+
+        run_analysis(args.scale, quick=args.quick)
     elif args.command == "image":
         from perf.image import run as run_image
 

@@ -79,6 +79,9 @@ DECISION_DRAIN_S = _setting(
     "seconds the decision log spends handing its spool to the broker at shutdown",
 )
 # The analysis consumer (feature_repo analyze) and the case store it fills.
+ANALYSIS = _setting(
+    "ANALYSIS", "0", "make serve: 1 runs the analysis consumer (and a local broker) beside it"
+)
 CASE_STORE = _setting("CASE_STORE", "sqlite", "the case store: sqlite (embedded)")
 CASE_STORE_PATH = _setting(
     "CASE_STORE_PATH", str(paths.BUILD / "cases" / "cases.db"), "the SQLite case store"
@@ -121,6 +124,11 @@ TRACE_SAMPLE = _setting(
     "TRACE_SAMPLE", "0", "share of requests the Python clients trace (0 to 1; 0.01: 1%)"
 )
 PROMETHEUS_PORT = _setting("PROMETHEUS_PORT", "9090", "Prometheus's port (make observe)")
+METRICS_BIND_ADDRESS = _setting(
+    "METRICS_BIND_ADDRESS",
+    "127.0.0.1",
+    "where the consumers and the watchdog serve their metrics (a pod: 0.0.0.0, for Prometheus)",
+)
 CONSUMER_METRICS_PORT = _setting(
     "CONSUMER_METRICS_PORT",
     "9108",

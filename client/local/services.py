@@ -230,27 +230,39 @@ def redis_cluster(nodes: int = 3) -> Iterator[RedisCluster]:
         yield RedisCluster(services)
 
 
+def broker_command(port: int) -> list[str]:
+    """tansu, a Kafka-protocol broker, on 127.0.0.1:``port`` with in-memory storage."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
 @contextlib.contextmanager
 def kafka_broker(port: int | None = None) -> Iterator[Service]:
     """A Kafka-protocol broker (tansu, in-memory storage) on 127.0.0.1."""
     port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with _service(
-        "kafka",
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        port,
-        15,
-    ) as service:
+    with _service("kafka", broker_command(port), port, 15) as service:
         yield service
+
+
+def start_broker_in_background(port: int, log_path: Path) -> subprocess.Popen:
+    """The broker in its own session (it outlives a ``make serve`` that returns), once it
+    listens on ``port``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            broker_command(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _wait_for_port(port, process, "kafka", 15)
+    return process
 
 
 def stub_pids(model: str, server_pid: int) -> list[int]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from client.local.operator import admin_client
 from client.mesh.rotation import Rotation, reloading
+from python_backend import settings
 from python_backend.contract import ModelContract
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 
@@ -105,7 +106,7 @@ class Watchdog:
         )
         for name in self.models:
             self._reloaded.labels(name)  # every watched model's series exists, at 0
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        start_http_server(port, addr=settings.METRICS_BIND_ADDRESS.get(), registry=registry)
 
     def check_once(self, client) -> None:
         from tritonclient.utils import InferenceServerException

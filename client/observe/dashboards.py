@@ -3,12 +3,14 @@
 when the committed JSON differs from this declaration). Grafana provisions them from
 ``deploy/grafana/provisioning/``. No Grafana server runs here: the integration tests run
 every panel's PromQL against a live Prometheus scraping real servers under load, and fail
-on a panel that returns no series.
+on a panel that returns no series, unless all it reads comes from a process that stack does
+not run (:data:`NOT_LIVE`, each with its reason).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,25 @@ class Panel:
     targets: tuple[tuple[str, str], ...]
     unit: str = "short"
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A titled row of panels, laid out below everything declared before it."""
+
+    title: str
+    panels: tuple[Panel, ...]
+
+
+#: Metrics (by name prefix: the exported ones and the recording rules over them) of processes
+#: the live check's stack (tests/integration/test_observability.py) does not run, each with
+#: why. A panel reading only these is left out of :func:`panels_without_series`'s "no data"
+#: check; its queries still run there, and promtool checks them in the unit tests.
+NOT_LIVE = {
+    "fraud_analysis": "the analysis consumer (python -m feature_repo analyze, the heavy model "
+    "over the decision log) is not part of the live stack, which scrapes Triton, the stream "
+    "consumer and the watchdog",
+}
 
 
 FRAUD = (
@@ -99,7 +120,10 @@ FRAUD = (
         "Feature freshness",
         (
             ("sum by (view) (rate(fraud_features_stale_total[5m]))", "stale {{view}}"),
-            ("max(stream_last_applied_age_seconds)", "seconds since the consumer applied"),
+            (
+                'max(stream_last_applied_age_seconds{job!="fraud-analysis"})',
+                "seconds since the consumer applied",
+            ),
         ),
         "short",
         "Decisions made without a stale view, and the age of the stream's last write.",
@@ -108,8 +132,8 @@ FRAUD = (
         "Stream consumer: lag and throughput",
         (
             ("stream:consumer_lag:max", "lag (records)"),
-            ("sum(rate(stream_events_applied_total[1m]))", "applied / s"),
-            ("sum(rate(stream_events_rejected_total[5m]))", "rejected / s"),
+            ('sum(rate(stream_events_applied_total{job!="fraud-analysis"}[1m]))', "applied / s"),
+            ('sum(rate(stream_events_rejected_total{job!="fraud-analysis"}[5m]))', "rejected / s"),
         ),
     ),
     Panel(
@@ -141,6 +165,47 @@ FRAUD = (
         (
             ("sum by (model) (increase(fraud_watchdog_reloads_total[15m]))", "reloads {{model}}"),
             ("rate(fraud_watchdog_checks_total[1m])", "probe rounds / s"),
+        ),
+    ),
+)
+ANALYSIS = Row(
+    "Analysis (heavy model, off the hot path)",
+    (
+        Panel(
+            "Analysed per second by outcome",
+            (("fraud_analysis:records:rate5m", "{{outcome}}"),),
+            "reqps",
+            "Decisions the analysis consumer read: analysed (a new analysis written), "
+            "duplicate (a transaction already analysed), unreadable.",
+        ),
+        Panel(
+            "Review queue",
+            (("fraud_analysis:review:rate5m", "sent to review / s"),),
+            "reqps",
+            "Approved transactions the heavy model scores at or above the review threshold, "
+            "sent to the review topic.",
+        ),
+        Panel(
+            "Disagreement share: heavy model against the real-time decision",
+            (
+                ("fraud_analysis:disagreement_share:rate5m", "5 m"),
+                ("fraud_analysis:disagreement_share:rate30m", "30 m (the alert's)"),
+                ("fraud_analysis:disagreement_share:rate1d", "baseline (1 d)"),
+            ),
+            "percentunit",
+            "Heavy score at or above the review threshold on an APPROVE, or below it on a "
+            "DECLINE. FraudHeavyDisagreementShift: the 30 m share above 2x or below 0.5x the "
+            "day's; python -m client cases shows the transactions.",
+        ),
+        Panel(
+            "Analysis lag (decision to analysis, p50 / p99)",
+            (
+                ("fraud_analysis:lag_seconds:p50_rate5m", "p50"),
+                ("fraud_analysis:lag_seconds:p99_rate5m", "p99"),
+            ),
+            "s",
+            "From decided_at_ms to the analysis written; target p99 within 5 s at 200 "
+            "decisions/s. FraudAnalysisLagging: p99 over 30 s for 10 min.",
         ),
     ),
 )
@@ -206,54 +271,98 @@ RECOMMENDER = (
         "µs",
     ),
 )
-#: uid -> (title, panels).
-ALL = {
-    "fraud-scoring": ("Fraud scoring", FRAUD),
+#: uid -> (title, panels and rows).
+ALL: dict[str, tuple[str, tuple[Panel | Row, ...]]] = {
+    "fraud-scoring": ("Fraud scoring", (*FRAUD, ANALYSIS)),
     "image-api": ("Image classification API", IMAGE),
     "recommender": ("Top-5 recommender", RECOMMENDER),
 }
 
 
 def dashboard(uid: str) -> dict:
-    """The Grafana JSON of one dashboard (two panels a row)."""
+    """The Grafana JSON of one dashboard (two panels a line; a row starts a new line)."""
     from grafanalib._gen import DashboardEncoder
-    from grafanalib.core import Dashboard, GridPos, Target, TimeSeries
+    from grafanalib.core import Dashboard, GridPos, RowPanel, Target, TimeSeries
 
-    title, panels = ALL[uid]
-    made = [
-        TimeSeries(
-            title=panel.title,
-            description=panel.description,
-            dataSource=DATASOURCE,
-            unit=panel.unit,
-            targets=[
-                Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i))
-                for i, (expr, legend) in enumerate(panel.targets)
-            ],
-            gridPos=GridPos(h=8, w=12, x=12 * (n % 2), y=8 * (n // 2)),
-        )
-        for n, panel in enumerate(panels)
-    ]
+    title, items = ALL[uid]
+    made = []
+    top, n = 0, 0  # the current section's first line, and the panels placed in it
+    for item in items:
+        panels = (item,)
+        if isinstance(item, Row):
+            top += 8 * ((n + 1) // 2)
+            made.append(RowPanel(title=item.title, gridPos=GridPos(h=1, w=24, x=0, y=top)))
+            top, n, panels = top + 1, 0, item.panels
+        for panel in panels:
+            made.append(
+                TimeSeries(
+                    title=panel.title,
+                    description=panel.description,
+                    dataSource=DATASOURCE,
+                    unit=panel.unit,
+                    targets=[
+                        Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i))
+                        for i, (expr, legend) in enumerate(panel.targets)
+                    ],
+                    gridPos=GridPos(h=8, w=12, x=12 * (n % 2), y=top + 8 * (n // 2)),
+                )
+            )
+            n += 1
     board = Dashboard(title=title, uid=uid, panels=made, refresh="10s", timezone="utc")
     board = board.auto_panel_ids()
     return json.loads(json.dumps(board.to_json_data(), cls=DashboardEncoder))
 
 
 def expressions(board: dict) -> list[tuple[str, list[str]]]:
-    """(panel title, its PromQL) for every panel of a dashboard's JSON."""
-    return [(p["title"], [t["expr"] for t in p.get("targets", [])]) for p in board["panels"]]
+    """(panel title, its PromQL) for every panel of a dashboard's JSON (rows have none)."""
+    return [
+        (p["title"], [t["expr"] for t in p.get("targets", [])])
+        for p in board["panels"]
+        if p["type"] != "row"
+    ]
+
+
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
+
+
+def metrics_read(expr: str) -> set[str]:
+    """The metric and recording-rule names a PromQL expression reads: its identifiers less
+    label matchers, label lists, ranges, functions and operators."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
+    text = _GROUPING.sub(" ", text)
+    names = re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(?![\w:])(?!\s*\()", text)
+    return {name for name in names if name.lower() not in _KEYWORDS}
+
+
+def not_live(exprs: list[str]) -> str | None:
+    """Why a panel with these queries is left out of the live check (:data:`NOT_LIVE`): the
+    reason when every metric they read is one of those, else None."""
+    reasons = {
+        next((why for prefix, why in NOT_LIVE.items() if name.startswith(prefix)), None)
+        for name in set().union(*map(metrics_read, exprs))
+    }
+    if not reasons or None in reasons:
+        return None
+    return "; ".join(sorted(reasons))
 
 
 def panels_without_series(prometheus_port: int, uid: str) -> list[str]:
     """The titles of ``uid``'s panels none of whose queries returns a series from the
-    Prometheus on ``prometheus_port`` (the check a Grafana would show as "No data")."""
+    Prometheus on ``prometheus_port`` (the check a Grafana would show as "No data"). A panel
+    reading only metrics of :data:`NOT_LIVE` is not reported; its queries run all the same
+    (a query Prometheus refuses raises)."""
     from client.observe.stack import query
 
-    return [
-        title
-        for title, exprs in expressions(dashboard(uid))
-        if not any(query(prometheus_port, expr) for expr in exprs)
-    ]
+    empty = []
+    for title, exprs in expressions(dashboard(uid)):
+        if not_live(exprs) is not None:
+            for expr in exprs:
+                query(prometheus_port, expr)
+        elif not any(query(prometheus_port, expr) for expr in exprs):
+            empty.append(title)
+    return empty
 
 
 def render(uid: str) -> str:

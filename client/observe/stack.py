@@ -28,7 +28,7 @@ from python_backend.paths import OBSERVE, ROOT
 RULES = ROOT / "deploy" / "prometheus" / "fraud.rules.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 #: Scrape jobs: what each one scrapes (the image API serves ``/metrics`` too).
-JOBS = ("triton", "stream-consumer", "watchdog", "image-api", "envoy")
+JOBS = ("triton", "stream-consumer", "watchdog", "fraud-analysis", "image-api", "envoy")
 #: Where a job's metrics are when not at ``/metrics`` (Envoy's admin interface).
 METRICS_PATHS = {"envoy": "/stats/prometheus"}
 
@@ -40,6 +40,7 @@ def default_targets(mesh_state: Path | None = None) -> dict[str, list[str]]:
         "triton": [f"127.0.0.1:{settings.TRITON_METRICS_PORT.get()}"],
         "stream-consumer": [f"127.0.0.1:{settings.CONSUMER_METRICS_PORT.get()}"],
         "watchdog": [f"127.0.0.1:{settings.WATCHDOG_METRICS_PORT.get()}"],
+        "fraud-analysis": [f"127.0.0.1:{settings.ANALYSIS_METRICS_PORT.get()}"],
         "image-api": [f"127.0.0.1:{settings.IMAGE_API_PORT.get()}"],
         "envoy": [f"127.0.0.1:{settings.ENVOY_ADMIN_PORT.get()}"],
     }
@@ -180,7 +181,8 @@ def start_beside_serve(log=print) -> None:
     """``make observe``: the collector (OTLP/HTTP on the port of
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, 4318) and
     Prometheus (``PROMETHEUS_PORT``, 9090) scraping ``make serve``'s Triton, its watchdog,
-    a stream consumer and the image API on their default ports; stopped by ``make stop``."""
+    a stream consumer, the analysis consumer and the image API on their default ports;
+    stopped by ``make stop``."""
     from client.observe import dashboards, traces
 
     if PIDS.exists() and any(running(p) for p in json.loads(PIDS.read_text()).values()):

@@ -13,6 +13,8 @@ import time
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from python_backend import settings
+
 #: ConsumerStats field -> (metric, help); all counters.
 COUNTS = {
     "consumed": ("stream_events_consumed", "Records read from the topic"),
@@ -57,4 +59,4 @@ def serve_metrics(consumer, topic: str, port: int) -> None:
     """Expose the consumer's metrics on ``127.0.0.1:port/metrics`` (a daemon thread)."""
     registry = CollectorRegistry()
     registry.register(ConsumerCollector(consumer, topic))
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    start_http_server(port, addr=settings.METRICS_BIND_ADDRESS.get(), registry=registry)

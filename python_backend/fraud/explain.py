@@ -41,7 +41,7 @@ IG_STEPS = 8
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def _group(name: str) -> str:
+def _group_of(name: str) -> str:
     if name in CARD_DAILY.names or name.startswith("amount_to_card"):
         return "card_daily"
     if name in TERMINAL_DAILY.names:
@@ -51,6 +51,10 @@ def _group(name: str) -> str:
     if name.endswith(("_known", "_available", "_has_recent")):
         return "presence"
     return "transaction"
+
+
+#: Each tabular column's feature group (as the feature-group report names them).
+GROUPS = {name: _group_of(name) for name in TABULAR_NAMES}
 
 
 def _money(x: float) -> str:
@@ -155,12 +159,10 @@ def _position_words(row: np.ndarray, kind: str) -> str:
 
 @dataclass
 class Explainer:
-    """Explains rows of :class:`HeavyInputs` for one loaded heavy model.
-
-    Every row gets the trees' TreeSHAP and what each history as a whole adds (the deep
-    model with that history emptied: two more forward passes). Rows marked for detail (the
-    review queue, disagreements) also get Integrated Gradients of the deep model per tabular
-    feature and per past transaction: with each history's mask held as it is (a slot is a
+    """Explains rows of :class:`HeavyInputs` for one loaded heavy model: the trees'
+    TreeSHAP, what each history as a whole adds (the deep model with that history emptied:
+    two more forward passes), and Integrated Gradients of the deep model per tabular feature
+    and per past transaction: with each history's mask held as it is (a slot is a
     transaction or it is not; a path through half-present transactions means nothing) and
     its content moved from the row's average transaction to the real ones, so a position's
     share says how far that transaction stands out from the rest of its history."""
@@ -178,8 +180,8 @@ class Explainer:
         torch.set_num_threads(1)  # off the hot path: one core at most, at the lowest priority
         self.net = heavy_net.load(self.model.folder)
         self.ig = IntegratedGradients(self._logit)
-        #: Seconds spent, rows explained, rows explained in detail (the consumer reports it).
-        self.seconds, self.rows, self.detailed = 0.0, 0, 0
+        #: Seconds spent and rows explained (the consumer reports them).
+        self.seconds, self.rows = 0.0, 0
 
     def _logit(
         self, tabular, sequence, card, terminal, categorical, seq_mask, card_mask, terminal_mask
@@ -199,9 +201,10 @@ class Explainer:
         import torch
 
         histories = (inputs.sequence, inputs.card_history, inputs.terminal_history)
-        contents = tuple(torch.from_numpy(np.ascontiguousarray(h[..., :-1])) for h in histories)
-        masks = tuple(torch.from_numpy(np.ascontiguousarray(h[..., -1:])) for h in histories)
-        tabular = torch.from_numpy(np.ascontiguousarray(inputs.tabular))
+        # Copies: logged inputs are read-only views of their bytes, torch wants its own.
+        contents = tuple(torch.from_numpy(np.array(h[..., :-1])) for h in histories)
+        masks = tuple(torch.from_numpy(np.array(h[..., -1:])) for h in histories)
+        tabular = torch.from_numpy(np.array(inputs.tabular))
         base = (
             self.net.trunk.tab_mean.expand_as(tabular).contiguous(),
             *(_average_transaction(c, m) for c, m in zip(contents, masks, strict=True)),
@@ -209,7 +212,7 @@ class Explainer:
         attributions = self.ig.attribute(
             (tabular, *contents),
             baselines=base,
-            additional_forward_args=(torch.from_numpy(inputs.categorical), *masks),
+            additional_forward_args=(torch.from_numpy(np.array(inputs.categorical)), *masks),
             n_steps=self.steps,
             method="gausslegendre",
         )
@@ -233,28 +236,25 @@ class Explainer:
         contrib = self.model.trees.predict(tree_features(inputs), pred_contrib=True)
         return np.asarray(contrib)[:, :-1]
 
-    def explain(self, inputs: HeavyInputs, detail: np.ndarray | None = None) -> list[list[dict]]:
-        """Each row's top contributors (log-odds of the heavy score, largest first);
-        ``detail`` marks the rows that also get the deep model's per-feature shares."""
+    def explain(self, inputs: HeavyInputs) -> list[list[dict]]:
+        """Each row's top contributors (log-odds of the heavy score, largest first). It
+        costs some 8 ms a row on one core (TreeSHAP most of it): the consumer explains the
+        cases an analyst opens first (the review queue, disagreements) and leaves the rest to
+        be explained when opened (:func:`explain_case`)."""
         started = time.perf_counter()
         n = len(inputs)
-        detail = np.zeros(n, dtype=bool) if detail is None else np.asarray(detail, dtype=bool)
         blend = self.model.blend
         trees = self.trees(inputs)
         card_whole, terminal_whole = self.without_histories(inputs)
         n_tab = len(TABULAR_NAMES)
-        tabular = blend.trees * trees[:, :n_tab]
+        tab_deep, seq, card, terminal = self.deep(inputs)
+        tabular = blend.trees * trees[:, :n_tab] + blend.deep * tab_deep
         categorical = blend.trees * trees[:, n_tab:]
-        positions = {}
-        rows = np.flatnonzero(detail)
-        if len(rows):
-            tab_deep, seq, card, terminal = self.deep(inputs.take(rows))
-            tabular[rows] += blend.deep * tab_deep
-            positions = {
-                "sequence": dict(zip(rows, blend.deep * seq, strict=True)),
-                "card_history": dict(zip(rows, blend.deep * card, strict=True)),
-                "terminal_history": dict(zip(rows, blend.deep * terminal, strict=True)),
-            }
+        positions = {
+            "sequence": blend.deep * seq,
+            "card_history": blend.deep * card,
+            "terminal_history": blend.deep * terminal,
+        }
         wholes = {
             "card_history": blend.deep * card_whole,
             "terminal_history": blend.deep * terminal_whole,
@@ -265,7 +265,7 @@ class Explainer:
             items = [
                 {
                     "feature": name,
-                    "group": _group(name),
+                    "group": GROUPS[name],
                     "position": None,
                     "value": round(float(values[name][i]), 4),
                     "contribution": float(tabular[i, j]),
@@ -294,7 +294,6 @@ class Explainer:
             )
         self.seconds += time.perf_counter() - started
         self.rows += n
-        self.detailed += len(rows)
         return out
 
     def _history_items(self, inputs, i, wholes, positions) -> list[dict]:
@@ -319,9 +318,7 @@ class Explainer:
                         "words": _history_words(history[i], entity),
                     }
                 )
-            shares = positions.get(kind, {}).get(i)
-            if shares is None:
-                continue
+            shares = positions[kind][i]
             # Its single most telling transaction (position 1: the most recent).
             slots = np.flatnonzero(valid)
             best = slots[np.argmax(np.abs(shares[slots]))]
@@ -350,3 +347,31 @@ def _average_transaction(content, mask):
     count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = (content * mask).sum(dim=1, keepdim=True) / count
     return (mean * mask).expand_as(content).contiguous()
+
+
+def explain_case(record: dict, store, explainer: Explainer) -> list[dict]:
+    """The attributions of a case the consumer left to be explained when opened: its logged
+    inputs (the record keeps them) with its histories rebuilt from the case store's
+    transactions before it (what the consumer's buffers held)."""
+    from python_backend.fraud import served
+    from python_backend.fraud.history import (
+        CARD_HISTORY_LENGTH,
+        TERMINAL_HISTORY_LENGTH,
+        HistoryBuffers,
+    )
+
+    buffers = HistoryBuffers()
+    ts = record["ts_ms"]
+    earlier = store.history(card_id=record["card_id"], before_ms=ts, limit=CARD_HISTORY_LENGTH)
+    earlier += store.history(
+        terminal_id=record["terminal_id"], before_ms=ts, limit=TERMINAL_HISTORY_LENGTH
+    )
+    buffers.add((e.transaction_id, e.card_id, e.terminal_id, e.ts_ms, e.amount) for e in earlier)
+    histories = buffers.histories(
+        np.array([record["card_id"]]),
+        np.array([record["terminal_id"]]),
+        np.array([ts]),
+        np.array([record["amount"]]),
+    )
+    inputs = HeavyInputs.of(served.decode([record["inputs"]]), histories)
+    return explainer.explain(inputs)[0]

@@ -104,12 +104,25 @@ def test_consumer_killed_and_restarted_loses_nothing_and_analyses_nothing_twice(
     assert 0 < case["heavy_score"] < 1 and case["heavy_version"].startswith("1:")
     assert case["decision"] in ("APPROVE", "REVIEW", "DECLINE") and case["path"] == "primary"
     assert case["model_version"] is not None and isinstance(case["reasons"], list)
-    assert case["attributions"] and all(a["words"] for a in case["attributions"])
-    # The review queue: approved and risky, each also on the review topic.
+    # The review queue: approved and risky, each also on the review topic, and explained.
     review = {r["transaction_id"] for r in read_all(bootstrap, env["REVIEW_TOPIC"])}
     queued = {r["transaction_id"] for r in store.review_queue(10_000)}
     assert review == queued
-    assert all(store.case(t)["decision"] == "APPROVE" for t in queued)
+    for t in queued:
+        assert store.case(t)["decision"] == "APPROVE"
+        assert all(a["words"] for a in store.case(t)["attributions"]), "explained at analysis"
+    # Any other case is explained when opened, from its record and the store's history.
+    from python_backend.fraud.explain import Explainer, explain_case
+    from python_backend.fraud.heavy_model import HeavyModel
+
+    plain = next(r for r in _all_cases(store) if r["attributions"] is None)
+    model = HeavyModel(tiny_build.repository / "fraud_heavy" / "1")
+    attributions = explain_case(plain, store, Explainer(model))
+    assert len(attributions) == 5 and all(a["words"] for a in attributions), attributions
+    if queued:  # explained when opened = explained at analysis (the same inputs, histories)
+        first = store.case(sorted(queued)[0])
+        again = explain_case(first, store, Explainer(model))
+        assert [a["words"] for a in again] == [a["words"] for a in first["attributions"]]
 
 
 def _all_cases(store: SqliteCaseStore) -> list[dict]:

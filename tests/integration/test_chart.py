@@ -4,6 +4,7 @@ operators' resources checked for what they point at, and checkov with every skip
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from client import chart
 from client.local.operator import RESTRICTED
 
 #: Variants an operator would install: the defaults; GPU nodes, TLS, KEDA, Redis Cluster, no
-#: image API; everything optional off.
+#: image API, the claims of a storage class; everything optional off.
 VARIANTS = {
     "defaults": {},
     "gpu-tls-keda": {
@@ -30,15 +31,19 @@ VARIANTS = {
         "autoscaling": {"kind": "keda"},
         "redis": {"cluster": True, "url": "redis://redis-0:6379"},
         "imageApi": {"enabled": False},
+        "analysis": {"storage": {"size": "50Gi", "storageClassName": "fast-ssd"}},
     },
     "minimal": {
         "autoscaling": {"enabled": False},
         "networkPolicy": {"enabled": False},
         "monitoring": {"serviceMonitor": False, "prometheusRule": False, "dashboards": False},
         "consumer": {"enabled": False},
+        "analysis": {"enabled": False},
         "operatorKey": {"existingSecret": "ops-key"},
     },
 }
+#: What the analysis consumer's alerts select it by (deploy/prometheus/fraud.rules.yml).
+ANALYSIS_JOB = "fraud-analysis"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +76,31 @@ def _env(container: dict) -> dict[str, str]:
 
 def _selects(match_labels: dict, labels: dict) -> bool:
     return bool(match_labels) and match_labels.items() <= labels.items()
+
+
+def _pod_selector_matches(selector: dict, labels: dict) -> bool:
+    """A NetworkPolicy's ``podSelector`` as Kubernetes reads it (empty: every pod)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        has, value = e["key"] in labels, labels.get(e["key"])
+        if not {
+            "In": has and value in e.get("values", []),
+            "NotIn": not has or value not in e.get("values", []),
+            "Exists": has,
+            "DoesNotExist": not has,
+        }[e["operator"]]:
+            return False
+    return True
+
+
+def _reads_the_analysis(rule: dict) -> bool:
+    """A rule over what only the analysis consumer exports: its ``fraud_analysis_*`` metrics,
+    their ``fraud_analysis:*`` recordings, or its job's ``up``."""
+    names = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", rule["expr"])
+    return any(n.startswith("fraud_analysis") for n in names) or bool(
+        re.search(rf'job\s*=~?\s*"{ANALYSIS_JOB}"', rule["expr"])
+    )
 
 
 def test_the_chart_carries_its_files_from_their_one_source() -> None:
@@ -245,6 +275,130 @@ def test_the_operators_resources_point_at_what_exists(rendered) -> None:
         for service in (m for m in manifests if m["kind"] == "Service"):
             if service["metadata"]["name"].endswith("-envoy"):
                 assert [p["port"] for p in service["spec"]["ports"]] == [8001], "callers only"
+
+
+def test_the_analysis_keeps_its_case_store_on_a_retained_claim_and_reads_the_heavy_model(
+    rendered,
+) -> None:
+    for name, manifests in rendered.items():
+        values = _values(name)
+        if not values["analysis"]["enabled"]:
+            continue
+        analysis = _one(manifests, "StatefulSet", "-analysis")
+        spec = analysis["spec"]
+        pod = spec["template"]["spec"]
+        # One pod, never two at once: the case store is a SQLite file (one writer).
+        assert spec["replicas"] == 1, name
+        assert spec.get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+        service = _one(manifests, "Service", "-analysis")
+        assert spec["serviceName"] == service["metadata"]["name"]
+        assert _selects(service["spec"]["selector"], spec["template"]["metadata"]["labels"])
+        # The store outlives the pod, a scale-down and an uninstall.
+        assert spec["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain",
+            "whenScaled": "Retain",
+        }
+        (claim,) = spec["volumeClaimTemplates"]
+        storage = values["analysis"]["storage"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == storage["size"]
+        assert claim["spec"].get("storageClassName", "") == storage["storageClassName"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert container["image"].startswith(values["images"]["app"]["repository"] + ":")
+        assert container["command"][-1] == "analyze"
+        assert env["KAFKA_BOOTSTRAP"] == values["kafka"]["bootstrap"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        # The case store on the claim (no pod volume of its name shadows it), writable.
+        assert claim["metadata"]["name"] not in volumes
+        store = mounts[claim["metadata"]["name"]]
+        assert env["CASE_STORE"] == "sqlite"
+        assert Path(env["CASE_STORE_PATH"]).parent == Path(store["mountPath"]), name
+        assert not store.get("readOnly")
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+        # The heavy model from the models image, copied as the Triton pods' repository is.
+        triton_pod = _one(manifests, "StatefulSet", "-triton")["spec"]["template"]["spec"]
+        assert pod["initContainers"] == triton_pod["initContainers"]
+        (copy,) = pod["initContainers"]
+        assert copy["image"].startswith(values["images"]["models"]["repository"] + ":")
+        (filled,) = copy["volumeMounts"]
+        assert "emptyDir" in volumes[filled["name"]]
+        models = mounts[filled["name"]]
+        assert Path(env["HEAVY_MODEL_DIR"]) == Path(models["mountPath"], "fraud_heavy", "1")
+        # Metrics on ANALYSIS_METRICS_PORT, the port the probes and the Service name.
+        (port,) = container["ports"]
+        assert env["ANALYSIS_METRICS_PORT"] == str(port["containerPort"])
+        assert "--metrics-port=$(ANALYSIS_METRICS_PORT)" in container["args"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["port"] == port["name"], probe
+        # The app pods' security.
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"] == triton_pod["containers"][0]["securityContext"]
+        assert not pod["automountServiceAccountToken"]
+
+
+def test_prometheus_scrapes_the_analysis_as_its_job_and_only_prometheus_gets_in(
+    rendered,
+) -> None:
+    manifests = rendered["defaults"]
+    values = _values("defaults")
+    analysis = _one(manifests, "StatefulSet", "-analysis")
+    labels = analysis["spec"]["template"]["metadata"]["labels"]
+    (port,) = analysis["spec"]["template"]["spec"]["containers"][0]["ports"]
+    service = _one(manifests, "Service", "-analysis")
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    # One endpoint scrapes it, under the job its alerts read; no other endpoint reaches its
+    # Service (a second target of another job) and its endpoint no other Service.
+    endpoints = _one(manifests, "ServiceMonitor")["spec"]["endpoints"]
+    (endpoint,) = [e for e in endpoints if e["port"] == service_port["name"]]
+    jobs = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+    assert jobs == [{"action": "replace", "targetLabel": "job", "replacement": ANALYSIS_JOB}]
+    others = [m for m in manifests if m["kind"] == "Service" and m is not service]
+    assert service_port["name"] not in {p["name"] for m in others for p in m["spec"]["ports"]}
+    # Every policy selecting its pod admits the Prometheus namespace on the metrics port,
+    # and nothing else.
+    policies = [
+        m
+        for m in manifests
+        if m["kind"] == "NetworkPolicy" and _pod_selector_matches(m["spec"]["podSelector"], labels)
+    ]
+    assert policies, "the analysis pod is open to every pod"
+    prometheus = values["networkPolicy"]["prometheusNamespaceSelector"]
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from") == [{"namespaceSelector": prometheus}], policy["metadata"]
+            assert rule.get("ports") == [{"port": port["containerPort"], "protocol": "TCP"}]
+
+
+def test_without_the_analysis_no_object_runs_and_no_rule_reads_it(rendered) -> None:
+    source = yaml.safe_load(chart.RULES.read_text())
+    assert any(_reads_the_analysis(r) for g in source["groups"] for r in g["rules"])
+    off = chart.template({"analysis": {"enabled": False}})
+    for manifests in (off, rendered["minimal"]):
+        assert not [
+            m["metadata"]["name"]
+            for m in manifests
+            if m["metadata"]["name"].endswith("-analysis")
+            or m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "analysis"
+        ]
+    endpoints = _one(off, "ServiceMonitor")["spec"]["endpoints"]
+    assert not [e for e in endpoints if e.get("relabelings")], endpoints
+    groups = _one(off, "PrometheusRule")["spec"]["groups"]
+    assert not [g["name"] for g in groups if g["name"].startswith("fraud_analysis")]
+    kept = {(g["name"], r.get("alert") or r["record"]): r for g in groups for r in g["rules"]}
+    assert not [name for name, rule in kept.items() if _reads_the_analysis(rule)]
+    # Everything else stays as its source has it, the stream consumer's rules that leave
+    # the analysis's job out (job!="fraud-analysis") among them.
+    for group in source["groups"]:
+        for rule in group["rules"]:
+            name = (group["name"], rule.get("alert") or rule["record"])
+            if not _reads_the_analysis(rule):
+                assert kept.get(name) == rule, name
+    assert ("fraud_alerts", "StreamConsumerLagging") in kept
+    assert ("fraud_alerts", "FraudAnalysisDown") not in kept
 
 
 def test_checkov_passes_with_every_skip_named_and_needed() -> None:

@@ -23,7 +23,7 @@ OUTAGE = 300  # replayed with the primary unloaded; twice as many after the stub
 KILL_RATE_PER_S = 40  # over 15 s: the watchdog's reload and the breakers' probes took about 6
 
 
-def test_demo_prints_what_the_server_decided(tiny_build, tmp_path) -> None:
+def test_demo_prints_what_the_server_decided_and_opens_a_case(tiny_build, tmp_path) -> None:
     from client import demo
     from client.launcher import warm_up
     from feature_repo.store import StoreSettings, fill
@@ -45,6 +45,7 @@ def test_demo_prints_what_the_server_decided(tiny_build, tmp_path) -> None:
         "open_world": 4 * genuine,
         "primary_unloaded": min(len(day), OUTAGE),
         "primary_stub_killed": min(len(day), 2 * OUTAGE),
+        "analysed": 0,  # off the hot path: the analysis decides nothing
     }
     counted: dict[str, Counter] = {}  # (path, decision) -> decisions, by step
     servers = []
@@ -72,6 +73,7 @@ def test_demo_prints_what_the_server_decided(tiny_build, tmp_path) -> None:
         kill_rate_per_s=KILL_RATE_PER_S,
         state_dir=tmp_path / "triton",
         report_path=tmp_path / "reports" / "demo.json",
+        cases_path=tmp_path / "cases.db",
         out=printed.append,
         on_step=on_step,
     )
@@ -138,10 +140,10 @@ def test_demo_prints_what_the_server_decided(tiny_build, tmp_path) -> None:
     assert "fraud_primary reloaded" in watchdog_log, watchdog_log
 
     # demo.json says what was printed.
-    (last,) = (line for line in printed if line.startswith("== 8."))
+    (last,) = (line for line in printed if line.startswith("== 9."))
     assert last.endswith(f"summary in {tmp_path / 'reports' / 'demo.json'}")
     report = json.loads((tmp_path / "reports" / "demo.json").read_text())
-    assert set(report) == {*tables, "open_world"}
+    assert set(report) == {*tables, "open_world", "analysis", "case"}
     for name, lines in tables.items():
         shown = _replay_table(lines)
         assert report[name]["errors"] == {}  # as printed: errors 0
@@ -151,6 +153,31 @@ def test_demo_prints_what_the_server_decided(tiny_build, tmp_path) -> None:
     for name, (declined, flagged) in world.items():
         assert abs(report["open_world"][name]["declined"] - declined) < 1e-4
         assert abs(report["open_world"][name]["flagged"] - flagged) < 1e-4
+    assert report["case"] == result.case["transaction_id"]
+    _check_the_case_opened(result, text, tmp_path)
+
+
+def _check_the_case_opened(result, text: str, tmp_path) -> None:
+    """Step 8: the heavy model analysed the demo's decisions into the case store, and the
+    case printed is one of them, shown as ``python -m client case`` shows it."""
+    from client.cases import case_text, load_case
+    from python_backend.fraud.cases import SqliteCaseStore
+
+    section = _sections(text)[8]
+    found = re.search(r"analysed ([\d,]+) decisions \(([\d,]+) approved ones to review", section[1])
+    assert found, section[:3]
+    store = SqliteCaseStore(tmp_path / "cases.db")
+    counts = store.counts()
+    assert _int(found[1]) == counts["analyses"] > 0
+    assert _int(found[2]) == counts["review"] == result.analysis["review"]
+    case = result.case
+    assert case is not None and store.case(case["transaction_id"]) == case
+    if any(not r["transaction_id"].startswith("warm-up-") for r in store.review_queue(10_000)):
+        assert case["review"], "a review case is the one opened when there is any"
+    assert not case["transaction_id"].startswith("warm-up-"), "a case of the replayed day"
+    shown = case_text(load_case(store, case["transaction_id"]))
+    assert shown in "\n".join(section), "the case printed as `python -m client case` prints it"
+    assert (tmp_path / "reports" / "demo_case.png").stat().st_size > 10_000
 
 
 def _decisions(metrics_port: int) -> Counter:

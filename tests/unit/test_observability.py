@@ -286,3 +286,52 @@ def test_committed_scrape_config_is_the_rendered_one_and_valid() -> None:
         cwd=stack.PROMETHEUS_YML.parent,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_metrics_read_are_the_series_names_less_functions_labels_and_operators() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (stage, le) (rate(fraud_stage_seconds_bucket{le!="1"}'
+        "[1m]))) / on () group_left fraud:degraded_share:rate5m > bool 1e3 or vector(0)"
+    )
+    assert dashboards.metrics_read(expr) == {
+        "fraud_stage_seconds_bucket",
+        "fraud:degraded_share:rate5m",
+    }
+
+
+def test_only_panels_reading_nothing_but_metrics_off_the_live_stack_skip_the_live_check(
+    monkeypatch,
+) -> None:
+    analysis = dashboards.ANALYSIS
+    assert analysis in dashboards.ALL["fraud-scoring"][1]
+    off_stack = {p.title for p in analysis.panels}
+    assert dashboards.not_live(["fraud_analysis:review:rate5m"])
+    # A panel that reads a metric of the live stack beside them is checked.
+    assert dashboards.not_live(["fraud_analysis:review:rate5m / fraud:decisions:rate1m"]) is None
+    queried = []
+
+    def no_series(_port: int, expr: str) -> list:
+        queried.append(expr)
+        return []
+
+    monkeypatch.setattr(stack, "query", no_series)
+    for uid in dashboards.ALL:
+        titles = [title for title, _exprs in dashboards.expressions(dashboards.dashboard(uid))]
+        empty = dashboards.panels_without_series(1, uid)
+        assert set(titles) - set(empty) == (off_stack if uid == "fraud-scoring" else set())
+    # The skipped panels' queries still run against the live Prometheus (it refuses bad ones).
+    assert {e for p in analysis.panels for e, _legend in p.targets} <= set(queried)
+
+
+def test_every_recording_rule_a_panel_reads_is_recorded() -> None:
+    rules = yaml.safe_load(stack.RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    read = {
+        name
+        for uid in dashboards.ALL
+        for _title, exprs in dashboards.expressions(dashboards.dashboard(uid))
+        for expr in exprs
+        for name in dashboards.metrics_read(expr)
+        if ":" in name
+    }
+    assert read and not read - recorded, f"not recorded: {sorted(read - recorded)}"

@@ -58,6 +58,10 @@ class CaseStore(ABC):
         """Analyses sent to review, newest first."""
 
     @abstractmethod
+    def highest(self, limit: int = 50) -> list[dict]:
+        """Analyses with the highest heavy scores, highest first."""
+
+    @abstractmethod
     def history(
         self,
         *,

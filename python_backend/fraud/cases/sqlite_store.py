@@ -123,6 +123,13 @@ class SqliteCaseStore(CaseStore):
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def highest(self, limit: int = 50) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM analyses ORDER BY heavy_score DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def history(
         self,
         *,

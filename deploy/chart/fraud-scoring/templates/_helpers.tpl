@@ -58,6 +58,70 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* The init container that copies the model repository (what `make engines` builds) from
+its image into the pod's `models` volume (an emptyDir mounted at /models): every pod that
+reads the models, Triton's and the analysis consumer's, has the same, versioned artefacts. */}}
+{{- define "fraud-scoring.modelsInit" -}}
+- name: models
+  image: {{ include "fraud-scoring.image" .Values.images.models }}
+  imagePullPolicy: {{ .Values.images.pullPolicy }}
+  command: ["sh", "-c", "cp -R /model_repository/. /models/"]
+  securityContext:
+    {{- include "fraud-scoring.containerSecurity" . | nindent 4 }}
+  resources:
+    requests: {cpu: 100m, memory: 64Mi}
+    limits: {cpu: 500m, memory: 256Mi}
+  volumeMounts:
+    - {name: models, mountPath: /models}
+{{- end -}}
+
+{{/* A StatefulSet's claim template: ReadWriteOnce, the storage values' size and class (the
+cluster's default when empty), the component's selector labels only (the template is fixed
+at install, so not the chart's version):
+include "fraud-scoring.claimTemplate" (list . "triton" "decisions" .Values.triton.decisionLog.storage) */}}
+{{- define "fraud-scoring.claimTemplate" -}}
+{{- $storage := index . 3 -}}
+- metadata:
+    name: {{ index . 2 }}
+    labels:
+      {{- include "fraud-scoring.selector" (list (index . 0) (index . 1)) | nindent 6 }}
+  spec:
+    accessModes: [ReadWriteOnce]
+    {{- with $storage.storageClassName }}
+    storageClassName: {{ . | quote }}
+    {{- end }}
+    resources:
+      requests:
+        storage: {{ $storage.size }}
+{{- end -}}
+
+{{/* The rules file (its text) less what reads the analysis consumer's series: the groups
+named fraud_analysis*, and in the others each rule whose expression reads a fraud_analysis
+metric or recording (fraud_analysis_*, fraud_analysis:*) or the fraud-analysis job (up of
+FraudAnalysisDown; job!="fraud-analysis" leaves it out and stays). A group left empty goes. */}}
+{{- define "fraud-scoring.rulesWithoutAnalysis" -}}
+{{- $reads := `fraud_analysis[_:]|job\s*=~?\s*"fraud-analysis"` -}}
+{{- $parsed := fromYaml . -}}
+{{- if hasKey $parsed "Error" -}}
+{{- fail (printf "files/fraud.rules.yml: %s" $parsed.Error) -}}
+{{- end -}}
+{{- $groups := list -}}
+{{- range $parsed.groups -}}
+{{- if not (hasPrefix "fraud_analysis" .name) -}}
+{{- $rules := list -}}
+{{- range .rules -}}
+{{- if not (regexMatch $reads .expr) -}}
+{{- $rules = append $rules . -}}
+{{- end -}}
+{{- end -}}
+{{- if $rules -}}
+{{- $groups = append $groups (set (deepCopy .) "rules" $rules) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "groups" $groups | toYaml -}}
+{{- end -}}
+
 {{/* The service's settings from the values (python_backend/settings.py reads them). */}}
 {{- define "fraud-scoring.env" -}}
 - name: REDIS_URL
@@ -66,6 +130,9 @@ capabilities:
   value: {{ .Values.kafka.bootstrap | quote }}
 - name: SCORED_TOPIC
   value: {{ .Values.consumer.topic | quote }}
+# In a pod the consumers' metrics are scraped from outside it (loopback is the default).
+- name: METRICS_BIND_ADDRESS
+  value: "0.0.0.0"
 {{- if .Values.redis.cluster }}
 - name: FEATURE_STORE
   value: redis_cluster
