@@ -10,7 +10,6 @@ feature-bench`` and ``feature-parity`` (they start their own Redis and broker).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import signal
@@ -151,15 +150,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> None:
-    """Run a stream consumer until Ctrl-C or SIGTERM (the batch in hand is written and
-    committed); ``ready_file`` is created once it has its partitions."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with contextlib.suppress(KeyboardInterrupt):
-        if ready_file:
-            while not consumer.assigned:
-                consumer.poll_once()
-            ready_file.touch()
-        consumer.run(until_idle_s=until_idle_s)
+    """Run a stream consumer until Ctrl-C or SIGTERM, which stop it between batches (the
+    batch in hand is written and committed: a signal raised inside a store write or a
+    producer's flush broke one, seen with confluent-kafka); ``ready_file`` is created once
+    it has its partitions."""
+
+    def stop(_signum, _frame) -> None:
+        consumer.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready_file:
+        while not consumer.assigned and not consumer.stopping.is_set():
+            consumer.poll_once()
+        ready_file.touch()
+    consumer.run(until_idle_s=until_idle_s)
 
 
 def _analyze(args) -> int:

@@ -179,6 +179,9 @@ class GroupConsumer:
         self.lag_every_s = 2.0
         self._lag_at = 0.0
         self.last_applied = time.time()
+        #: Set (a signal handler may) to stop after the batch in hand is written and
+        #: committed: a stop never lands inside a write or a flush.
+        self.stopping = threading.Event()
 
     # -- what a subclass says ---------------------------------------------------------
 
@@ -318,7 +321,7 @@ class GroupConsumer:
         """Consume until the topics stay empty for ``until_idle_s`` once partitions are
         assigned (None: forever), or for at most ``max_seconds``."""
         started = idle_since = time.monotonic()
-        while True:
+        while not self.stopping.is_set():
             if self.poll_once() or not self.assigned:
                 idle_since = time.monotonic()
             now = time.monotonic()
