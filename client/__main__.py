@@ -17,7 +17,7 @@ call and operate the services.
 - ``collector``: the OTLP/HTTP span receiver in the foreground (``make observe`` starts it).
 - ``observe``: ``make observe`` (the collector and Prometheus beside ``make serve``).
 - ``case``: one transaction's case from the case store: the decision, the heavy model's score
-  and why, the card's and terminal's history (``client.cases``).
+  and why, the card's and terminal's history (``client.investigation``).
 - ``cases``: the review queue, newest first.
 """
 
@@ -276,13 +276,13 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_case(args) -> int:
-    from client.cases import show_case
+    from client.investigation import show_case
 
     return show_case(args.transaction_id, store=args.store, as_json=args.json, plot=args.plot)
 
 
 def cmd_cases(args) -> int:
-    from client.cases import show_review_queue
+    from client.investigation import show_review_queue
 
     return show_review_queue(store=args.store, limit=args.limit, as_json=args.json)
 

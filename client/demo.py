@@ -217,7 +217,7 @@ def analyse(
     """The analysis consumer over the demo's decision log until it is idle, then one case
     opened: a review case if the heavy model sent any, else its most suspicious decision.
     Returns the counts and the case's analysis."""
-    from client.cases import case_png, case_text, load_case
+    from client.investigation import case_png, case_text, load_case
     from feature_repo.analysis import AnalysisConsumer
     from python_backend import settings
     from python_backend.fraud.cases import open_case_store

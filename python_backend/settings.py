@@ -73,6 +73,11 @@ DECISION_SPOOL_DIR = _setting(
     str(paths.BUILD / "decision-spool"),
     "the decision log's journal and spool: a folder that outlives the process (a pod's volume)",
 )
+DECISION_LOG_INPUTS = _setting(
+    "DECISION_LOG_INPUTS",
+    "on",
+    "off: decision-log records without what the models saw (no analysis, no training on it)",
+)
 DECISION_DRAIN_S = _setting(
     "DECISION_DRAIN_S",
     "10",

@@ -33,6 +33,7 @@ class Outbox:
         )
         self.topic = settings.SCORED_TOPIC.get()
         self.count = count
+        self.log_inputs = settings.DECISION_LOG_INPUTS.get() != "off"
         self.decision_log = None
         if settings.DECISION_LOG.get() != "off":
             self.decision_log = DecisionLog(
@@ -77,7 +78,7 @@ class Outbox:
             self.count("published", len(tx) - sent, outcome="dropped")
         if self.decision_log is not None:
             inputs = batch.decided.inputs if batch.decided is not None else None
-            logged = served.logged(inputs) if inputs is not None else None
+            logged = served.logged(inputs) if inputs is not None and self.log_inputs else None
             self.decision_log.append(
                 rec
                 for a in batch.answers

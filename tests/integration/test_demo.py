@@ -160,7 +160,7 @@ def test_demo_prints_what_the_server_decided_and_opens_a_case(tiny_build, tmp_pa
 def _check_the_case_opened(result, text: str, tmp_path) -> None:
     """Step 8: the heavy model analysed the demo's decisions into the case store, and the
     case printed is one of them, shown as ``python -m client case`` shows it."""
-    from client.cases import case_text, load_case
+    from client.investigation import case_text, load_case
     from python_backend.fraud.cases import SqliteCaseStore
 
     section = _sections(text)[8]
