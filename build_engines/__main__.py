@@ -1,5 +1,5 @@
 """Command line of the offline pipeline:
-``python -m build_engines {all,eval-real,image,recommender}``."""
+``python -m build_engines {all,eval-real,image,recommender,selection-bias}``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     recommend = sub.add_parser("recommender", help="MovieLens: train, evaluate, ONNX, features")
     recommend.add_argument("--epochs", type=int, default=12)
     recommend.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    bias = sub.add_parser(
+        "selection-bias", help="what unlabelled declines do to training, and the remedies"
+    )
+    bias.add_argument("--scale", default="small", choices=["tiny", "small", "default"])
+    bias.add_argument("--epochs", type=int, default=PrimaryConfig.epochs)
     args = parser.parse_args(argv)
 
     if args.command == "all":
@@ -35,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             primary_cfg=PrimaryConfig(epochs=args.epochs),
         )
+    elif args.command == "selection-bias":
+        from build_engines.selection_bias import run
+
+        run(args.scale, cfg=PrimaryConfig(epochs=args.epochs))
     elif args.command == "recommender":
         from build_engines.recommender import RecConfig, build, built
 

@@ -196,8 +196,10 @@ def train(
     valid_inputs: ModelInputs,
     y_valid: np.ndarray,
     cfg: PrimaryConfig = PrimaryConfig(),
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[FraudNet, dict]:
-    """Train on the training days; keep the epoch with the best validation PR-AUC."""
+    """Train on the training days; keep the epoch with the best validation PR-AUC.
+    ``sample_weight``: per-row loss weights (the label join's weighted declines)."""
     torch.manual_seed(cfg.seed)
     mean = train_inputs.tabular.mean(axis=0)
     std = train_inputs.tabular.std(axis=0) + 1e-3
@@ -216,6 +218,7 @@ def train(
             pos_weight_power=cfg.pos_weight_power,
             seed=cfg.seed,
         ),
+        sample_weight=sample_weight,
     )
     calibration = calibrate(model, _tensors(valid_inputs), y_valid)
     return model, {"calibration": calibration, **facts}

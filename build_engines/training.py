@@ -91,7 +91,7 @@ def train_and_evaluate(
 
     log("quantizing the primary to INT8 (Q/DQ, static, calibrated on training rows)")
     calibration = calibration_rows(split.y_train)
-    quantize_primary(fp32_path, int8_path, _take(split.train, calibration))
+    quantize_primary(fp32_path, int8_path, split.train.take(calibration))
     int8 = OnnxModel(int8_path, PRIMARY)
     scores["primary_int8"] = int8.predict(split.test)
     scorers["primary_int8"] = _onnx_scorer(int8, split.test)
@@ -220,7 +220,7 @@ def train_heavy(
     def inputs(part: ModelInputs, positions: np.ndarray) -> HeavyInputs:
         return HeavyInputs.of(part, offline_histories(*columns, rows=positions))
 
-    train_inputs = inputs(_take(split.train, rows), split.positions["train"][rows])
+    train_inputs = inputs(split.train.take(rows), split.positions["train"][rows])
     valid_inputs = inputs(split.valid, split.positions["valid"])
     test_histories = offline_histories(*columns, rows=split.positions["test"])
     test_inputs = HeavyInputs.of(split.test, test_histories)
@@ -323,12 +323,3 @@ def decision_thresholds(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "review": round(float(np.quantile(genuine, 0.99)), 6),
         "decline": round(float(np.quantile(genuine, 0.999)), 6),
     }
-
-
-def _take(inputs: ModelInputs, rows: np.ndarray) -> ModelInputs:
-    return ModelInputs(
-        inputs.tabular[rows],
-        inputs.sequence[rows],
-        inputs.categorical[rows],
-        {k: v[rows] for k, v in inputs.columns.items()},
-    )

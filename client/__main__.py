@@ -296,6 +296,65 @@ def cmd_settings(args) -> int:
     return 0
 
 
+def cmd_labels(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from client import labels as stream_labels
+    from client.launcher import built_scale
+    from python_backend import settings as env
+    from python_backend.events import TOPIC_LABELS
+    from python_backend.paths import BUILD
+    from python_backend.settings import kafka_bootstrap
+
+    bootstrap = kafka_bootstrap()
+    data = args.data or BUILD / "data" / (built_scale() or "small")
+    if not (data / "transactions.parquet").exists():
+        print(f"no simulated data in {data}: run `make engines` first", file=sys.stderr)
+        return 2
+
+    topic = args.topic or TOPIC_LABELS
+    decisions_topic = args.decisions_topic or env.DECISIONS_TOPIC.get()
+    decisions = stream_labels.served_decisions(bootstrap, decisions_topic)
+    if decisions.empty:
+        print(
+            f"no decisions on {decisions_topic}: serve and replay first (`make serve`, then "
+            "`python -m client replay`); labels are reported of what was decided",
+            file=sys.stderr,
+        )
+        return 2
+    transactions = pd.read_parquet(data / "transactions.parquet")
+    queued = stream_labels.queued_for_review(bootstrap, args.review_topic or env.REVIEW_TOPIC.get())
+    labels, unknown = stream_labels.labels_for(decisions, transactions, queued, args.seed)
+    later = 0
+    if args.until:
+        until = stream_labels.world_ms(args.until)
+        later = int((labels["reported_ms"] > until).sum())
+        labels = labels[labels["reported_ms"] <= until]
+    stream_labels.ensure_topic(bootstrap, topic)
+    started = time.perf_counter()
+    with tqdm(total=len(labels), desc=f"labels -> {topic}", unit="label", mininterval=1) as bar:
+        sent = stream_labels.publish(bootstrap, labels, topic, args.speedup, bar.update)
+    counts = {
+        "decisions": len(decisions),
+        "not_in_the_simulation": unknown,
+        "published": sent,
+        "still_to_come": later,
+        "by_kind": labels["kind"].value_counts().to_dict(),
+        "fraud": int(labels["is_fraud"].sum()),
+    }
+    if args.stats_file:
+        args.stats_file.write_text(json.dumps(counts))
+    print(
+        f"published {sent:,} labels of {len(decisions):,} decisions in "
+        f"{time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts["by_kind"].items())
+        + (f"; {later:,} reported after {args.until}, still to come" if args.until else "")
+        + (f"; {unknown:,} decided transactions are not simulated (no label)" if unknown else "")
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client",
@@ -403,6 +462,24 @@ def main(argv: list[str] | None = None) -> int:
     cases.add_argument("--json", action="store_true")
     for reader in (case, cases):
         reader.add_argument("--store", help="the case store (default: CASE_STORE_PATH)")
+    lab = sub.add_parser(
+        "labels", help="the labels of the decided transactions onto the labels topic, in time"
+    )
+    lab.add_argument("--topic", default=None, help="default: labels")
+    lab.add_argument("--decisions-topic", default=None, help="default: DECISIONS_TOPIC")
+    lab.add_argument("--review-topic", default=None, help="default: REVIEW_TOPIC")
+    lab.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="simulated seconds per wall second (default: as fast as possible)",
+    )
+    lab.add_argument("--until", help="ISO time of the simulated world: what is reported by then")
+    lab.add_argument("--seed", type=int, default=7)
+    lab.add_argument(
+        "--data", type=Path, help="the simulated world (default: build/data/<built scale>)"
+    )
+    lab.add_argument("--stats-file", type=Path, help="write the counts here (JSON)")
     sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
@@ -424,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "rollout": cmd_rollout,
         "case": cmd_case,
         "cases": cmd_cases,
+        "labels": cmd_labels,
     }[args.command](args)
 
 

@@ -1,7 +1,9 @@
 """The events on the Kafka topics: one schema each, versioned.
 
 ``transactions``: the simulator's replayer and the serving side produce them; the stream
-consumer reads them. ``clicks``: what a user clicked (the recommender's real-time input).
+consumer reads them. ``labels``: what card holders, issuers and investigators reported of a
+transaction, days to weeks after it (the retraining loop's labels). ``clicks``: what a user
+clicked (the recommender's real-time input).
 JSON (one object per message) with a ``v`` field, keyed by card id (user id) so that each
 entity's events stay in order on one partition. Their values keep the rules of
 ``field_rules`` (the request path's too): a bad event is refused here, as its request would be.
@@ -14,9 +16,10 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-from python_backend.field_rules import CLICK, TRANSACTION, Field
+from python_backend.field_rules import CLICK, LABEL, TRANSACTION, Field
 
 TOPIC_TRANSACTIONS = "transactions"
+TOPIC_LABELS = "labels"
 SCHEMA_VERSION = 1
 #: Integers the store's int64 keys and times can hold.
 _INT64 = range(-(2**63), 2**63)
@@ -95,6 +98,37 @@ def decode(message: bytes, now_ms: int | None = None) -> TransactionEvent:
     """Parse and validate one ``transactions`` message (``now_ms``: the clock the timestamp
     rule reads; None: this machine's)."""
     return TransactionEvent(**_fields(message, TRANSACTION, now_ms))
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """A label of one transaction: ``is_fraud`` 1 or 0, reported at ``reported_ms`` (time of
+    the simulated world, like ``ts_ms``), by a ``kind`` of reporter. Keyed by transaction, so
+    a transaction's labels stay in order on one partition."""
+
+    transaction_id: str
+    kind: str
+    is_fraud: int
+    ts_ms: int
+    reported_ms: int
+
+    @property
+    def key(self) -> bytes:
+        return self.transaction_id.encode()
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+
+
+def decode_label(message: bytes, now_ms: int | None = None) -> LabelEvent:
+    """Parse and validate one ``labels`` message (``now_ms`` as in :func:`decode`); a label
+    reported before its transaction is refused."""
+    label = LabelEvent(**_fields(message, LABEL, now_ms))
+    if label.reported_ms < label.ts_ms:
+        raise EventError(
+            f"reported_ms: must not be before ts_ms ({label.ts_ms}), got {label.reported_ms}"
+        )
+    return label
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,24 @@ TRANSACTION = (
     Field("ts_ms", int, (TIMESTAMP,)),
 )
 
+#: What a label says of a transaction, and who said it (see ``build_engines.labels``).
+LABEL_KINDS = ("cardholder_report", "chargeback", "decline_confirmation", "investigator_verdict")
+LABEL_KIND = Rule(
+    "must be one of " + ", ".join(LABEL_KINDS),
+    _each(lambda raw: raw.decode("utf-8", "replace") not in LABEL_KINDS),
+)
+BINARY = Rule("must be 0 or 1", lambda values, _now_ms: (values != 0) & (values != 1))
+
+#: A label, as the ``labels`` events name its fields: the transaction's id and time, what was
+#: reported (1: fraud, 0: genuine) and when (``reported_ms``, in the transactions' time).
+LABEL = (
+    Field("transaction_id", str, ID_RULES),
+    Field("kind", str, (LABEL_KIND,)),
+    Field("is_fraud", int, (BINARY,)),
+    Field("ts_ms", int, (TIMESTAMP,)),
+    Field("reported_ms", int, (TIMESTAMP,)),
+)
+
 #: A click, as the ``clicks`` events name its fields.
 CLICK = (
     Field("click_id", str, ID_RULES),

@@ -265,6 +265,15 @@ class ModelInputs:
     #: Untransformed named columns (request, stored and derived) for rules and explanations.
     columns: dict[str, np.ndarray]
 
+    def take(self, rows: np.ndarray) -> ModelInputs:
+        """The ``rows`` (indices or a mask) of every tensor and column."""
+        return ModelInputs(
+            self.tabular[rows],
+            self.sequence[rows],
+            self.categorical[rows],
+            {k: v[rows] for k, v in self.columns.items()},
+        )
+
 
 def request_features(amount: np.ndarray, ts_ms: np.ndarray) -> dict[str, np.ndarray]:
     """Features computed from the transaction itself (time of day in UTC)."""
