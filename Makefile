@@ -23,7 +23,7 @@ CHART_VENV := .venv-chart
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe rollout perf-mesh perf-analysis trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe retrain loop feature-groups rollout perf-mesh perf-analysis trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -87,6 +87,15 @@ stop:  ## Stop the background Triton server, the image API, the collector and Pr
 
 observe: $(STAMP)  ## Span collector (OTLP 4318) and Prometheus (9090) beside `make serve`; `make stop` stops them
 	$(PY) -m client observe
+
+retrain: $(STAMP)  ## A challenger from the newest labelled window (late labels, declines imputed), plain and distilled, gated against the champion; published as the next fraud_primary version if it passes -> build/reports/retrain.md
+	$(PY) -m client retrain $(if $(NO_PUBLISH),--no-publish)
+
+loop: $(STAMP)  ## The whole loop: serve, replay days, labels arrive, retrain, gate, roll out, promote (small scale, under 10 min) -> build/reports/loop.json
+	$(PY) -m client loop --scale $(DEMO_SCALE)
+
+feature-groups: $(STAMP)  ## What each feature group is worth (PR-AUC lost without it) beside its serving cost -> perf/results/feature_groups.md
+	$(PY) -m perf feature-groups --scale $(DEMO_SCALE)
 
 rollout: $(STAMP)  ## Roll out fraud_primary VERSION=N (PUBLISH=copy|inverted|file.onnx first): shadow, canary, promote or roll back
 	@test -n "$(VERSION)" || { echo "make rollout VERSION=N [PUBLISH=copy|inverted|path.onnx]"; exit 2; }

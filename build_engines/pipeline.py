@@ -41,6 +41,7 @@ from build_engines.triton_config import (
     scoring_config,
 )
 from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY
+from python_backend.fraud.drift import REFERENCE_FILE, Reference
 from python_backend.fraud.features import (
     TABULAR_NAMES,
 )
@@ -49,6 +50,7 @@ from python_backend.fraud.heavy_net import WEIGHTS_FILE
 from python_backend.fraud.history import history_layout
 from python_backend.fraud.offline import FeatureTables
 from python_backend.fraud.rules import load_rules
+from python_backend.onnx_runner import OnnxModel
 from python_backend.paths import BUILD, MODEL_REPOSITORY, ROOT
 
 
@@ -89,6 +91,7 @@ def build_all(
         repository / m / "1" / "model.onnx" for m in (PRIMARY.name, FALLBACK.name, HEAVY.name)
     ]
     outputs.append(repository / "fraud_scoring" / "1" / "decision_policy.json")
+    outputs.append(repository / PRIMARY.name / "1" / REFERENCE_FILE)
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
         if previous.get("build_key") == key:
@@ -192,6 +195,9 @@ def build_all(
         },
         primary_config(variant),
     )
+    # What live traffic is compared with (PSI per input and of the score): the training days.
+    train_scores = OnnxModel(model_dir / "primary_fp32.onnx", PRIMARY).predict(split.train)
+    Reference.fit(split.train, train_scores, {"days": split.days["train"]}).write(primary_version)
     fallback_version = _write_model_version(
         repository / FALLBACK.name,
         {"model.onnx": model_dir / "fallback.onnx"},

@@ -197,9 +197,11 @@ def train(
     y_valid: np.ndarray,
     cfg: PrimaryConfig = PrimaryConfig(),
     sample_weight: np.ndarray | None = None,
+    valid_weight: np.ndarray | None = None,
 ) -> tuple[FraudNet, dict]:
     """Train on the training days; keep the epoch with the best validation PR-AUC.
-    ``sample_weight``: per-row loss weights (the label join's weighted declines)."""
+    ``sample_weight``: per-row loss weights (the label join's imputed declines);
+    ``valid_weight``: the validation rows' weights for the calibration."""
     torch.manual_seed(cfg.seed)
     mean = train_inputs.tabular.mean(axis=0)
     std = train_inputs.tabular.std(axis=0) + 1e-3
@@ -220,24 +222,32 @@ def train(
         ),
         sample_weight=sample_weight,
     )
-    calibration = calibrate(model, _tensors(valid_inputs), y_valid)
+    calibration = calibrate(model, _tensors(valid_inputs), y_valid, valid_weight)
     return model, {"calibration": calibration, **facts}
 
 
-def calibrate(model: nn.Module, tensors: tuple[torch.Tensor, ...], y: np.ndarray) -> dict:
+def calibrate(
+    model: nn.Module,
+    tensors: tuple[torch.Tensor, ...],
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+) -> dict:
     """Platt scaling on the validation days, folded into the last layer.
 
     The positive-class weight of training inflates the probabilities (about by the weight,
     at the fraud rate); a logistic fit of the labels on the logit, ``a * z + b``, puts
     them back on the scale of observed fraud rates. Folded into the head's last ``Linear``,
     it costs nothing at serving time, and a monotone map leaves every ranking metric as is.
+    ``sample_weight``: what each validation row stands for (the label join's confirmed
+    declines stand for the unlabelled ones: without them the scale would be the labelled
+    rows', lower than the served population's).
     """
     from sklearn.linear_model import LogisticRegression
 
     model.eval()
     with torch.no_grad():
         z = model.logits(*tensors).numpy()[:, :1].astype(np.float64)
-    fit_ = LogisticRegression(C=1e4, max_iter=1_000).fit(z, y)
+    fit_ = LogisticRegression(C=1e4, max_iter=1_000).fit(z, y, sample_weight=sample_weight)
     a, b = float(fit_.coef_[0, 0]), float(fit_.intercept_[0])
     last = model.head[-1]
     with torch.no_grad():

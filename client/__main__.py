@@ -355,6 +355,36 @@ def cmd_labels(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    from build_engines.primary import PrimaryConfig
+    from build_engines.retrain import RetrainSettings
+    from client import retrain
+    from client.launcher import built_scale, ensure_models
+    from python_backend.paths import BUILD, MODEL_REPOSITORY
+
+    scale = args.scale or built_scale() or "small"
+    ensure_models(scale, print)
+    settings = RetrainSettings(
+        primary=PrimaryConfig(**({"epochs": args.epochs} if args.epochs else {}))
+    )
+    report = retrain.run(
+        scale,
+        MODEL_REPOSITORY,
+        BUILD,
+        settle_days=args.settle_days,
+        settings=settings,
+        publish_passed=not args.no_publish,
+    )
+    return 0 if report["gate"]["passed"] else 1
+
+
+def cmd_loop(args) -> int:
+    from client.loop import run
+
+    summary = run(args.scale, args.replay_days, args.settle_days, epochs=args.epochs)
+    return 0 if summary.get("outcome") == "promoted" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m client",
@@ -480,6 +510,33 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, help="the simulated world (default: build/data/<built scale>)"
     )
     lab.add_argument("--stats-file", type=Path, help="write the counts here (JSON)")
+    ret = sub.add_parser(
+        "retrain",
+        help="a challenger from the newest labelled window, gated against the champion, "
+        "published as the next fraud_primary version when it passes",
+    )
+    ret.add_argument("--scale", help="the simulated world (default: the built one)")
+    ret.add_argument(
+        "--settle-days",
+        type=float,
+        default=30.0,
+        help="days the labels have had to arrive after the last transaction",
+    )
+    ret.add_argument("--no-publish", action="store_true", help="gate only; publish nothing")
+    ret.add_argument("--epochs", type=int, help="training epochs (default: the primary's)")
+    loop = sub.add_parser(
+        "loop",
+        help="serve, replay days, let the labels arrive, retrain, gate, roll out and promote",
+    )
+    loop.add_argument("--scale", default="small", help="scale to build if none is (small)")
+    loop.add_argument(
+        "--replay-days",
+        type=int,
+        default=1,
+        help="newest days served (1: the store holds the state as of its start)",
+    )
+    loop.add_argument("--settle-days", type=float, default=30.0, help="days of labels (30)")
+    loop.add_argument("--epochs", type=int, help="training epochs (default: the primary's)")
     sub.add_parser("settings", help="every environment variable read, its value and default")
     args = parser.parse_args(argv)
     return {
@@ -502,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         "case": cmd_case,
         "cases": cmd_cases,
         "labels": cmd_labels,
+        "retrain": cmd_retrain,
+        "loop": cmd_loop,
     }[args.command](args)
 
 

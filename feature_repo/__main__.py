@@ -195,8 +195,9 @@ def _analyze(args) -> int:
 
         explainer = Explainer(model)
     store = open_case_store(location=args.store)
+    drift = _drift_window()
     consumer = AnalysisConsumer(
-        bootstrap, model, store, explainer=explainer, group=args.group, **topics
+        bootstrap, model, store, explainer=explainer, group=args.group, drift=drift, **topics
     )
     if args.metrics_port:
         AnalysisMetrics(consumer, args.metrics_port)
@@ -216,6 +217,26 @@ def _analyze(args) -> int:
         print(f"analysis: {dict(counts)}{explained}", flush=True)
         store.close()
     return 0
+
+
+def _drift_window():
+    """Drift against DRIFT_REFERENCE (default: the newest fraud_primary version's), or None
+    with a line saying why."""
+    from python_backend import settings
+    from python_backend.fraud.drift import DriftWindow, Reference, newest_reference
+    from python_backend.paths import MODEL_REPOSITORY
+
+    path = settings.DRIFT_REFERENCE.get() or newest_reference(MODEL_REPOSITORY)
+    if not path or not Path(path).exists():
+        print(
+            f"analysis: no drift reference ({path or 'none in ' + str(MODEL_REPOSITORY)}): drift "
+            "is not measured; `make engines` writes one beside fraud_primary",
+            flush=True,
+        )
+        return None
+    rows = int(settings.DRIFT_WINDOW_ROWS.get())
+    print(f"analysis: drift over the newest {rows:,} decisions against {path}", flush=True)
+    return DriftWindow(Reference.read(Path(path)), rows)
 
 
 def _recommender(args, settings) -> int:

@@ -36,6 +36,7 @@ from python_backend import settings
 from python_backend.events import EventError, TransactionEvent
 from python_backend.fraud import served
 from python_backend.fraud.cases import ANALYSIS_VERSION, CaseStore, Event
+from python_backend.fraud.drift import SCORE, DriftWindow
 from python_backend.fraud.heavy_model import HeavyModel
 from python_backend.fraud.history import (
     BUFFER_SLACK,
@@ -112,6 +113,7 @@ class AnalysisConsumer(GroupConsumer):
         batch_size: int = 500,
         log: Callable[[str], None] = print,
         on_analysed: Callable[[list[dict]], None] | None = None,
+        drift: DriftWindow | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -120,6 +122,8 @@ class AnalysisConsumer(GroupConsumer):
         self.transactions_topic, self.decisions_topic = transactions_topic, decisions_topic
         self.analysis_topic, self.review_topic = analysis_topic, review_topic
         self.on_analysed = on_analysed
+        #: Live traffic against the primary's training window (None: not measured).
+        self.drift = drift
         self.counts: Counter[str] = Counter()
         self.histories = HistoryBuffers(max_entities)
         rebuilt = store.recent_events(CARD_HISTORY_LENGTH + BUFFER_SLACK)
@@ -189,6 +193,11 @@ class AnalysisConsumer(GroupConsumer):
     def analyse(self, decisions: list[dict]) -> list[dict]:
         """Score and explain ``decisions``; one analysis record each."""
         inputs = served.decode([d["inputs"] for d in decisions])
+        if self.drift is not None:
+            served_scores = np.array(
+                [np.nan if d.get("score") is None else d["score"] for d in decisions], np.float64
+            )
+            self.drift.add(inputs, served_scores)
         card = np.array([d["card_id"] for d in decisions], dtype=np.int64)
         terminal = np.array([d["terminal_id"] for d in decisions], dtype=np.int64)
         ts = np.array([d["ts_ms"] for d in decisions], dtype=np.int64)
@@ -337,6 +346,27 @@ class AnalysisMetrics:
         for (topic, partition), n in sorted(self.consumer.lag.items()):
             lag.add_metric([topic, str(partition)], n)
         yield lag
+        drift = self.consumer.drift
+        if drift is not None:
+            by_input = drift.psi()
+            score = by_input.pop(SCORE, None)
+            feature = GaugeMetricFamily(
+                "fraud_drift_psi",
+                "PSI of each model input, the newest decisions against the training window",
+                labels=["feature"],
+            )
+            for name, value in sorted(by_input.items()):
+                feature.add_metric([name], value)
+            yield feature
+            if score is not None:
+                yield GaugeMetricFamily(
+                    "fraud_drift_score_psi",
+                    "PSI of the served score, the newest decisions against the training window",
+                    value=score,
+                )
+            yield GaugeMetricFamily(
+                "fraud_drift_window_rows", "Decisions the drift metrics cover", value=drift.rows
+            )
         yield GaugeMetricFamily(
             "fraud_analysis_last_applied_age_seconds",
             "Seconds since the consumer last applied a batch (or started)",

@@ -12,6 +12,7 @@
     python -m perf rollout-cost    what a canary and a shadow cost the serving path
     python -m perf reload-cost     a rollout step's reload: in place vs out of rotation
     python -m perf analysis   the analysis consumer's lag and its cost to serving
+    python -m perf feature-groups  each feature group's worth beside its serving cost
 
 ``PERF_QUICK=1`` is the same as ``--quick`` (under five minutes). See ``perf.run``.
 """
@@ -45,6 +46,7 @@ def main() -> None:
             "rollout-cost",
             "reload-cost",
             "analysis",
+            "feature-groups",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -76,6 +78,10 @@ def main() -> None:
         from perf.analysis import run as run_analysis
 
         run_analysis(args.scale, quick=args.quick)
+    elif args.command == "feature-groups":
+        from perf.feature_groups import run as run_feature_groups
+
+        run_feature_groups(args.scale, args.out)
     elif args.command == "image":
         from perf.image import run as run_image
 

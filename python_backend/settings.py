@@ -98,6 +98,15 @@ HEAVY_MODEL_DIR = _setting(
     str(paths.MODEL_REPOSITORY / "fraud_heavy" / "1"),
     "the heavy model the analysis consumer runs",
 )
+DRIFT_REFERENCE = _setting(
+    "DRIFT_REFERENCE",
+    "",
+    "the training window live traffic is compared with (default: the newest fraud_primary "
+    "version's drift_reference.json)",
+)
+DRIFT_WINDOW_ROWS = _setting(
+    "DRIFT_WINDOW_ROWS", "5000", "the newest decisions the drift metrics are computed over"
+)
 ANALYSIS_METRICS_PORT = _setting(
     "ANALYSIS_METRICS_PORT", "9110", "the analysis consumer's Prometheus metrics"
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from client.mesh.rotation import Rotation
 from client.rollout.gates import Gates, Step, judge
-from client.rollout.prometheus import Prometheus, measure, service_health
+from client.rollout.prometheus import Prometheus, drift, measure, service_health
 from client.rollout.publish import MODEL, REJECTED, pin, pinned, versions_on_disk
 from client.rollout.report import write_report
 from python_backend.fraud.rollout import RolloutPlan
@@ -26,6 +26,14 @@ from python_backend.paths import REPORTS
 BLS = "fraud_scoring"
 #: The canary's shares of decisions, in order.
 STEPS = (0.01, 0.10, 0.50, 1.0)
+
+
+def review_threshold(repository: Path) -> float | None:
+    """The primary path's review threshold in ``fraud_scoring``'s policy, if there is one."""
+    path = repository / BLS / "1" / "decision_policy.json"
+    if not path.exists():
+        return None
+    return float(json.loads(path.read_text())["thresholds"]["primary"]["review"])
 
 
 @dataclass
@@ -55,6 +63,9 @@ class Rollout:
     #: The server process of each replica address, where known: a replica out of rotation
     #: reloads at a lower CPU priority (``client.mesh.rotation.process_nice``).
     replica_pids: dict[str, int] = field(default_factory=dict)
+
+    #: The served review threshold of the primary path: scores below it all approve.
+    approve_below: float | None = None
 
     def _on_replicas(self, act: Callable) -> None:
         """``act(admin)`` (a reload) on one replica after the other, each out of Envoy's
@@ -117,7 +128,8 @@ class Rollout:
         elif self.reference is not None:  # at 100% the champion scores nothing: the last seen
             step.champion = self.reference
         step.service = service_health(self.prometheus, step.started, step.ended)
-        judge(step, self.gates)
+        step.drift = drift(self.prometheus, step.ended)
+        judge(step, self.gates, self.approve_below)
         if step.challenger["rows"] < self.gates.min_rows:
             step.verdict = "fail"
             step.reasons.append(
@@ -141,6 +153,7 @@ class Rollout:
                 f"--version {self.version}`)"
             )
         self.champion = pinned(self.repository)[-1]
+        self.approve_below = review_threshold(self.repository)
         if self.champion == self.version:
             raise SystemExit(f"rollout: version {self.version} is already the champion")
         self.log(

@@ -1,8 +1,10 @@
 """What a rollout reads from Prometheus: a small client of its HTTP query API
 (``Prometheus``), one version's calls over a step's window (``measure``: rows by outcome, p99
 call time, the score histogram) and every decision's health over it (``service_health``: the
-share over budget and off the primary path). Histograms come back as Prometheus's cumulative
-``le`` buckets; ``_buckets`` and ``_quantile`` read them as counts and as a quantile.
+share over budget and off the primary path), and live traffic's drift from the training
+window (``drift``, from the analysis consumer's metrics). Histograms come back as
+Prometheus's cumulative ``le`` buckets; ``_buckets`` and ``_quantile`` read them as counts
+and as a quantile.
 """
 
 from __future__ import annotations
@@ -106,3 +108,23 @@ def service_health(prometheus: Prometheus, start: float, end: float) -> dict:
         "over_budget_share": round(1 - within / decided, 4) if decided else None,
         "degraded_share": round(1 - by_path.get("primary", 0.0) / paths, 4) if paths else None,
     }
+
+
+def drift(prometheus: Prometheus, at: float) -> dict:
+    """Live traffic against the primary's training window at the end of a step, from the
+    analysis consumer's drift metrics (``python_backend.fraud.drift``): the score's PSI, the
+    largest input PSI and the three inputs that moved most. Empty where no consumer exports
+    them (the rollout does not depend on it)."""
+    try:
+        rows = prometheus.scalar("max(fraud_drift_window_rows)", at)
+        if not rows:
+            return {}
+        top = prometheus.by("topk(3, fraud_drift_psi)", "feature", at)
+        return {
+            "window_rows": int(rows),
+            "score_psi": round(prometheus.scalar("max(fraud_drift_score_psi)", at), 4),
+            "max_input_psi": round(max(top.values()), 4) if top else None,
+            "top_inputs": {k: round(v, 4) for k, v in sorted(top.items(), key=lambda kv: -kv[1])},
+        }
+    except OSError:
+        return {}

@@ -49,6 +49,22 @@ def markdown(report: dict) -> str:
     for s in report["steps"]:
         champion, challenger = s["champion"].get("scores"), s["challenger"].get("scores")
         lines.append(f"- {s['name']}: {champion} / {challenger}")
+    drifts = [(s["name"], s.get("drift") or {}) for s in report["steps"]]
+    if any(d for _, d in drifts):
+        lines += [
+            "",
+            "Drift of live traffic from the training window at each step's end (PSI over the "
+            "analysis consumer's newest decisions; over 0.25 is a shift, see FraudFeatureDrift):",
+            "",
+            "| step | decisions | score PSI | largest input PSI | inputs that moved most |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name, d in drifts:
+            top = ", ".join(f"{k} {v:.3f}" for k, v in (d.get("top_inputs") or {}).items())
+            lines.append(
+                f"| {name} | {d.get('window_rows', '-')} | {_round(d.get('score_psi'))} "
+                f"| {_round(d.get('max_input_psi'))} | {top or '-'} |"
+            )
     reloads = report.get("reloads", [])
     if reloads:
         quiesced = [r for r in reloads if not r["in_place"]]

@@ -185,3 +185,25 @@ def test_an_inverted_candidate_scores_one_minus_the_champion(tmp_path) -> None:
     x = np.array([[-2.0], [0.0], [3.0]], dtype=np.float32)
     (out,) = session.run(None, {"X": x})
     assert np.allclose(out, 1 - 1 / (1 + np.exp(-x)), atol=1e-6)
+
+
+def test_the_score_psi_ignores_how_approvals_spread_below_the_review_threshold() -> None:
+    """A recalibrated challenger that moves genuine scores under 0.001 decides the same; an
+    inverted one moves mass across the review threshold and is still failed."""
+    from client.rollout import Gates, Step, judge
+
+    champion = [300, 20, 35, 25, 12, 8, 0, 4, 1, 0, 0]  # buckets of SCORE_BUCKETS, +Inf
+    recalibrated = [395, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0]
+    inverted = [0, 0, 0, 1, 0, 4, 8, 12, 25, 350, 0]
+
+    def step(challenger):
+        rows = {"scores": challenger, "failed_share": 0.0, "p99_ms": 5.0}
+        return Step("shadow", "shadow", 0.2, challenger=rows, champion={**rows, "scores": champion})
+
+    fine = step(recalibrated)
+    judge(fine, Gates())
+    assert fine.verdict == "fail", "over every bucket the recalibration looks like a shift"
+    for challenger, verdict in ((recalibrated, "pass"), (inverted, "fail")):
+        judged = step(challenger)
+        judge(judged, Gates(), approve_below=0.075)
+        assert judged.verdict == verdict, (challenger, judged.psi, judged.reasons)
