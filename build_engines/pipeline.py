@@ -245,6 +245,12 @@ def build_all(
         "test_frauds": int(split.y_test.sum()),
         "models": models,
         "cpu_serves": cpu_primary,
+        "primary_kept": facts["primary_training"]["kept"],
+        "primary_candidates": {
+            "valid_pr_auc": facts["primary_training"]["candidates_valid_pr_auc"],
+            "test_pr_auc": facts["primary_training"]["candidates_test_pr_auc"],
+            "distill_weight": facts["primary_training"]["distill_weight"],
+        },
         "onnx_parity_max_abs_diff": facts["onnx_parity_max_abs_diff"],
         "fallback_parity_max_abs_diff": facts["fallback_parity_max_abs_diff"],
         "int8_pr_auc_drop": round(

@@ -204,6 +204,10 @@ def run(
             " trace a decision with `python -m client score ... --trace`, then `python -m "
             "client trace <id>`); `make trace-report` for where every millisecond goes"
         )
+        out(
+            "   the learning loop: `make loop` serves a day, lets 30 days of labels arrive, "
+            "retrains the primary (distilled from the heavy model), gates it and rolls it out"
+        )
     return result
 
 

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from build_engines.label_join import first_served
 from build_engines.labels import LABEL_COLUMNS, LabelModel, simulate_labels
 from feature_repo.stream import ensure_topic
+from feature_repo.stream.topics import produce
 from python_backend.events import EventError, LabelEvent, decode_label
 from python_backend.fraud.decision_log import read_all
 
@@ -99,12 +100,7 @@ def publish(
                 )
                 if rest > 0:
                     time.sleep(rest)
-        while True:
-            try:
-                producer.produce(topic, key=event.key, value=event.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, event.key, event.encode())
         producer.poll(0)
         if progress is not None:
             progress(1)

@@ -2,12 +2,14 @@
 retrains, gates, rolls out and promotes, printing each step with its figures.
 
 1. build what is missing (the small scale by default; the embedded SQLite store);
-2. start a Kafka-protocol broker, Triton (its decision log on the broker), the heavy model's
-   analysis consumer (heavy scores, the review queue, drift metrics) and Prometheus scraping
-   both;
-3. replay the newest simulated day over gRPC (the online store holds the state as of its
-   start, as ``make features`` fills it and ``make demo`` replays it; an earlier day would
-   read snapshots from its future): the service decides it and logs what it saw;
+2. start a Kafka-protocol broker, Triton (its decision log on the broker), the stream
+   consumer (each card's recent transactions, from the transactions the service scored: the
+   velocity features of the day), the heavy model's analysis consumer (heavy scores, the
+   review queue, drift metrics) and Prometheus scraping them;
+3. replay the newest simulated day over gRPC (the online store filled as of its start, as
+   ``make features`` fills it; an earlier day would read snapshots from its future, so one
+   day): the service decides it and logs what it saw. The store is filled again at the end:
+   the stream consumer wrote the day into it;
 4. the labels arrive (``python -m client labels``): what card holders, issuers and
    investigators report of those decisions, up to ``settle_days`` after the last one;
 5. retrain (``client.retrain``): the days before the replay as the champion would have decided
@@ -102,28 +104,23 @@ def run(
     out: Callable[[str], None] = print,
 ) -> dict:
     from build_engines.primary import PrimaryConfig
-    from build_engines.retrain import (
-        RetrainData,
-        RetrainSettings,
-        retrain,
-        simulated_service,
-        write,
-    )
+    from build_engines.retrain import RetrainData, RetrainSettings, simulated_service, write
     from client import labels as stream_labels
-    from client.launcher import ensure_features, ensure_models, warm_up
+    from client.launcher import ensure_features, ensure_models, feature_settings, warm_up
     from client.local.services import free_port, kafka_broker
     from client.local.triton import Ports, running
     from client.observe.stack import start_prometheus
     from client.replay import replay
-    from client.retrain import champion_folder, publish_challenger
+    from client.retrain import challenge, champion_folder, publish_challenger
     from client.rollout import Gates, Prometheus, Rollout
     from feature_repo.analysis import AnalysisConsumer, AnalysisMetrics
-    from feature_repo.stream import ensure_topic
+    from feature_repo.store import feature_store, materialize
+    from feature_repo.stream import TransactionConsumer, ensure_topic, writer_for
     from feature_repo.stream.consumer import ConsumerThread
     from python_backend.fraud.cases import open_case_store
     from python_backend.fraud.drift import DriftWindow, Reference, newest_reference
     from python_backend.fraud.heavy_model import HeavyModel
-    from python_backend.fraud.scoring import DecisionPolicy
+    from python_backend.fraud.online import open_reader
 
     started = time.perf_counter()
     summary: dict = {"steps": {}}
@@ -135,6 +132,9 @@ def run(
     out("== 1. build what is missing (embedded defaults: SQLite online store)")
     scale = ensure_models(scale, out)
     env = ensure_features(scale, out)
+    store_settings = feature_settings(scale)
+    # As of the replayed day's start, whatever an earlier run's stream consumer wrote.
+    materialize(feature_store(store_settings), store_settings, log=lambda _m: None)
     tx = pd.read_parquet(DATA / scale / "transactions.parquet")
     last_day = int(tx["day"].max())
     days = tx[tx["day"] > last_day - replay_days]
@@ -192,6 +192,15 @@ def run(
         metrics_port = free_port()
         AnalysisMetrics(consumer, metrics_port)
         analysis = ConsumerThread(consumer).start()
+        stream = ConsumerThread(
+            TransactionConsumer(
+                bootstrap,
+                open_reader(store_settings.kind, store_settings.reader_location),
+                writer_for(store_settings, feature_store(store_settings)),
+                group=f"loop-stream-{int(time.time())}",
+                topic=topics["scored"],
+            )
+        ).start()
         prometheus_process = start_prometheus(
             free_port(),
             work / "prometheus",
@@ -263,21 +272,10 @@ def run(
                 gbdt=offline.gbdt,
                 truth=offline.truth,
             )
-            policy = DecisionPolicy.load(
-                repository / "fraud_scoring" / "1" / "decision_policy.json"
-            )
             settings = RetrainSettings(
                 primary=PrimaryConfig(**({"epochs": epochs} if epochs else {}))
             )
-            report = retrain(
-                data,
-                as_of,
-                champion,
-                policy.thresholds["primary"]["decline"],
-                BUILD / "models" / scale / "retrain",
-                settings,
-            )
-            report["champion_version"] = int(champion.name)
+            report = challenge(data, as_of, repository, BUILD / "models" / scale, settings)
             write(report, REPORTS)
             gate = report["gate"]
             chosen = report["models"][f"challenger_{report['chosen']}"]
@@ -324,7 +322,9 @@ def run(
                 summary["outcome"] = rollout["outcome"]
         finally:
             analysis.stop()
+            stream.stop()
             prometheus_process.stop()
+            materialize(feature_store(store_settings), store_settings, log=lambda _m: None)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     path = REPORTS / "loop.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -15,7 +15,14 @@ import json
 import shutil
 from pathlib import Path
 
-from build_engines.retrain import GateLimits, RetrainSettings, retrain, simulated_service, write
+from build_engines.retrain import (
+    GateLimits,
+    RetrainData,
+    RetrainSettings,
+    retrain,
+    simulated_service,
+    write,
+)
 from client.rollout import MODEL, pinned, publish, versions_on_disk
 from python_backend.fraud.drift import REFERENCE_FILE
 from python_backend.fraud.scoring import DecisionPolicy
@@ -54,6 +61,31 @@ def publish_challenger(repository: Path, report: dict, champion: Path, log=print
     return version
 
 
+def challenge(
+    data: RetrainData,
+    as_of_ms: int,
+    repository: Path,
+    model_dir: Path,
+    settings: RetrainSettings | None = None,
+    limits: GateLimits | None = None,
+) -> dict:
+    """Train the challengers on ``data`` as of ``as_of_ms`` and gate them against the served
+    champion, at the served decline threshold; the report (``build_engines.retrain``)."""
+    champion = champion_folder(repository)
+    policy = DecisionPolicy.load(repository / "fraud_scoring" / "1" / "decision_policy.json")
+    report = retrain(
+        data,
+        as_of_ms,
+        champion,
+        policy.thresholds["primary"]["decline"],
+        model_dir / "retrain",
+        settings or RetrainSettings(),
+        limits or GateLimits(),
+    )
+    report["champion_version"] = int(champion.name)
+    return report
+
+
 def run(
     scale: str,
     repository: Path,
@@ -66,17 +98,7 @@ def run(
 ) -> dict:
     champion = champion_folder(repository)
     data, as_of = simulated_service(scale, build_dir, repository, champion, settle_days)
-    policy = DecisionPolicy.load(repository / "fraud_scoring" / "1" / "decision_policy.json")
-    report = retrain(
-        data,
-        as_of,
-        champion,
-        policy.thresholds["primary"]["decline"],
-        build_dir / "models" / scale / "retrain",
-        settings or RetrainSettings(),
-        limits or GateLimits(),
-    )
-    report["champion_version"] = int(champion.name)
+    report = challenge(data, as_of, repository, build_dir / "models" / scale, settings, limits)
     paths = write(report, build_dir / "reports")
     verdict = report["gate"]
     for check in verdict["checks"]:

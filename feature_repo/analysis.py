@@ -351,7 +351,7 @@ class AnalysisMetrics:
             by_input = drift.psi()
             score = by_input.pop(SCORE, None)
             feature = GaugeMetricFamily(
-                "fraud_drift_psi",
+                "fraud_analysis_drift_psi",
                 "PSI of each model input, the newest decisions against the training window",
                 labels=["feature"],
             )
@@ -360,12 +360,14 @@ class AnalysisMetrics:
             yield feature
             if score is not None:
                 yield GaugeMetricFamily(
-                    "fraud_drift_score_psi",
+                    "fraud_analysis_drift_score_psi",
                     "PSI of the served score, the newest decisions against the training window",
                     value=score,
                 )
             yield GaugeMetricFamily(
-                "fraud_drift_window_rows", "Decisions the drift metrics cover", value=drift.rows
+                "fraud_analysis_drift_window_rows",
+                "Decisions the drift metrics cover",
+                value=drift.rows,
             )
         yield GaugeMetricFamily(
             "fraud_analysis_last_applied_age_seconds",

@@ -116,13 +116,13 @@ def drift(prometheus: Prometheus, at: float) -> dict:
     largest input PSI and the three inputs that moved most. Empty where no consumer exports
     them (the rollout does not depend on it)."""
     try:
-        rows = prometheus.scalar("max(fraud_drift_window_rows)", at)
+        rows = prometheus.scalar("max(fraud_analysis_drift_window_rows)", at)
         if not rows:
             return {}
-        top = prometheus.by("topk(3, fraud_drift_psi)", "feature", at)
+        top = prometheus.by("topk(3, fraud_analysis_drift_psi)", "feature", at)
         return {
             "window_rows": int(rows),
-            "score_psi": round(prometheus.scalar("max(fraud_drift_score_psi)", at), 4),
+            "score_psi": round(prometheus.scalar("max(fraud_analysis_drift_score_psi)", at), 4),
             "max_input_psi": round(max(top.values()), 4) if top else None,
             "top_inputs": {k: round(v, 4) for k, v in sorted(top.items(), key=lambda kv: -kv[1])},
         }

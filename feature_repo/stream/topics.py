@@ -27,6 +27,16 @@ def ensure_topic(bootstrap: str, topic: str = TOPIC_TRANSACTIONS, partitions: in
                 raise
 
 
+def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    """Queue one record, serving delivery reports while the producer's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def replay(
     bootstrap: str,
     transactions: pd.DataFrame,
@@ -47,12 +57,7 @@ def replay(
             float(row.amount),
             int(row.ts_ms),
         )
-        while True:
-            try:
-                producer.produce(topic, key=event.key, value=event.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, event.key, event.encode())
         if rate_per_s:
             ahead = (i + 1) / rate_per_s - (time.perf_counter() - started)
             if ahead > 0:

@@ -127,3 +127,55 @@ def test_consumer_killed_and_restarted_loses_nothing_and_analyses_nothing_twice(
 
 def _all_cases(store: SqliteCaseStore) -> list[dict]:
     return [json.loads(row[0]) for row in store._db.execute("SELECT body FROM analyses")]
+
+
+def test_drift_metrics_cover_the_decisions_analysed(
+    serving, tiny_build, kafka_service, decided, tmp_path
+) -> None:
+    """The consumer's drift gauges, scraped from its metrics endpoint: a PSI per model input
+    (the calendar's left out) and of the score, over the decisions it analysed, against the
+    served primary's training days."""
+    import urllib.request
+
+    from client.local.services import free_port
+    from feature_repo.analysis import AnalysisConsumer, AnalysisMetrics
+    from python_backend.fraud.cases import open_case_store
+    from python_backend.fraud.drift import CALENDAR, DriftWindow, Reference
+    from python_backend.fraud.heavy_model import HeavyModel
+
+    reference = Reference.read(tiny_build.repository / "fraud_primary" / "1")
+    store = open_case_store(location=str(tmp_path / "cases.db"))
+    consumer = AnalysisConsumer(
+        f"127.0.0.1:{kafka_service.port}",
+        HeavyModel(tiny_build.repository / "fraud_heavy" / "1"),
+        store,
+        group=f"analysis-drift-{uuid.uuid4().hex[:6]}",
+        transactions_topic=SERVING_TOPIC,
+        decisions_topic="decisions",
+        analysis_topic=f"analysis-{uuid.uuid4().hex[:6]}",
+        review_topic=f"review-{uuid.uuid4().hex[:6]}",
+        drift=DriftWindow(reference, window_rows=100_000),
+        log=lambda _m: None,
+    )
+    port = free_port()
+    AnalysisMetrics(consumer, port)
+    try:
+        consumer.run(until_idle_s=3.0, max_seconds=120)
+    finally:
+        consumer.close()
+        store.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("fraud_analysis_drift"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert (
+        samples["fraud_analysis_drift_window_rows"] == consumer.counts["analysed"] >= len(decided)
+    )
+    features = {n.split('"')[1] for n in samples if n.startswith("fraud_analysis_drift_psi{")}
+    assert features == set(reference.inputs) - {"score"}
+    assert not features & CALENDAR
+    assert all(v >= 0 for v in samples.values())
+    assert "fraud_analysis_drift_score_psi" in samples

@@ -83,6 +83,30 @@ def test_heavy_model_is_exported_checked_and_kept_off_triton(tiny_build) -> None
     assert models["us_per_row_b1"] > 0 and models["us_per_row_b64"] > 0
 
 
+def test_primary_is_trained_plainly_and_distilled_and_the_better_on_validation_kept(
+    tiny_build,
+) -> None:
+    """The primary twice: on the labels, and distilled from the heavy model's scores of the
+    training rows; the one with the higher validation PR-AUC ships, both measured on the
+    test days beside it; and its drift reference (the training days) beside its weights."""
+    from python_backend.fraud.drift import Reference
+
+    report = tiny_build.report
+    candidates = report["primary_candidates"]
+    assert set(candidates["valid_pr_auc"]) == {"plain", "distilled"}
+    assert candidates["distill_weight"] == 0.5
+    kept = report["primary_kept"]
+    assert candidates["valid_pr_auc"][kept] == max(candidates["valid_pr_auc"].values())
+    assert set(candidates["test_pr_auc"]) == {"plain", "distilled"}
+    # The kept one is the served one: its test PR-AUC is the report's primary_fp32.
+    assert (
+        abs(candidates["test_pr_auc"][kept]["all"] - report["models"]["primary_fp32"]["pr_auc"])
+        < 2e-3
+    )
+    reference = Reference.read(tiny_build.repository / "fraud_primary" / "1")
+    assert reference.window["days"] == report["split_days"]["train"]
+
+
 def test_onnx_matches_pytorch_on_the_test_set(tiny_build) -> None:
     assert tiny_build.report["onnx_parity_max_abs_diff"] <= 1e-4
     assert tiny_build.report["fallback_parity_max_abs_diff"] <= 1e-4
