@@ -26,6 +26,7 @@ from pathlib import Path
 
 from client.local import operator
 from python_backend import settings, tracing
+from python_backend.fraud import deadline
 from python_backend.paths import MODEL_REPOSITORY, ROOT, SERVING_VENV, TRITON_STATE
 
 
@@ -125,6 +126,8 @@ def server_command(
         # BLS's finalize hands its decision spool to the broker (DECISION_DRAIN_S, 10 s at
         # most) before the server exits. Stop's grace (20 s) covers it.
         f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        # The edge's arrival stamp and expected timeout reach the BLS as request parameters.
+        f"--grpc-header-forward-pattern={deadline.FORWARD_PATTERN}",
     ]
     if models is None:
         models = served_models(repository)

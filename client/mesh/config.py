@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from client.local.operator import GRPC_HEADER
+from python_backend.fraud.deadline import ARRIVAL_HEADER, CALLER_TIMEOUT_HEADER
 from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 
 #: Triton's gRPC service; the methods callers may use (inference, metadata, health).
@@ -172,11 +173,26 @@ def _routes(config: MeshConfig) -> list[dict]:
             "retry_back_off": {"base_interval": "0.002s", "max_interval": "0.010s"},
         },
     }
+    # When the request reached the edge, and the caller's grpc-timeout (gRPC consumes the
+    # original before Triton could forward it): Triton hands both to the model as request
+    # parameters (``--grpc-header-forward-pattern``), beside the router's
+    # ``x-envoy-expected-rq-timeout-ms``; the BLS counts its budget from them.
+    stamp = [
+        {
+            "header": {"key": ARRIVAL_HEADER, "value": "t=%START_TIME(%s.%6f)%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        },
+        {
+            "header": {"key": CALLER_TIMEOUT_HEADER, "value": "%REQ(grpc-timeout)%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        },
+    ]
     callers = [
         {
             "name": f"callers-{method}",
             "match": {"path": f"/{SERVICE}/{method}", "grpc": {}},
             "route": upstream,
+            "request_headers_to_add": stamp,
         }
         for method in CALLER_METHODS
     ]

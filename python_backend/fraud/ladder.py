@@ -4,14 +4,23 @@ Each rung is a :data:`ModelCaller`, an awaitable function injected by whoever ru
 ladder: the ``fraud_scoring`` BLS passes a Triton caller for the primary and an in-process
 ONNX Runtime caller for the fallback; the benchmark's in-process peers pass ONNX Runtime
 callers for both; the unit tests pass fakes and a fake clock. The ladder owns what must be
-the same everywhere: the breakers, the timeouts cut from the request's budget, the hedge
-and the reason codes of every degradation.
+the same everywhere: the breakers, the timeouts cut from the request's budget, the hedge,
+the path chosen for the time a request has left, and the reason codes of every degradation.
+
+**The path chosen at arrival.** Each rung's recent call times (:class:`Expectation`: a high
+quantile of the calls of the last few seconds, Triton's queue for the model included) say what
+a call is expected to take. A batch whose remaining budget, less what is kept for the rungs
+below, cannot cover that skips the rung (``DEADLINE_SHED:primary``, ``DEADLINE_SHED:fallback``)
+instead of calling it to time out: a request that waited in a queue goes to the fallback, or
+the rules, and is answered on time. The primary's cap (``primary_timeout_ms``) stays the
+backstop for a call that takes longer than expected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +35,7 @@ from python_backend.fraud.reasons import (
     NO_BUDGET,
     TIMEOUT,
     rung,
+    shed_code,
 )
 
 #: Scores ``[B]`` of ``inputs`` within ``timeout_ms``; raises :class:`ModelCallError` (the
@@ -40,6 +50,47 @@ FALLBACK_RESERVE_MS = 20.0
 IN_PROCESS_FALLBACK_RESERVE_MS = 10.0
 #: Kept back from the fallback's share for the rules and the response.
 RULES_RESERVE_MS = 5.0
+
+
+#: What a call is expected to take before any was seen lately (ms): the primary through
+#: Triton, the fallback (in process; across a hop it is measured within a few calls).
+PRIOR_MS = {"primary": 2.0, "fallback": 1.0}
+
+
+class Expectation:
+    """What a rung's call is expected to take: the ``quantile`` of its calls of the last
+    ``horizon_s`` seconds (at most ``size``), else ``prior_ms``.
+
+    Calls age out, so a rung shed while it was slow is called again once its slow calls are
+    older than the horizon: without new calls the figure would never come down.
+    """
+
+    def __init__(
+        self,
+        prior_ms: float,
+        quantile: float = 0.9,
+        horizon_s: float = 5.0,
+        size: int = 64,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.prior_ms = prior_ms
+        self.quantile = quantile
+        self.horizon_s = horizon_s
+        self.clock = clock
+        self.calls: deque[tuple[float, float]] = deque(maxlen=size)
+
+    def observe(self, ms: float) -> None:
+        self.calls.append((self.clock(), ms))
+
+    def ms(self) -> float:
+        oldest = self.clock() - self.horizon_s
+        calls = self.calls
+        while calls and calls[0][0] < oldest:
+            calls.popleft()
+        if not calls:
+            return self.prior_ms
+        times = sorted(ms for _, ms in calls)
+        return times[min(len(times) - 1, int(self.quantile * len(times)))]
 
 
 class ModelCallError(RuntimeError):
@@ -138,6 +189,7 @@ class ModelLadder:
         self.breakers = breakers or default_breakers()
         self.clock = clock
         self.log = log
+        self.expected = {name: Expectation(PRIOR_MS[name], clock=clock) for name in PRIOR_MS}
 
     async def run(self, inputs: ModelInputs, budget: Budget) -> LadderOutcome:
         out = LadderOutcome(None, "rules")
@@ -149,6 +201,9 @@ class ModelLadder:
         primary_timed_out = False
         if not primary.allow():
             out.reasons.append(rung("primary", CIRCUIT_OPEN))
+        elif budget.remaining_ms(self.fallback_reserve_ms) < self.expected["primary"].ms():
+            primary.cancel()  # allowed but not called: a half-open probe must not stay out
+            out.reasons.append(shed_code("primary"))
         else:
             timeout = min(self.primary_timeout_ms, budget.remaining_ms(self.fallback_reserve_ms))
             if primary.state == HALF_OPEN:
@@ -182,6 +237,9 @@ class ModelLadder:
     def _start_fallback(self, inputs, budget, out):
         """The fallback call under way, or None (reason added) while its circuit is open.
         Asked only when the call is really made: a half-open breaker lets one probe out."""
+        if budget.remaining_ms(self.rules_reserve_ms) < self.expected["fallback"].ms():
+            out.reasons.append(shed_code("fallback"))
+            return None
         if not self.breakers["fallback"].allow():
             out.reasons.append(rung("fallback", CIRCUIT_OPEN))
             return None
@@ -205,6 +263,7 @@ class ModelLadder:
             scores = await self.callers[name](inputs, timeout_ms)
         except TimeoutError:
             breaker.record(False)
+            self.expected[name].observe((self.clock() - started) * 1000)
             return None, rung(name, TIMEOUT)
         except ModelCallError as err:
             breaker.record(False)
@@ -214,5 +273,7 @@ class ModelLadder:
             breaker.record(False)
             self.log(f"fraud_scoring: {name} call raised {err!r}")
             return None, rung(name, ERROR)
-        breaker.record(True, (self.clock() - started) * 1000)
+        took_ms = (self.clock() - started) * 1000
+        breaker.record(True, took_ms)
+        self.expected[name].observe(took_ms)
         return scores, None

@@ -44,6 +44,11 @@ HISTOGRAMS = {
         "Time of each fraud_primary call, per row, by version and role",
     ),
     "model_score": ("fraud_model_score", "Scores of each fraud_primary version, by role"),
+    "waited": (
+        "fraud_request_waited_seconds",
+        "Time a request had spent before its batch began, per request, by how it was known "
+        "(stamp: the edge's arrival stamp; queue_bound: the instance's bound; none: not waited)",
+    ),
 }
 
 FAMILIES = {
@@ -76,6 +81,11 @@ FAMILIES = {
     "logged": (
         "fraud_decision_log_total",
         "Decision-log records by outcome: delivered, spooled, replayed, dropped (spool full)",
+        "COUNTER",
+    ),
+    "stamps_refused": (
+        "fraud_deadline_stamps_refused_total",
+        "Arrival stamps not used, by why: future or too_old (clocks disagree), malformed",
         "COUNTER",
     ),
     "spool": (
@@ -174,6 +184,11 @@ class ServiceMetrics:
             self._observe(batch, total_us)
 
     def _observe(self, batch: Batch, total_us: int | None) -> None:
+        for deadline in batch.deadlines:
+            labels = (("source", deadline.source),)
+            self._histogram("waited", labels).observe(deadline.waited_ms / 1000)
+            if deadline.refused_stamp:
+                self.counts[("stamps_refused", (("why", deadline.refused_stamp),))] += 1
         decided = batch.decided
         if decided is None:
             return

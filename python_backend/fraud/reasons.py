@@ -24,6 +24,10 @@ FEATURES_STALE = "FEATURES_STALE"
 #: A remote fallback not sent behind a primary that timed out (it would wait behind it).
 FALLBACK_NOT_HEDGED = "FALLBACK_NOT_HEDGED"
 
+#: A rung skipped because the request's remaining budget could not cover what it is expected
+#: to take (``DEADLINE_SHED:primary``, ``DEADLINE_SHED:fallback``): the path chosen at arrival.
+DEADLINE_SHED = "DEADLINE_SHED"
+
 #: How a rung of the ladder can fail: ``<RUNG>`` + one of these.
 ERROR = "_ERROR"
 TIMEOUT = "_TIMEOUT"
@@ -39,13 +43,19 @@ def rung(name: str, degradation: str) -> str:
     return name.upper() + degradation
 
 
+def shed_code(name: str) -> str:
+    """The code of a rung (``primary``, ``fallback``) skipped for the deadline."""
+    return f"{DEADLINE_SHED}:{name}"
+
+
 def stale_code(view: str) -> str:
     return f"{FEATURES_STALE}:{view}"
 
 
 def is_ladder_degradation(code: str) -> bool:
-    """A rung that did not answer (what ``fraud_degradations_total`` counts)."""
-    return code.endswith(DEGRADATIONS)
+    """A rung that did not answer, or was skipped for the deadline (what
+    ``fraud_degradations_total`` counts)."""
+    return code.endswith(DEGRADATIONS) or code.startswith(DEADLINE_SHED)
 
 
 def is_degraded(code: str) -> bool:

@@ -5,7 +5,6 @@ codes. ``python_backend.fraud`` puts them together with the model ladder.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,21 +295,3 @@ def rules_outcome(rules: RuleSet, inputs: ModelInputs) -> tuple[np.ndarray, list
 def reasons_json(reasons: list[str]) -> bytes:
     """Reason codes as the JSON list the contract promises, without duplicates."""
     return json.dumps(list(dict.fromkeys(reasons))).encode()
-
-
-def budget_from_parameters(raw: str | None, default_ms: float) -> float:
-    """The per-request ``budget_ms`` parameter if it is a sane number, else the default."""
-    if not raw:
-        return default_ms
-    try:
-        value = json.loads(raw).get("budget_ms")
-    except (ValueError, AttributeError):
-        return default_ms
-    if (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 1 <= value <= 10_000
-    ):
-        return float(value)
-    return default_ms

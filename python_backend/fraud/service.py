@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from python_backend.breaker import CircuitBreaker
 from python_backend.fraud import decision_log, scoring
 from python_backend.fraud.contract import DECISIONS, INVALID, INVALID_PATH, SCORING, STAGES
+from python_backend.fraud.deadline import Deadline, QueueBound, request_deadline
 from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import Budget, ModelLadder
 from python_backend.fraud.online import OnlineFeatureReader
@@ -160,6 +161,8 @@ class Batch:
     transactions: scoring.Transactions | None
     decided: Decided | None
     started: float
+    #: Each valid request's deadline (how much of its budget it had spent on arrival).
+    deadlines: list[Deadline] = field(default_factory=list)
 
 
 class FraudService:
@@ -176,6 +179,7 @@ class FraudService:
         features_breaker: CircuitBreaker | None = None,
         log: Callable[[str], None] = lambda _m: None,
         heartbeat: scoring.StreamHeartbeat | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.rules = rules
@@ -187,6 +191,11 @@ class FraudService:
             "features", slow_ms=20, cooldown_s=2
         )
         self.log = log
+        #: Unix time now, to read the edge's arrival stamps (``python_backend.fraud.deadline``).
+        self.wall = wall
+        #: The most this instance's batch can have waited in Triton's queue; ``batch_done``
+        #: (``model.py`` calls it once the responses are out) marks the instance free.
+        self.queue = QueueBound(clock)
         self.heartbeat = heartbeat or (
             scoring.StreamHeartbeat(reader) if reader is not None else None
         )
@@ -202,34 +211,42 @@ class FraudService:
         noted there for the trace (validation, the feature read and each store call, each
         model call, rules); without one this costs nothing extra."""
         started = self.clock()
-        answers, parts, owners = [], [], []
-        budget_ms = self.budget_ms
+        queued_ms = self.queue.begin(started)
+        now_wall = self.wall()
+        answers, parts, owners, deadlines = [], [], [], []
         for request in requests:
             try:
                 every_row, row_errors = scoring.validate(request.arrays)
             except scoring.InvalidRequest as err:
                 answers.append(Answer.refused(str(err)))
                 continue
-            budget_ms = min(
-                budget_ms, scoring.budget_from_parameters(request.parameters, self.budget_ms)
-            )
             answer = Answer(every_row.transaction_id, row_errors, request.request_id)
             answers.append(answer)
             if answer.valid:
                 whole = len(answer.valid) == len(row_errors)
                 parts.append(every_row if whole else every_row.take(answer.valid))
                 owners.append(answer)
+                deadlines.append(
+                    request_deadline(request.parameters, self.budget_ms, now_wall, queued_ms)
+                )
         if timeline is not None:
             timeline.add("fraud.validate", started, self.clock(), requests=len(requests))
         tx = decided = None
         if parts:
             tx = parts[0] if len(parts) == 1 else scoring.Transactions.concat(parts)
-            decided = await self.decide(tx, Budget(budget_ms, started, self.clock), timeline)
+            # The batch is decided together, within the time its most pressed request has
+            # left: requests queued together waited alike.
+            remaining_ms = min(d.remaining_ms for d in deadlines)
+            decided = await self.decide(tx, Budget(remaining_ms, started, self.clock), timeline)
             offset = 0
             for answer in owners:
                 answer.fill(decided, offset)
                 offset += len(answer.valid)
-        return Batch(answers, tx, decided, started)
+        return Batch(answers, tx, decided, started, deadlines)
+
+    def batch_done(self) -> None:
+        """The batch's responses are out: the instance takes the next one."""
+        self.queue.end()
 
     def total_us(self, batch: Batch) -> int:
         return int((self.clock() - batch.started) * 1e6)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 
 import numpy as np
@@ -343,3 +344,54 @@ def test_a_crashed_replica_is_routed_around_and_rejoins(mesh) -> None:
     mesh.boot(victim)
     assert victim.address in mesh.envoy.healthy()
     assert np.isfinite([a.score for a in _score(mesh.url, 5)]).all()
+
+
+def _waited_by_source(mesh) -> dict[str, float]:
+    """``fraud_request_waited_seconds_count`` summed over the replicas, by source."""
+    import re
+
+    sample = re.compile(r'^fraud_request_waited_seconds_count\{.*source="(\w+)".*\} (\S+)$')
+    counts: dict[str, float] = {}
+    for replica in mesh.replicas:
+        url = f"http://127.0.0.1:{replica.ports.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            found = sample.match(line)
+            if found:
+                counts[found[1]] = counts.get(found[1], 0.0) + float(found[2])
+    return counts
+
+
+def test_the_deadline_reaches_the_bls_directly_and_through_envoy(mesh) -> None:
+    """A caller's arrival stamp a second old: called directly, the BLS takes it (nothing left
+    of the budget: the rules decide at once, both models shed); through Envoy, the edge's own
+    stamp replaces it (the primary decides) and is what the BLS counted."""
+    from client.scoring import build_inputs, parse
+    from tests.support import wait_until
+
+    def call(url: str, row: dict):
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            stamp = {"x-request-start": f"t={time.time() - 1:.6f}"}
+            result = client.infer(
+                "fraud_scoring", build_inputs([row]), headers=stamp, client_timeout=5
+            )
+            return parse(result, [row["transaction_id"]])[0]
+        finally:
+            client.close()
+
+    before = _waited_by_source(mesh)
+    direct = call(mesh.replicas[0].address, _row(0))
+    assert direct.path == "rules", direct
+    assert {"DEADLINE_SHED:primary", "DEADLINE_SHED:fallback"} <= set(direct.reasons)
+    through = [call(mesh.url, _row(i)) for i in range(1, 6)]
+    assert all(d.path == "primary" for d in through), through
+    assert not any(r.startswith("DEADLINE_SHED") for d in through for r in d.reasons)
+
+    def stamped() -> float:
+        return _waited_by_source(mesh).get("stamp", 0.0) - before.get("stamp", 0.0)
+
+    wait_until(
+        lambda: stamped() >= 6, timeout_s=15, what=lambda: f"{_waited_by_source(mesh)} counted"
+    )

@@ -144,7 +144,9 @@ def test_erroring_fallback_leaves_the_rules(clock) -> None:
     assert out.reasons == ["PRIMARY_ERROR", "FALLBACK_ERROR"]
 
 
-def test_no_budget_left_goes_to_the_rules_and_releases_a_half_open_probe(clock) -> None:
+def test_no_budget_left_sheds_both_rungs_to_the_rules_and_releases_a_half_open_probe(
+    clock,
+) -> None:
     primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7)
     ladder = _ladder(clock, primary, fallback, fallback_in_process=True)
     breaker = ladder.breakers["primary"]
@@ -152,9 +154,78 @@ def test_no_budget_left_goes_to_the_rules_and_releases_a_half_open_probe(clock) 
     budget = Budget(95, clock=clock)
     clock.advance_ms(94.5)
     out = run_now(ladder.run(_inputs(), budget))
-    assert out.path == "rules" and out.reasons == ["PRIMARY_NO_BUDGET", "FALLBACK_NO_BUDGET"]
+    assert out.path == "rules"
+    assert out.reasons == ["DEADLINE_SHED:primary", "DEADLINE_SHED:fallback"]
     assert primary.timeouts == [] and fallback.timeouts == []
     assert breaker.state == HALF_OPEN and breaker.allow(), "the unsent probe is not held"
+
+
+def test_under_normal_load_nothing_is_shed(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
+    rng = np.random.default_rng(3)
+    for _ in range(500):  # 2..12 ms calls after 0..20 ms of features and queueing
+        primary.latency_ms = float(rng.uniform(2, 12))
+        budget = Budget(95, clock=clock)
+        clock.advance_ms(float(rng.uniform(0, 20)))
+        out = run_now(ladder.run(_inputs(), budget))
+        assert out.path == "primary" and out.reasons == []
+        clock.advance_ms(5)
+    assert fallback.timeouts == []
+
+
+def _primary_seen_taking(clock, ladder, primary, ms: float, calls: int = 10) -> None:
+    primary.latency_ms = ms
+    for _ in range(calls):
+        run_now(ladder.run(_inputs(), Budget(95, clock=clock)))
+
+
+def test_a_batch_whose_slack_cannot_cover_the_primary_goes_to_the_fallback_at_once(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7, latency_ms=0.3)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
+    _primary_seen_taking(clock, ladder, primary, 30.0)
+    assert ladder.expected["primary"].ms() == pytest.approx(30)
+    called = len(primary.timeouts)
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(60)  # it waited 60 ms: 25 left over the fallback's reserve, under 30
+    out = run_now(ladder.run(_inputs(), budget))
+    assert out.path == "fallback" and out.reasons == ["DEADLINE_SHED:primary"]
+    assert len(primary.timeouts) == called, "the primary was not called"
+    assert budget.remaining_ms() == pytest.approx(35 - 0.3), "answered with the time to spare"
+    assert ladder.breakers["primary"].state == CLOSED, "a shed call is no failure"
+    # The same wait with the primary fast again: the primary decides.
+    _primary_seen_taking(clock, ladder, primary, 3.0, calls=64)
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(60)
+    assert run_now(ladder.run(_inputs(), budget)).path == "primary"
+
+
+def test_a_batch_whose_slack_cannot_cover_the_fallback_goes_to_the_rules(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7, latency_ms=4.0)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True)
+    for _ in range(5):
+        ladder.expected["fallback"].observe(4.0)
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(87)  # 8 ms left: 3 over the rules' reserve, under the fallback's 4
+    out = run_now(ladder.run(_inputs(), budget))
+    assert out.path == "rules" and out.scores is None
+    assert out.reasons == ["DEADLINE_SHED:primary", "DEADLINE_SHED:fallback"]
+    assert budget.remaining_ms() == pytest.approx(8)
+
+
+def test_a_shed_rung_is_called_again_once_its_slow_calls_age_out(clock) -> None:
+    primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7, latency_ms=0.3)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True, primary_timeout_ms=40)
+    _primary_seen_taking(clock, ladder, primary, 35.0)
+    primary.latency_ms = 3.0
+    for _ in range(3):  # without new calls, the figure stays what it was
+        budget = Budget(95, clock=clock)
+        clock.advance_ms(55)
+        assert run_now(ladder.run(_inputs(), budget)).reasons == ["DEADLINE_SHED:primary"]
+    clock.advance_ms(5_000)  # the slow calls are older than the horizon
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(55)
+    assert run_now(ladder.run(_inputs(), budget)).path == "primary"
 
 
 def test_remote_fallback_is_hedged_beside_the_primary(clock) -> None:
@@ -197,17 +268,38 @@ class FakeReader:
         return features
 
 
-def _service(clock, reader, primary_score=0.95) -> FraudService:
+class SlowReader(FakeReader):
+    """Each read of the features (not of the stream's heartbeat) takes ``ms`` of the fake
+    clock."""
+
+    def __init__(self, clock: Clock, ms: float) -> None:
+        super().__init__()
+        self.clock, self.ms = clock, ms
+
+    def read(self, cards, terminals, with_tx_ids=False):
+        if terminals is not None:
+            self.clock.advance_ms(self.ms)
+        return super().read(cards, terminals, with_tx_ids)
+
+
+def _service(clock, reader, primary_score=0.95, primary_ms=2.0) -> FraudService:
     ladder = _ladder(
-        clock, FakeModel(clock, primary_score), FakeModel(clock, 0.2), fallback_in_process=True
+        clock,
+        FakeModel(clock, primary_score, latency_ms=primary_ms),
+        FakeModel(clock, 0.2, latency_ms=0.3),
+        fallback_in_process=True,
+        primary_timeout_ms=40,
     )
     policy = DecisionPolicy(
         {p: {"review": 0.5, "decline": 0.9} for p in ("primary", "fallback", "rules")}
     )
-    return FraudService(policy, load_rules(), reader, ladder, clock=clock)
+    # The wall clock moves with the fake one.
+    return FraudService(
+        policy, load_rules(), reader, ladder, clock=clock, wall=lambda: 1.7e9 + clock()
+    )
 
 
-def _request(cards, amounts=None, **overrides) -> ScoringRequest:
+def _request(cards, amounts=None, parameters=None, **overrides) -> ScoringRequest:
     n = len(cards)
     arrays = {
         "TRANSACTION_ID": np.array([[f"t{i}".encode()] for i in range(n)], dtype=np.object_),
@@ -217,7 +309,7 @@ def _request(cards, amounts=None, **overrides) -> ScoringRequest:
         "TIMESTAMP_MS": np.full((n, 1), int(__import__("time").time() * 1000), dtype=np.int64),
     }
     arrays.update(overrides)
-    return ScoringRequest(arrays, None, "r")
+    return ScoringRequest(arrays, json.dumps(parameters) if parameters else None, "r")
 
 
 def test_batch_bad_request_refused_alone_bad_row_invalid_rest_decided_in_one_read(clock) -> None:
@@ -255,3 +347,62 @@ def test_store_away_decides_on_defaults_and_opens_the_features_circuit(clock) ->
     reasons = json.loads(batch.answers[0].outputs(0)["REASONS"][0, 0])
     assert reasons[:2] == ["FEATURES_CIRCUIT_OPEN", "FEATURES_UNAVAILABLE"]
     assert batch.decided.path == "primary", "the models still decide, on defaults"
+
+
+def _reasons(batch, i: int = 0) -> list[str]:
+    return json.loads(batch.answers[i].outputs(0)["REASONS"][0, 0])
+
+
+def test_a_request_stamped_long_ago_at_the_edge_is_decided_by_the_fallback(clock) -> None:
+    service = _service(clock, FakeReader(), primary_ms=20.0)
+    for _ in range(5):  # the primary seen taking 20 ms
+        assert run_now(service.handle([_request([1])])).decided.path == "primary"
+    wall = service.wall()
+    fresh = {"x-request-start": f"t={wall - 0.005:.6f}", "x-envoy-expected-rq-timeout-ms": "57"}
+    batch = run_now(service.handle([_request([1], parameters=fresh)]))
+    assert batch.decided.path == "primary" and batch.deadlines[0].source == "stamp"
+    assert batch.deadlines[0].remaining_ms == pytest.approx(52, abs=0.01)
+    queued = {"x-request-start": f"t={service.wall() - 0.070:.6f}"}  # 25 ms left, under 20 + 10
+    batch = run_now(service.handle([_request([1], parameters=queued), _request([2])]))
+    assert batch.decided.path == "fallback", "the most pressed request sets the batch's path"
+    assert "DEADLINE_SHED:primary" in _reasons(batch) and "DEADLINE_SHED:primary" in _reasons(
+        batch, 1
+    )
+    assert [d.source for d in batch.deadlines] == ["stamp", "none"]
+
+
+def test_a_batch_that_queued_behind_a_slow_one_is_decided_by_the_fallback(clock) -> None:
+    service = _service(clock, SlowReader(clock, 20.0), primary_ms=39.0)
+    first = run_now(service.handle([_request([1])]))  # 20 ms of features, 39 of primary
+    assert first.decided.path == "primary" and first.deadlines[0].source == "none"
+    service.batch_done()
+    clock.advance_ms(0.5)  # taken at once: its requests came while the first one ran
+    batch = run_now(service.handle([_request([2])]))
+    assert batch.deadlines[0].source == "queue_bound"
+    assert batch.deadlines[0].waited_ms == pytest.approx(59.5)
+    assert batch.decided.path == "fallback" and "DEADLINE_SHED:primary" in _reasons(batch)
+    service.batch_done()
+    clock.advance_ms(30)  # idle: the next batch did not wait
+    batch = run_now(service.handle([_request([3])]))
+    assert batch.deadlines[0].waited_ms == 0 and batch.decided.path == "primary"
+
+
+def test_a_skewed_stamp_is_not_used_and_is_counted(clock) -> None:
+    from python_backend.fraud.metrics import ServiceMetrics
+
+    service = _service(clock, FakeReader())
+    ahead = {"x-request-start": f"t={service.wall() + 3:.6f}"}
+    batch = run_now(service.handle([_request([1], parameters=ahead)]))
+    assert batch.deadlines[0].refused_stamp == "future" and batch.decided.path == "primary"
+    metrics = ServiceMetrics(FakeFamily, service.breakers, clock=clock)
+    metrics.observe(batch, 100)
+    assert metrics.counts[("stamps_refused", (("why", "future"),))] == 1
+    waited = metrics.histograms[("waited", (("source", "none"),))]
+    assert waited.counts.sum() == 1
+
+
+class FakeFamily:
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+    def __init__(self, name, text, kind) -> None:
+        self.name = name

@@ -17,7 +17,9 @@ Parameters (``config.pbtxt``): ``BUDGET_MS`` (95); ``FALLBACK``: ``in_process`` 
 an ONNX Runtime session of ``FALLBACK_ONNX`` here, no hop, sharing no fate with the primary)
 or ``triton`` (the ``fraud_fallback`` model, hedged per ``HEDGE_FALLBACK``: ``always``,
 ``auto`` while the primary is troubled for ``HEDGE_WINDOW_S``, ``never``);
-``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40); ``METRICS_FLUSH_S`` (1);
+``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40: the backstop; a batch
+whose remaining budget cannot cover the primary's recent call time skips it, see
+``python_backend.fraud.deadline`` and ``.ladder``); ``METRICS_FLUSH_S`` (1);
 ``GC_FREEZE`` (1: objects made at start-up leave the garbage collector's sweeps; 0 by
 default, ``python -m perf tune`` measured no change); ``ROLLOUT_*``: which ``fraud_primary``
 version decides, and which scores in shadow (``python_backend.fraud.rollout``, set by
@@ -120,6 +122,7 @@ class TritonPythonModel:
         if traced is not None:
             traced.published_done()
         self.metrics.flush()
+        self.service.batch_done()  # from here the instance is idle: the next batch did not queue
         return out
 
     def finalize(self):
