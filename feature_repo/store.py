@@ -193,8 +193,26 @@ def materialize(
             f"  {group.name:<15} {counts[group.name]:>9,} entities -> {store_settings.kind} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
+    bump_version(store_settings)
     log(f"materialized as of {end.isoformat()} in {time.perf_counter() - started:.1f} s")
     return counts
+
+
+def bump_version(store_settings: StoreSettings) -> int | None:
+    """Tell the BLS's caches that the daily views changed: increment the version key they
+    read with every batch (``python_backend.fraud.online.cache``); Redis only (the embedded
+    store has no cache in front of it). Returns the new version."""
+    if store_settings.kind not in REDIS_KINDS:
+        return None
+    from python_backend.feast_layout import PROJECT
+    from python_backend.fraud.online import READERS
+    from python_backend.fraud.online.cache import VERSION_KEY
+
+    reader = READERS[store_settings.kind](store_settings.redis_url)
+    try:
+        return int(reader.client.incr(f"{PROJECT}:{VERSION_KEY}"))
+    finally:
+        reader.close()
 
 
 def fill(store_settings: StoreSettings, log=print) -> dict[str, str]:

@@ -4,7 +4,9 @@ and the stream consumer's throughput.
 For each store (sqlite, redis) and batch (1, 64 (card, terminal) pairs), both clients read
 the same random pairs in alternating rounds, so a noisy machine slows both alike. Writes
 ``build/reports/feature_latency.json`` as ``<store>.<batch>.<client>.{p50_us,p99_us}``, plus
-``ratios`` (Feast SDK / reader) and ``stream.<store>`` (consumer events per second).
+``ratios`` (Feast SDK / reader), ``cache`` (the BLS's cache of daily views on Redis, with
+and without: latency, CPU per read, hit rates; :func:`bench_cache`) and ``stream.<store>``
+(consumer events per second).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ def run_bench(
         for kind, batches in list(result.items())
         for batch, clients in batches.items()
     }
+    if "redis" in settings_by_store:
+        result["cache"] = bench_cache(settings_by_store["redis"], log=log)
     if bootstrap:
         result["stream"] = {
             kind: bench_stream(settings, bootstrap, log=log)
@@ -151,3 +155,62 @@ def bench_stream(settings: StoreSettings, bootstrap: str, events: int = 20_000, 
         f"{result['wall_events_per_s']:,} events/s wall ({len(tx):,} events)"
     )
     return result
+
+
+def bench_cache(settings: StoreSettings, rounds: int = 60, per_round: int = 40, log=print) -> dict:
+    """The BLS's cache of daily views (``python_backend.fraud.online.cache``) on Redis: the
+    last simulated day's (card, terminal) pairs in time order, one batch at a time, read by
+    a reader with the cache and one without, in alternating rounds (same batches, same
+    Redis): latency, CPU per read and the cache's hit rates per entity."""
+    from python_backend.fraud.features import MS_PER_DAY
+    from python_backend.fraud.online.cache import DailyCache
+
+    tx = pd.read_parquet(
+        settings.data_dir / "transactions.parquet", columns=["card_id", "terminal_id", "ts_ms"]
+    )
+    day = tx[tx["ts_ms"] >= int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY]
+    day = day.sort_values("ts_ms")
+    cards, terminals = day["card_id"].to_numpy(), day["terminal_id"].to_numpy()
+    out: dict = {"pairs_in_the_day": len(day)}
+    for batch in (1, 8):
+        readers = {
+            "store": open_reader(settings.kind, settings.reader_location),
+            "cached": open_reader(settings.kind, settings.reader_location),
+        }
+        readers["cached"].cache = cache = DailyCache()
+        wall: dict[str, list[int]] = {name: [] for name in readers}
+        cpu = dict.fromkeys(readers, 0)
+        # The day read once, in order: a key is a hit only where the day repeats it.
+        passes = max(1, min(rounds, (len(day) - batch) // (per_round * batch)))
+        gc.disable()
+        try:
+            for r in range(passes):
+                start = r * per_round * batch
+                order = list(readers) if r % 2 == 0 else list(reversed(readers))
+                for name in order:
+                    reader = readers[name]
+                    cpu_start = time.process_time_ns()
+                    for k in range(per_round):
+                        i = start + k * batch
+                        began = time.perf_counter_ns()
+                        reader.read(cards[i : i + batch], terminals[i : i + batch])
+                        wall[name].append(time.perf_counter_ns() - began)
+                    cpu[name] += time.process_time_ns() - cpu_start
+        finally:
+            gc.enable()
+        reads = passes * per_round
+        result = {
+            name: {**_percentiles(wall[name]), "cpu_us_per_read": round(cpu[name] / reads / 1e3, 1)}
+            for name in readers
+        }
+        result["reads"] = reads
+        result["hit_rate"] = {e: round(cache.hit_rate(e), 3) for e in ("card_id", "terminal_id")}
+        result["ratios"] = {
+            stat: round(result["cached"][stat] / result["store"][stat], 2)
+            for stat in ("p50_us", "p99_us", "cpu_us_per_read")
+        }
+        out[str(batch)] = result
+        log(f"  cache, batch {batch}: {result}")
+        for reader in readers.values():
+            reader.close()
+    return out

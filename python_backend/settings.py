@@ -46,6 +46,14 @@ REDIS_URL = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", "the Redis online 
 FEATURE_SQLITE_PATH = _setting(
     "FEATURE_SQLITE_PATH", str(paths.FEATURE_REPO_BUILD / "online.db"), "the SQLite online store"
 )
+FEATURE_CACHE_ENTRIES = _setting(
+    "FEATURE_CACHE_ENTRIES",
+    "10000",
+    "the BLS's cache of daily views from Redis: entries per entity (0: no cache)",
+)
+FEATURE_CACHE_S = _setting(
+    "FEATURE_CACHE_S", "300", "the most seconds a cached daily view serves while Redis answers"
+)
 FEATURE_DATA = _setting(
     "FEATURE_DATA", str(paths.DATA / "default"), "offline tables the store is materialized from"
 )

@@ -83,6 +83,17 @@ FAMILIES = {
         "Decision-log records by outcome: delivered, spooled, replayed, dropped (spool full)",
         "COUNTER",
     ),
+    "cache": (
+        "fraud_feature_cache_lookups_total",
+        "Lookups of the BLS's cache of daily views, by entity and outcome: hit, miss, expired "
+        "(read again), hit_without_store / miss_without_store (the store not answering)",
+        "COUNTER",
+    ),
+    "cache_invalidations": (
+        "fraud_feature_cache_invalidations_total",
+        "Times the cache was emptied because a materialization wrote the store",
+        "COUNTER",
+    ),
     "stamps_refused": (
         "fraud_deadline_stamps_refused_total",
         "Arrival stamps not used, by why: future or too_old (clocks disagree), malformed",
@@ -143,6 +154,10 @@ class ServiceMetrics:
         self.timer_errors = 0
         self.breakers = breakers
         self.decision_log = decision_log
+        #: The reader's ``DailyCache`` (set by the BLS), whose counts are handed over.
+        self.cache = None
+        self._cache_seen: dict = {}
+        self._invalidations_seen = 0
         self.flush_s = flush_s
         self.clock = clock
         self.counts: Counter = Counter()
@@ -253,6 +268,8 @@ class ServiceMetrics:
             self._flush_histogram(key, labels, histogram)
         for name, breaker in self.breakers.items():
             self._metric("breakers", (("dependency", name),)).set(STATE_CODES[breaker.state])
+        if self.cache is not None:
+            self._flush_cache(self.cache)
         if self.decision_log is not None:
             counts = self.decision_log.counts.copy()
             for outcome, n in counts.items():
@@ -262,6 +279,21 @@ class ServiceMetrics:
                     )
             self._logged = counts
             self._metric("spool", ()).set(counts["spooled"] - counts["replayed"])
+
+    def _flush_cache(self, cache) -> None:
+        """The cache's counts since the last flush (it counts in the batch's thread)."""
+        counts = dict(cache.counts)
+        for (outcome, entity), n in counts.items():
+            new = n - self._cache_seen.get((outcome, entity), 0)
+            if new > 0:
+                labels = (("entity", entity), ("outcome", outcome))
+                self._metric("cache", labels).increment(new)
+        self._cache_seen = counts
+        if cache.invalidations > self._invalidations_seen:
+            self._metric("cache_invalidations", ()).increment(
+                cache.invalidations - self._invalidations_seen
+            )
+            self._invalidations_seen = cache.invalidations
 
     def _flush_histogram(self, key: str, labels: tuple, histogram: LatencyHistogram) -> None:
         total = int(histogram.counts.sum())

@@ -19,6 +19,8 @@ FEATURES = "FEATURES_"
 #: The feature store did not answer / its circuit is open: every view unavailable.
 FEATURES_UNAVAILABLE = "FEATURES_UNAVAILABLE"
 FEATURES_CIRCUIT_OPEN = "FEATURES_CIRCUIT_OPEN"
+#: The store not answering, the daily views the BLS's cache held were used.
+FEATURES_FROM_CACHE = "FEATURES_FROM_CACHE"
 #: A view older than its freshness limit, not given to the models (``FEATURES_STALE:<view>``).
 FEATURES_STALE = "FEATURES_STALE"
 #: A remote fallback not sent behind a primary that timed out (it would wait behind it).

@@ -192,22 +192,30 @@ def read_features(
     tx: Transactions,
     reasons: list[list[str]],
     on_error: Callable[[Exception], None] | None = None,
+    cache: OnlineFeatureReader | None = None,
 ) -> tuple[OnlineFeatures, bool]:
-    """Online features and whether the store answered: every default (and False) when it
-    cannot; unknown entities get defaults and a reason in their row, never an error."""
+    """Online features and whether the store answered: when it cannot (or ``reader`` is
+    None: its circuit is open, ``cache`` the reader not asked), the daily views its cache
+    holds (``from_cache``), else every default, and False; unknown entities get defaults
+    and a reason in their row, never an error."""
     if reader is None:
-        return empty_features(len(tx)), False
+        return _cached_or_empty(cache, tx), False
     try:
         features = reader.read(tx.card_id, tx.terminal_id)
     except Exception as err:  # any store failure: decide on defaults, say so
         if on_error is not None:
             on_error(err)
-        return empty_features(len(tx)), False
+        return _cached_or_empty(reader, tx), False
     for i in np.flatnonzero(~features.card_found):
         reasons[i].append(UNKNOWN_CARD)
     for i in np.flatnonzero(~features.terminal_found):
         reasons[i].append(UNKNOWN_TERMINAL)
     return features, True
+
+
+def _cached_or_empty(reader: OnlineFeatureReader | None, tx: Transactions) -> OnlineFeatures:
+    cached = None if reader is None else reader.cached_features(tx.card_id, tx.terminal_id)
+    return cached if cached is not None else empty_features(len(tx))
 
 
 def stale_views(tx: Transactions, features: OnlineFeatures) -> dict[str, np.ndarray]:
@@ -267,10 +275,15 @@ def unavailable_views(
     """What the models must decide without: every view when the store did not answer,
     else the stale views (``stream_stale``: the recent buffers, all rows), each stale row
     told so (``FEATURES_STALE:<view>``)."""
-    if not ok:
+    if not ok and not features.from_cache:
         everything = np.ones(len(tx), dtype=bool)
         return {g.name: everything for g in FEATURE_GROUPS}
     stale = stale_views(tx, features)
+    if not ok:  # the cache's daily views, where it held them and they are fresh; no recent
+        held = {"card_id": features.card_found, "terminal_id": features.terminal_found}
+        out = {g.name: ~held[g.entity] | stale.get(g.name, False) for g in FEATURE_GROUPS}
+        out[CARD_RECENT.name] = np.ones(len(tx), dtype=bool)
+        return out
     if stream_stale:
         stale[CARD_RECENT.name] = np.ones(len(tx), dtype=bool)
     for view, rows in stale.items():

@@ -26,7 +26,12 @@ from python_backend.fraud.deadline import Deadline, QueueBound, request_deadline
 from python_backend.fraud.features import ModelInputs
 from python_backend.fraud.ladder import Budget, ModelLadder
 from python_backend.fraud.online import OnlineFeatureReader
-from python_backend.fraud.reasons import FEATURES_CIRCUIT_OPEN, FEATURES_UNAVAILABLE, INVALID_INPUT
+from python_backend.fraud.reasons import (
+    FEATURES_CIRCUIT_OPEN,
+    FEATURES_FROM_CACHE,
+    FEATURES_UNAVAILABLE,
+    INVALID_INPUT,
+)
 from python_backend.fraud.rules import RuleSet
 from python_backend.tracing import Timeline
 
@@ -264,12 +269,16 @@ class FraudService:
             degradations.append(FEATURES_CIRCUIT_OPEN)
         if reader is not None:
             reader.timeline = timeline
-        features, ok = scoring.read_features(reader, tx, reasons, on_error=self._feature_error)
+        features, ok = scoring.read_features(
+            reader, tx, reasons, on_error=self._feature_error, cache=self.reader
+        )
         if reader is not None:
             reader.timeline = None
             breaker.record(ok, (self.clock() - started) * 1000)
         if not ok:
             degradations.append(FEATURES_UNAVAILABLE)
+            if features.from_cache:
+                degradations.append(FEATURES_FROM_CACHE)
         # A stale view is not extrapolated from: the models decide without it, as trained to.
         stream_stale = ok and self.heartbeat is not None and self.heartbeat.stale()
         unavailable = scoring.unavailable_views(tx, features, ok, reasons, stream_stale)

@@ -142,3 +142,116 @@ def test_on_redis_cluster_the_features_are_spread_over_every_node(
     materialize(feature_store(settings), settings, log=lambda _m: None)
     keys = [redis.Redis(port=node.port).dbsize() for node in redis_cluster_service.nodes]
     assert len(keys) == 3 and min(keys) > 0.2 * sum(keys), keys
+
+
+# -- the BLS's cache of daily views in front of Redis ---------------------------------------
+@pytest.fixture(params=["redis", "redis_cluster"])
+def redis_store(request, tiny_build, tmp_path):
+    """The tiny build materialized into Redis (plain, and a cluster)."""
+    settings = StoreSettings.from_env(
+        kind=request.param,
+        repo_dir=tmp_path / "repo",
+        data_dir=tiny_build.build_dir / "data" / "tiny",
+        redis_url=request.getfixturevalue(STORE_URL_FIXTURES[request.param]),
+    )
+    fs = feature_store(settings)
+    materialize(fs, settings, log=lambda _m: None)
+    return settings, fs
+
+
+def _cached_reader(settings):
+    from python_backend.fraud.online.cache import DailyCache
+
+    reader = open_reader(settings.kind, settings.reader_location)
+    reader.cache = DailyCache(max_entries=1000)
+    return reader
+
+
+def _same(a, b) -> bool:
+    return (
+        all(np.array_equal(a.stored[k], b.stored[k]) for k in a.stored)
+        and all(np.array_equal(a.event_ms[k], b.event_ms[k]) for k in a.event_ms)
+        and np.array_equal(a.card_found, b.card_found)
+        and np.array_equal(a.terminal_found, b.terminal_found)
+    )
+
+
+def test_cached_reads_equal_the_stores_and_hit_after_the_first(redis_store) -> None:
+    settings, _ = redis_store
+    cards, terminals = _pairs(settings)
+    plain, cached = open_reader(settings.kind, settings.reader_location), _cached_reader(settings)
+    for _ in range(3):
+        assert _same(cached.read(cards, terminals), plain.read(cards, terminals))
+    for i in (0, 5, len(cards) - 1):  # one row at a time too (the pipeline, not the script)
+        one = cards[i : i + 1], terminals[i : i + 1]
+        assert _same(cached.read(*one), plain.read(*one))
+    cache = cached.cache
+    assert cache.hit_rate("terminal_id") > 0.6 and cache.hit_rate("card_id") > 0.6
+    assert cache.invalidations == 0
+
+
+def _flush(settings) -> None:
+    """Every key of the store gone (Feast keeps a newer row over an older one written
+    later, so going back a day needs an empty store)."""
+    reader = open_reader(settings.kind, settings.reader_location)
+    if settings.kind == "redis_cluster":
+        from redis.cluster import RedisCluster
+
+        reader.client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        reader.client.flushdb()
+    reader.close()
+
+
+def test_materialization_empties_the_cache(redis_store, monkeypatch) -> None:
+    """The daily views of the day before cached; those of the last day written: without the
+    version bump the cache serves what it held, with it (what ``materialize`` does last) the
+    new views."""
+    import feature_repo.store as store_module
+
+    settings, fs = redis_store
+    cards, terminals = _pairs(settings)
+    tx = pd.read_parquet(settings.data_dir / "transactions.parquet")
+    last_day = int(tx["ts_ms"].max()) // MS_PER_DAY * MS_PER_DAY
+    _flush(settings)
+    materialize(fs, settings, as_of_ms=last_day - MS_PER_DAY, log=lambda _m: None)
+    plain, cached = open_reader(settings.kind, settings.reader_location), _cached_reader(settings)
+    before = cached.read(cards, terminals)
+    monkeypatch.setattr(store_module, "bump_version", lambda _s: None)
+    materialize(fs, settings, as_of_ms=last_day, log=lambda _m: None)
+    now = plain.read(cards, terminals)
+    views = ("card_daily", "terminal_daily")
+    for view in views:
+        assert not np.array_equal(now.event_ms[view], before.event_ms[view]), view
+    held = cached.read(cards, terminals)
+    for view in views:
+        assert np.array_equal(held.event_ms[view], before.event_ms[view]), view
+    monkeypatch.undo()
+    store_module.bump_version(settings)
+    assert _same(cached.read(cards, terminals), plain.read(cards, terminals))
+    assert cached.cache.invalidations == 1
+
+
+def test_without_the_store_the_cached_daily_views_still_serve(redis_store) -> None:
+    import redis
+
+    from client.local.services import free_port
+
+    settings, _ = redis_store
+    cards, terminals = _pairs(settings)
+    plain, cached = open_reader(settings.kind, settings.reader_location), _cached_reader(settings)
+    expected = plain.read(cards, terminals)
+    cached.read(cards, terminals)
+    # The store away: the same cache in front of a Redis that does not answer.
+    away = open_reader("redis", f"redis://127.0.0.1:{free_port()}/0")
+    away.cache = cached.cache
+    with pytest.raises(redis.ConnectionError):
+        away.read(cards, terminals)
+    served = away.cached_features(cards, terminals)
+    assert served.from_cache
+    for view in ("card_daily", "terminal_daily"):
+        assert np.array_equal(served.event_ms[view], expected.event_ms[view]), view
+    assert not served.event_ms["card_recent"].any(), "the recent view is never cached"
+    assert np.array_equal(served.terminal_found, expected.terminal_found)
+    for name in ("terminal_tx_count_7d", "card_amount_mean_7d"):
+        assert np.array_equal(served.stored[name], expected.stored[name]), name

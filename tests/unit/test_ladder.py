@@ -19,7 +19,7 @@ from python_backend.fraud import (
     default_breakers,
     run_now,
 )
-from python_backend.fraud.online import empty_features
+from python_backend.fraud.online import OnlineFeatureReader, empty_features
 from python_backend.fraud.rules import load_rules
 from python_backend.fraud.scoring import DecisionPolicy
 
@@ -251,7 +251,7 @@ def test_unknown_hedge_is_refused_with_the_parameter_named(clock) -> None:
 
 
 # -- the batch service ---------------------------------------------------------------------
-class FakeReader:
+class FakeReader(OnlineFeatureReader):
     def __init__(self, fail: bool = False) -> None:
         self.fail, self.reads, self.heartbeat_reads = fail, 0, 0
 
@@ -406,3 +406,44 @@ class FakeFamily:
 
     def __init__(self, name, text, kind) -> None:
         self.name = name
+
+
+class CachedOnlyReader(FakeReader):
+    """A store that fails, whose cache holds the daily views of card 1 and terminal 1."""
+
+    def __init__(self) -> None:
+        super().__init__(fail=True)
+
+    def cached_features(self, card_ids, terminal_ids):
+        features = empty_features(len(card_ids))
+        features.card_found[:] = card_ids == 1
+        features.terminal_found[:] = terminal_ids == 1
+        now_ms = int(__import__("time").time() * 1000)
+        for view, found in (
+            ("card_daily", features.card_found),
+            ("terminal_daily", features.terminal_found),
+        ):
+            features.event_ms[view][found] = now_ms - 3_600_000  # materialized an hour ago
+        features.from_cache = True
+        return features
+
+
+def test_the_store_away_the_cached_daily_views_still_serve(clock) -> None:
+    from python_backend.fraud import scoring
+
+    service = _service(clock, CachedOnlyReader())
+    batch = run_now(service.handle([_request([1, 2])]))
+    assert "FEATURES_FROM_CACHE" in _reasons(batch) and "FEATURES_UNAVAILABLE" in _reasons(batch)
+    tx = batch.transactions
+    features, ok = scoring.read_features(service.reader, tx, [[], []])
+    unavailable = scoring.unavailable_views(tx, features, ok, [[], []])
+    assert not ok and features.from_cache
+    assert unavailable["card_daily"].tolist() == [False, True], "card 1 held, card 2 not"
+    assert unavailable["terminal_daily"].tolist() == [False, False], "terminal 1 held for both"
+    assert unavailable["card_recent"].all(), "the recent view is never cached"
+    for _ in range(5):  # the store's circuit opens: the cache still serves, the store unasked
+        batch = run_now(service.handle([_request([1])]))
+    assert service.features_breaker.state == OPEN
+    assert _reasons(batch)[:3] == [
+        "FEATURES_CIRCUIT_OPEN", "FEATURES_UNAVAILABLE", "FEATURES_FROM_CACHE"
+    ]  # fmt: skip

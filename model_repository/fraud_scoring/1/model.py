@@ -38,6 +38,7 @@ from python_backend.fraud.callers import onnx_or_unavailable
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 from python_backend.fraud.metrics import ServiceMetrics
 from python_backend.fraud.online import open_reader
+from python_backend.fraud.online.cache import DailyCache
 from python_backend.fraud.outbox import Outbox
 from python_backend.fraud.rollout import RolloutPlan, RoutedPrimary
 from python_backend.fraud.rules import load_rules
@@ -58,6 +59,8 @@ class TritonPythonModel:
         except Exception as err:  # decide on defaults rather than refuse to load
             log.log_warn(f"fraud_scoring: no online features ({err}); using defaults")
             reader = None
+        if reader is not None and reader.remote:
+            reader.cache = DailyCache.from_settings()  # the hot keys' daily views
         in_process = params.get("FALLBACK", "in_process") == "in_process"
         if in_process:
             onnx = model_dir / params.get("FALLBACK_ONNX", DEFAULT_FALLBACK_ONNX)
@@ -95,6 +98,8 @@ class TritonPythonModel:
         self.outbox = Outbox.from_env(args["model_instance_name"], self.metrics.count, log.log_warn)
         if self.outbox is not None:
             self.metrics.decision_log = self.outbox.decision_log
+        if reader is not None:
+            self.metrics.cache = reader.cache
         if params.get("GC_FREEZE", "0") == "1":
             gc.freeze()  # the sessions, rules and reader stay: no full sweep walks them again
 

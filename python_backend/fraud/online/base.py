@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from python_backend.fraud.features import FEATURE_GROUPS, RECENT_BUFFER, default_stored
+from python_backend.fraud.online.cache import DailyCache
 from python_backend.tracing import Timeline
 
 
@@ -30,6 +31,9 @@ class OnlineFeatures:
     event_ms: dict[str, np.ndarray]
     #: Transaction ids in each card's recent buffer (only with ``with_tx_ids``).
     recent_tx_ids: list[list[str]] | None = None
+    #: Read from the BLS's cache alone, the store not answering: the daily views it held
+    #: (found flags say whose), no recent view.
+    from_cache: bool = False
 
     @property
     def missing(self) -> np.ndarray:
@@ -42,9 +46,14 @@ class OnlineFeatureReader(abc.ABC):
 
     #: Whether one read is a single network round trip.
     single_round_trip: bool = True
+    #: Whether the store is across a network (a cache in front of it saves round trips).
+    remote: bool = False
     #: Set by the service around the read of a traced batch: the reader notes each store
     #: call on it (``store.<what>`` marks), so the trace shows the round trips.
     timeline: Timeline | None = None
+    #: The hot keys' daily views (``python_backend.fraud.online.cache``), where the store
+    #: is remote; set by the BLS.
+    cache: DailyCache | None = None
 
     @abc.abstractmethod
     def read(
@@ -52,6 +61,12 @@ class OnlineFeatureReader(abc.ABC):
     ) -> OnlineFeatures:
         """Features for each (card, terminal) pair, in the same order. With
         ``terminal_ids=None`` only card features are read (terminal ones get defaults)."""
+
+    def cached_features(
+        self, card_ids: np.ndarray, terminal_ids: np.ndarray
+    ) -> OnlineFeatures | None:
+        """Without the store: what the cache holds, or None (no cache, nothing held)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
