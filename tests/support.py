@@ -1,4 +1,5 @@
-"""What several test modules share that is not a fixture: waiting for a condition."""
+"""What several test modules share that is not a fixture: waiting for a condition, a
+transaction to score."""
 
 from __future__ import annotations
 
@@ -47,3 +48,14 @@ def wait_for_live_panels(prometheus_port: int, uid: str, timeout_s: float = 30.0
         what=lambda: f"a series in every panel of {uid} (none yet in {empty()})",
         interval_s=1.0,
     )
+
+
+def transaction(prefix: str, i: int, amount: float = 12.5) -> dict:
+    """A transaction of card 1..9 at terminal 1..4, now, with an id no other run shares."""
+    return {
+        "transaction_id": f"{prefix}-{time.time_ns()}-{i}",
+        "card_id": 1 + i % 9,
+        "terminal_id": 1 + i % 4,
+        "amount": amount + i,
+        "ts_ms": int(time.time() * 1000),
+    }

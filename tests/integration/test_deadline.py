@@ -14,6 +14,7 @@ import pytest
 
 from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 from tests.conftest import serving_repository
+from tests.support import transaction
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +58,7 @@ def queued_server(tiny_build, serving_sqlite, tmp_path_factory):
 
 
 def _row(i: int) -> dict:
-    return {
-        "transaction_id": f"queued-{time.time_ns()}-{i}",
-        "card_id": 1 + i % 9,
-        "terminal_id": 1 + i % 4,
-        "amount": 20.0 + i,
-        "ts_ms": int(time.time() * 1000),
-    }
+    return transaction("queued", i, 20.0)
 
 
 #: Triton 2.51's dynamic batcher sometimes leaves requests that came while every instance was

@@ -17,18 +17,13 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from python_backend.fraud.contract import DECISIONS
+from tests.support import transaction
 
 pytestmark = pytest.mark.slow
 
 
 def _row(i: int) -> dict:
-    return {
-        "transaction_id": f"mesh-{time.time_ns()}-{i}",
-        "card_id": 1 + i % 9,
-        "terminal_id": 1 + i % 4,
-        "amount": 12.5 + i,
-        "ts_ms": int(time.time() * 1000),
-    }
+    return transaction("mesh", i, 12.5)
 
 
 @pytest.fixture(scope="module")

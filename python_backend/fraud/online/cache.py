@@ -104,8 +104,6 @@ class DailyCache:
 
     def hit_rate(self, entity: str | None = None) -> float:
         """Hits over lookups made with the store (``entity``: one entity's)."""
-        counts = {
-            o: n for (o, e), n in self.counts.items() if entity is None or e == entity
-        }
+        counts = {o: n for (o, e), n in self.counts.items() if entity is None or e == entity}
         lookups = counts.get("hit", 0) + counts.get("miss", 0) + counts.get("expired", 0)
         return counts.get("hit", 0) / lookups if lookups else 0.0
