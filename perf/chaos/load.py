@@ -142,6 +142,45 @@ class Load:
         await self.client.close()
 
 
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (``/proc/stat``: user, nice,
+    system, irq, softirq, steal), 0.0 where there is no ``/proc``."""
+    import os
+
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class ClientCpu:
+    """The load client's own CPU (this process: the request generator and the faults'
+    orchestration) beside the machine's busy CPU over the load: how much of what the run
+    measured was the measuring. It runs at the service's priority: lowered, its own delays
+    would be counted against the service (latency runs from each request's scheduled
+    arrival)."""
+
+    def start(self) -> None:
+        self.cpu, self.busy, self.wall = time.process_time(), machine_busy_s(), time.perf_counter()
+
+    def stop(self) -> None:
+        self.cpu = time.process_time() - self.cpu
+        self.busy = machine_busy_s() - self.busy
+        self.wall = time.perf_counter() - self.wall
+
+    def summary(self) -> dict:
+        return {
+            "cpu_s": round(self.cpu, 1),
+            "wall_s": round(self.wall, 1),
+            "cores": round(self.cpu / self.wall, 2) if self.wall else None,
+            "machine_busy_cpu_s": round(self.busy, 1),
+            "share_of_busy": round(self.cpu / self.busy, 3) if self.busy else None,
+        }
+
+
 class ResourceWatch:
     """Samples the server's memory (RSS, with its stubs) and open files once a second."""
 

@@ -245,6 +245,7 @@ def markdown(summary: dict) -> str:
         "",
         f"- {res}",
         f"- Redis refills (s): {summary['refill_s']}",
+        f"- the load client itself (this process): {summary.get('load_client')}",
         "",
     ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import numpy as np
 
 from perf.chaos.config import FAULTS, WARMUP_S, Timing
 from perf.chaos.faults import _faults
-from perf.chaos.load import Load, ResourceWatch
+from perf.chaos.load import ClientCpu, Load, ResourceWatch
 from perf.chaos.measure import Window
 from perf.chaos.report import console, summarize, write
 from perf.chaos.system import System
@@ -100,6 +100,7 @@ def run(
         system.start()
         load = Load(system.url, rows, timing.rate, system.run_id)
         resources = ResourceWatch(system, load.now)
+        client_cpu = ClientCpu()
         cycles = 1
         if timing.soak_s:
             per_cycle = len(faults) * (timing.fault_s + timing.watch_s + 3)
@@ -119,6 +120,7 @@ def run(
                 stop = asyncio.Event()
                 generator = asyncio.create_task(load.run(stop))
                 resources.start()
+                client_cpu.start()
                 try:
                     return await _schedule(system, load, timing, faults, stop, progress, log)
                 finally:
@@ -127,6 +129,7 @@ def run(
 
             windows = loop.run_until_complete(main())
         loop.close()
+        client_cpu.stop()
         resources.stop()
         log("chaos: load stopped; waiting for the decision log and the consumer to drain")
         records = _drain_decisions(system, read_all)
@@ -154,6 +157,7 @@ def run(
     summary = summarize(
         timing, load, windows, records, consumer, events, resources, reloads, system, scale
     )
+    summary["load_client"] = client_cpu.summary()
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write(summary, load, windows, out)
     log(console(summary))
