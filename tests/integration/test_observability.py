@@ -236,14 +236,32 @@ def test_trace_stages_agree_with_stage_us_and_cover_the_latency(observed) -> Non
     assert covered is not None and 0.75 <= covered <= 1.01, (covered, found.stage_us)
 
 
-def test_trace_command_prints_a_waterfall_and_draws_it(observed, tmp_path, capsys) -> None:
-    from client.__main__ import main
+def _traced_completely(observed, i: int) -> dict:
+    """A transaction scored with a trace and every span of it collected. Once in a clean-
+    clone CI run (2026-12-07) Triton exported no span at all for a traced request (only the
+    client's arrived; the same code passed the run before and locally): that is a lost trace,
+    not what the trace command is tested for, so a second traced request is sent; two lost
+    in a row fail."""
     from python_backend import tracing
 
-    row = _row(7)
-    observed.client.score([row], trace=True)
-    tracing.tracer("fraud-client").flush()
-    _wait_for_trace(observed.spans, row["transaction_id"], EVERY_SPAN)
+    for attempt in range(2):
+        row = _row(i + 100 * attempt)
+        observed.client.score([row], trace=True)
+        tracing.tracer("fraud-client").flush()
+        try:
+            _wait_for_trace(observed.spans, row["transaction_id"], EVERY_SPAN, timeout_s=20)
+            return row
+        except pytest.fail.Exception:
+            if attempt:
+                raise
+            print(f"trace of {row['transaction_id']} lost; tracing another request")
+    raise AssertionError("unreachable")
+
+
+def test_trace_command_prints_a_waterfall_and_draws_it(observed, tmp_path, capsys) -> None:
+    from client.__main__ import main
+
+    row = _traced_completely(observed, 7)
     png = tmp_path / "waterfall.png"
     code = main(["trace", row["transaction_id"], "--spans", str(observed.spans), "--png", str(png)])
     out = capsys.readouterr().out
