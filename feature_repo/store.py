@@ -16,6 +16,7 @@ two stores need differently shaped ``online_store`` sections.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,26 +194,29 @@ def materialize(
             f"  {group.name:<15} {counts[group.name]:>9,} entities -> {store_settings.kind} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
-    bump_version(store_settings)
+    stamp_version(store_settings)
     log(f"materialized as of {end.isoformat()} in {time.perf_counter() - started:.1f} s")
     return counts
 
 
-def bump_version(store_settings: StoreSettings) -> int | None:
-    """Tell the BLS's caches that the daily views changed: increment the version key they
-    read with every batch (``python_backend.fraud.online.cache``); Redis only (the embedded
-    store has no cache in front of it). Returns the new version."""
+def stamp_version(store_settings: StoreSettings) -> str | None:
+    """Tell the BLS's caches that the daily views changed: stamp the version key they read
+    with every batch (``python_backend.fraud.online.cache``) with a new unique value (a
+    counter would start again at 1 in a Redis that restarted empty); Redis only (the
+    embedded store has no cache in front of it). Returns the stamp."""
     if store_settings.kind not in REDIS_KINDS:
         return None
     from python_backend.feast_layout import PROJECT
     from python_backend.fraud.online import READERS
     from python_backend.fraud.online.cache import VERSION_KEY
 
-    reader = READERS[store_settings.kind](store_settings.redis_url)
+    stamp = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    client = READERS[store_settings.kind].connect(store_settings.redis_url, timeout_s=5.0)
     try:
-        return int(reader.client.incr(f"{PROJECT}:{VERSION_KEY}"))
+        client.set(f"{PROJECT}:{VERSION_KEY}", stamp)
     finally:
-        reader.close()
+        client.close()
+    return stamp
 
 
 def fill(store_settings: StoreSettings, log=print) -> dict[str, str]:

@@ -157,7 +157,7 @@ class ServiceMetrics:
         #: The reader's ``DailyCache`` (set by the BLS), whose counts are handed over.
         self.cache = None
         self._cache_seen: dict = {}
-        self._invalidations_seen = 0
+        self._invalidations_seen: dict = {}
         self.flush_s = flush_s
         self.clock = clock
         self.counts: Counter = Counter()
@@ -268,32 +268,30 @@ class ServiceMetrics:
             self._flush_histogram(key, labels, histogram)
         for name, breaker in self.breakers.items():
             self._metric("breakers", (("dependency", name),)).set(STATE_CODES[breaker.state])
-        if self.cache is not None:
-            self._flush_cache(self.cache)
+        if self.cache is not None:  # it counts in the batch's thread: totals, not deltas
+            cache = self.cache
+            self._cache_seen = self._count_since(
+                "cache", cache.counts, self._cache_seen,
+                lambda k: (("entity", k[1]), ("outcome", k[0])),
+            )  # fmt: skip
+            self._invalidations_seen = self._count_since(
+                "cache_invalidations", {(): cache.invalidations}, self._invalidations_seen,
+                lambda _k: (),
+            )  # fmt: skip
         if self.decision_log is not None:
-            counts = self.decision_log.counts.copy()
-            for outcome, n in counts.items():
-                if n > self._logged[outcome]:
-                    self._metric("logged", (("outcome", outcome),)).increment(
-                        n - self._logged[outcome]
-                    )
-            self._logged = counts
-            self._metric("spool", ()).set(counts["spooled"] - counts["replayed"])
-
-    def _flush_cache(self, cache) -> None:
-        """The cache's counts since the last flush (it counts in the batch's thread)."""
-        counts = dict(cache.counts)
-        for (outcome, entity), n in counts.items():
-            new = n - self._cache_seen.get((outcome, entity), 0)
-            if new > 0:
-                labels = (("entity", entity), ("outcome", outcome))
-                self._metric("cache", labels).increment(new)
-        self._cache_seen = counts
-        if cache.invalidations > self._invalidations_seen:
-            self._metric("cache_invalidations", ()).increment(
-                cache.invalidations - self._invalidations_seen
+            self._logged = self._count_since(
+                "logged", self.decision_log.counts, self._logged, lambda k: (("outcome", k),)
             )
-            self._invalidations_seen = cache.invalidations
+            self._metric("spool", ()).set(self._logged["spooled"] - self._logged["replayed"])
+
+    def _count_since(self, family: str, totals: dict, seen: dict, labels) -> dict:
+        """Counters kept elsewhere as running totals: each key's counter grows by what its
+        total gained since ``seen`` (the totals at the last flush). Returns the totals now."""
+        totals = totals.copy()
+        for key, n in totals.items():
+            if n > seen.get(key, 0):
+                self._metric(family, labels(key)).increment(n - seen.get(key, 0))
+        return totals
 
     def _flush_histogram(self, key: str, labels: tuple, histogram: LatencyHistogram) -> None:
         total = int(histogram.counts.sum())

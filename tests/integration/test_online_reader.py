@@ -205,7 +205,7 @@ def _flush(settings) -> None:
 
 def test_materialization_empties_the_cache(redis_store, monkeypatch) -> None:
     """The daily views of the day before cached; those of the last day written: without the
-    version bump the cache serves what it held, with it (what ``materialize`` does last) the
+    version stamp the cache serves what it held, with it (what ``materialize`` does last) the
     new views."""
     import feature_repo.store as store_module
 
@@ -217,7 +217,7 @@ def test_materialization_empties_the_cache(redis_store, monkeypatch) -> None:
     materialize(fs, settings, as_of_ms=last_day - MS_PER_DAY, log=lambda _m: None)
     plain, cached = open_reader(settings.kind, settings.reader_location), _cached_reader(settings)
     before = cached.read(cards, terminals)
-    monkeypatch.setattr(store_module, "bump_version", lambda _s: None)
+    monkeypatch.setattr(store_module, "stamp_version", lambda _s: None)
     materialize(fs, settings, as_of_ms=last_day, log=lambda _m: None)
     now = plain.read(cards, terminals)
     views = ("card_daily", "terminal_daily")
@@ -227,7 +227,7 @@ def test_materialization_empties_the_cache(redis_store, monkeypatch) -> None:
     for view in views:
         assert np.array_equal(held.event_ms[view], before.event_ms[view]), view
     monkeypatch.undo()
-    store_module.bump_version(settings)
+    store_module.stamp_version(settings)
     assert _same(cached.read(cards, terminals), plain.read(cards, terminals))
     assert cached.cache.invalidations == 1
 
@@ -255,3 +255,24 @@ def test_without_the_store_the_cached_daily_views_still_serve(redis_store) -> No
     assert np.array_equal(served.terminal_found, expected.terminal_found)
     for name in ("terminal_tx_count_7d", "card_amount_mean_7d"):
         assert np.array_equal(served.stored[name], expected.stored[name]), name
+
+
+def test_a_store_restarted_empty_keeps_the_cache_until_its_refill_is_stamped(
+    redis_store,
+) -> None:
+    """Redis emptied (as a restart without persistence leaves it): the cached daily views
+    still serve while the stamp is missing, and nothing of the empty store is cached; the
+    refill's stamp brings the reads back to the store's."""
+    settings, fs = redis_store
+    cards, terminals = _pairs(settings)
+    plain, cached = open_reader(settings.kind, settings.reader_location), _cached_reader(settings)
+    before = cached.read(cards, terminals)
+    _flush(settings)
+    held = cached.read(cards, terminals)
+    for view in ("card_daily", "terminal_daily"):
+        assert np.array_equal(held.event_ms[view], before.event_ms[view]), view
+    assert not held.event_ms["card_recent"].any(), "the recent view is read from the store"
+    assert not cached.cache.stamped and cached.cache.invalidations == 0
+    materialize(fs, settings, log=lambda _m: None)
+    assert _same(cached.read(cards, terminals), plain.read(cards, terminals))
+    assert cached.cache.stamped and cached.cache.invalidations == 1

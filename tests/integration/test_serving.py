@@ -187,6 +187,19 @@ def test_stale_daily_views_are_named_counted_and_not_extrapolated(serving, last_
     assert counted and float(counted[0].split()[-1]) >= 1, counted
 
 
+def test_the_daily_view_cache_hits_on_repeated_keys_and_says_so(serving, last_day) -> None:
+    """The same pairs scored again: their daily views come from the BLS's cache, and the
+    lookups reach Triton's metrics by entity and outcome."""
+    rows = _rows(_ordinary(last_day, 8).assign(transaction_id=lambda f: f["transaction_id"] + "-c"))
+    serving.client.score(rows)
+    again = serving.client.score([r | {"transaction_id": r["transaction_id"] + "2"} for r in rows])
+    assert all(d.path == "primary" for d in again), again
+    pattern = 'fraud_feature_cache_lookups_total{entity="terminal_id",outcome="hit"}'
+    metrics = _metrics_showing(serving, pattern, rows[:1])
+    counted = [line for line in metrics.splitlines() if line.startswith(pattern)]
+    assert counted and float(counted[0].split()[-1]) >= 1, counted
+
+
 def _metrics_showing(serving, text: str, rows: list[dict]) -> str:
     """Triton's metrics once they hold ``text``; ``rows`` scored after each miss (the BLS
     hands its metrics to Triton at most once a second, after a batch or from its timer)."""

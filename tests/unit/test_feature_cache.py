@@ -1,5 +1,5 @@
 """The BLS's cache of daily views (``python_backend.fraud.online.cache``): bounded, aged,
-emptied when materialization bumps the version; the pure logic, with a fake clock."""
+emptied when materialization stamps a new version; the pure logic, with a fake clock."""
 
 from __future__ import annotations
 
@@ -49,3 +49,19 @@ def test_a_new_version_empties_the_cache_and_is_counted() -> None:
     cache.saw_version(b"2")
     assert cache.get("card_id", 1) is None and cache.invalidations == 1
     assert cache.hit_rate() == 0.5 and cache.hit_rate("terminal_id") == 0.0
+
+
+def test_a_store_that_lost_its_stamp_keeps_the_cache_until_a_new_one() -> None:
+    """Redis restarted empty: the version key is gone while the refill runs. What is cached
+    was materialized, so it stays (and nothing new is cached); the refill's new stamp drops
+    it; the old stamp back (a replica promoted with the same data) keeps it."""
+    cache = DailyCache(clock=Clock())
+    cache.saw_version(b"s1")
+    cache.put("terminal_id", 4, [b"t"])
+    assert cache.stamped
+    assert not cache.saw_version(None)
+    assert not cache.stamped and cache.get("terminal_id", 4) == [b"t"]
+    assert not cache.saw_version(b"s1") and cache.get("terminal_id", 4) == [b"t"]
+    cache.saw_version(None)
+    assert cache.saw_version(b"s2"), "the refill's stamp: what was cached is outdated"
+    assert cache.get("terminal_id", 4) is None and cache.invalidations == 1

@@ -6,10 +6,15 @@ reads its cards' recent fields from the store every time, and a daily view only 
 not cached: a cached terminal costs no key at all, a cached card only its recent fields.
 
 - **Bounded**: at most ``max_entries`` per entity, the least recently used out first.
-- **Invalidated when materialization writes**: it increments :data:`VERSION_KEY` when it is
-  done (``feature_repo.store.materialize``); every read fetches the key in the same round
-  trip and drops everything cached when it changed. An entry also expires after
-  ``max_age_s``, should a writer not bump the key.
+- **Invalidated when materialization writes**: it stamps :data:`VERSION_KEY` with a new
+  unique value when it is done (``feature_repo.store.materialize``); every read fetches the
+  key in the same round trip and drops everything cached when it changed. An entry also
+  expires after ``max_age_s``, should a writer not stamp the key.
+- **A store that lost its stamp** (Redis restarted empty, a refill under way) keeps what is
+  cached: those views were materialized, and the refill stamps a new value when it is done.
+  Meanwhile nothing new is cached (what an emptied store answers is not a materialized day).
+  The stamp is unique, not a counter, so a store that restarts and counts again from 1 cannot
+  pass for the version the cache holds.
 - **Freshness**: an entry keeps its view's stored cells, event time included, so a view
   older than its freshness limit is as stale from the cache as from the store (the service
   decides without it).
@@ -24,7 +29,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-#: Incremented by each materialization (a Redis string next to Feast's hashes).
+#: Stamped with a new unique value by each materialization (a Redis string next to Feast's
+#: hashes).
 VERSION_KEY = "fraud:materialized_version"
 
 
@@ -43,6 +49,8 @@ class DailyCache:
             "terminal_id": OrderedDict(),
         }
         self.version: bytes | None = None
+        #: Whether the store held a stamp at the last read: nothing is cached while it does not.
+        self.stamped = False
         #: Lookups by outcome (hit, miss, expired) and entity; invalidations.
         self.counts: dict[tuple[str, str], int] = {}
         self.invalidations = 0
@@ -62,9 +70,11 @@ class DailyCache:
         self.counts[key] = self.counts.get(key, 0) + n
 
     def saw_version(self, version: bytes | None) -> bool:
-        """The version key as read with a batch: a change drops every entry. Whether
-        anything was dropped (the batch's cached views are then outdated)."""
-        if version == self.version:
+        """The version key as read with a batch: a new stamp drops every entry; no stamp
+        keeps them (and caches nothing new). Whether anything was dropped (the batch's cached
+        views are then outdated)."""
+        self.stamped = version is not None
+        if version is None or version == self.version:
             return False
         dropped = any(self.entries.values())
         if self.version is not None or dropped:

@@ -89,7 +89,7 @@ class RedisFeatureReader(OnlineFeatureReader):
         # (reads take 1-3 ms here): a read that waits blocks its whole batch, and the
         # features breaker counts anything over 20 ms as bad anyway. Measured in the chaos
         # run: with 50 ms, each half-open probe at a stalled Redis held a BLS instance 57 ms.
-        self.client = self._connect(url, timeout_s)
+        self.client = self.connect(url, timeout_s)
         self.project = project
         self._layout: dict[str, list[tuple[FeatureGroup, str | None, bytes]]] = {}
         for entity in ("card_id", "terminal_id"):
@@ -116,7 +116,8 @@ class RedisFeatureReader(OnlineFeatureReader):
         self._version_key = f"{project}:{VERSION_KEY}"
 
     @staticmethod
-    def _connect(url: str, timeout_s: float):
+    def connect(url: str, timeout_s: float):
+        """A redis-py client of this reader's kind (also for writers of the version key)."""
         import redis
 
         return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -232,7 +233,7 @@ class RedisFeatureReader(OnlineFeatureReader):
             any(c is not None for c in card_cached) or any(c is not None for c in terminal_cached)
         ):  # materialized since: what this batch took from the cache is outdated; read again
             return self._read_cached(card_ids, terminal_ids, cache)
-        keep = cache.version is not None  # no materialization stamped the store: no caching
+        keep = cache.stamped  # no materialization stamped the store: no caching
         rows = []
         for i, (card, cells) in enumerate(zip(cards, card_cached, strict=True)):
             reply = replies[i]
@@ -303,7 +304,7 @@ class RedisClusterFeatureReader(RedisFeatureReader):
         super().__init__(url, project, timeout_s, single_call=False)
 
     @staticmethod
-    def _connect(url: str, timeout_s: float):
+    def connect(url: str, timeout_s: float):
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(
