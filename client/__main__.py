@@ -361,7 +361,9 @@ def cmd_retrain(args) -> int:
     from client import retrain
     from client.launcher import built_scale, ensure_models
     from python_backend.paths import BUILD, MODEL_REPOSITORY
+    from python_backend.priority import as_batch_job
 
+    print(f"retrain: batch work, at {as_batch_job()}")
     scale = args.scale or built_scale() or "small"
     ensure_models(scale, print)
     settings = RetrainSettings(

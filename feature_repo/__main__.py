@@ -97,13 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         apply(feature_store(settings), settings)
         print(f"applied to {settings.repo_dir} ({settings.kind})")
     elif args.command == "materialize":
+        from python_backend.priority import as_batch_job
+
+        priority = as_batch_job()
         started = time.perf_counter()
         store = feature_store(settings)
         counts = materialize(store, settings, _as_of_ms(args.as_of))
         print(
             f"online store ({settings.kind}, {settings.reader_location}): "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items())
-            + f"; {time.perf_counter() - started:.1f} s"
+            + f"; {time.perf_counter() - started:.1f} s at {priority}"
         )
     elif args.command == "consume":
         from feature_repo.stream import TransactionConsumer, ensure_topic, writer_for
@@ -168,17 +171,18 @@ def _consume(consumer, ready_file: Path | None, until_idle_s: float | None) -> N
 
 
 def _analyze(args) -> int:
-    from feature_repo.analysis import AnalysisConsumer, AnalysisMetrics, lowest_priority
+    from feature_repo.analysis import AnalysisConsumer, AnalysisMetrics
     from feature_repo.stream import ensure_topic
     from python_backend import settings
     from python_backend.fraud.cases import open_case_store
     from python_backend.fraud.heavy_model import HeavyModel
+    from python_backend.priority import as_batch_job
 
     folder = args.model or Path(settings.HEAVY_MODEL_DIR.get())
     if not (folder / "metadata.json").exists():
         print(f"no heavy model in {folder}: run `make engines` first", file=sys.stderr)
         return 2
-    priority = lowest_priority()
+    priority = as_batch_job()
     bootstrap = kafka_bootstrap()
     topics = {
         "transactions_topic": args.transactions_topic or settings.SCORED_TOPIC.get(),

@@ -16,14 +16,13 @@ batch is written, holes re-read, bad records counted and skipped):
   validation days) to the ``review`` topic as well. The store marks what the broker
   acknowledged; what it did not is sent again (the store is the outbox).
 
-It runs at the lowest CPU priority (``SCHED_IDLE`` where allowed, else nice 19): serving
-keeps the cores.
+It runs as batch work (``python_backend.priority``: ``SCHED_IDLE`` where allowed, else
+nice 19): serving keeps the cores.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -84,16 +83,6 @@ def disagrees(decision: str, heavy_score: float, threshold: float) -> bool:
     """The heavy model finds an approved transaction risky, or a declined one not."""
     risky = heavy_score >= threshold
     return (decision == "APPROVE" and risky) or (decision == "DECLINE" and not risky)
-
-
-def lowest_priority() -> str:
-    """This process at the lowest CPU priority it may take; what it got."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, PermissionError, OSError):
-        os.nice(19 - os.nice(0))
-        return f"nice {os.nice(0)}"
 
 
 class AnalysisConsumer(GroupConsumer):

@@ -91,6 +91,17 @@ DECISION_DRAIN_S = _setting(
     "10",
     "seconds the decision log spends handing its spool to the broker at shutdown",
 )
+EVENT_FORMAT = _setting(
+    "EVENT_FORMAT",
+    "protobuf",
+    "how events are written to the topics: protobuf (records.proto) or json; both are read",
+)
+# Batch work beside the service (python_backend.priority).
+BATCH_PRIORITY = _setting(
+    "BATCH_PRIORITY",
+    "idle",
+    "materialization, retraining, analysis: idle (SCHED_IDLE, else nice 19) or normal",
+)
 # The analysis consumer (feature_repo analyze) and the case store it fills.
 ANALYSIS = _setting(
     "ANALYSIS", "0", "make serve: 1 runs the analysis consumer (and a local broker) beside it"

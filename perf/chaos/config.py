@@ -43,6 +43,7 @@ FAULTS = (
     "server_restart",
     "rolling_restart",
     "replica_crash",
+    "batch_job",
 )
 DESCRIPTIONS = {
     "primary_errors": "fraud_primary answers every request with an error",
@@ -60,6 +61,8 @@ DESCRIPTIONS = {
     "behind Envoy",
     "replica_crash": "replica 1's whole server (tritonserver and its stubs) killed with "
     "SIGKILL, no drain; started again when the fault is lifted",
+    "batch_job": "the daily materialization run again beside the load (Redis kept), as "
+    "batch work (BATCH_PRIORITY: idle unless set to normal); lifted when it is done",
 }
 
 

@@ -148,6 +148,12 @@ def _faults() -> dict[str, Fault]:
         )
         state["refill"].start()
 
+    def batch_job(system: System) -> None:
+        state["job"] = threading.Thread(
+            target=lambda: system.refills.append(system.refill()), daemon=True
+        )
+        state["job"].start()
+
     def redis_slow(system: System) -> None:
         state["sleeper"] = RedisSleeper(system.redis_url)
         state["sleeper"].start()
@@ -243,4 +249,6 @@ def _faults() -> dict[str, Fault]:
         "server_restart": Fault("server_restart", stop_first, start_first),
         "rolling_restart": Fault("rolling_restart", rolling, lambda s: None, instantaneous=True),
         "replica_crash": Fault("replica_crash", crash_last, restart_crashed),
+        # Lifted when the job is done: the fault's window covers all of it.
+        "batch_job": Fault("batch_job", batch_job, lambda s: state.pop("job").join()),
     }

@@ -97,6 +97,7 @@ def summarize(
         "stream": stream,
         "resources": resources.summary(),
         "refill_s": [round(s, 1) for s in system.refills],
+        "refill_priority": sorted(set(system.refill_priorities)),
         "replica_restarts": system.restarts,
         "replicas_died_by_themselves": system.unplanned,
         "envoy": system.envoy,
@@ -244,7 +245,7 @@ def markdown(summary: dict) -> str:
         "## Server resources",
         "",
         f"- {res}",
-        f"- Redis refills (s): {summary['refill_s']}",
+        f"- Redis refills (s): {summary['refill_s']}, at {', '.join(summary['refill_priority'])}",
         f"- the load client itself (this process): {summary.get('load_client')}",
         "",
     ]

@@ -37,6 +37,7 @@ class System:
         self.redis = self.kafka = self.consumer = None
         self.watchdogs: list = []
         self.refills: list[float] = []
+        self.refill_priorities: list[str] = []
         self.envoy: dict[str, int] = {}
         self.restarts: list[dict] = []  # each replica restart's steps, in seconds
         self.unplanned: list[dict] = []  # replicas that died by themselves, booted again
@@ -72,18 +73,19 @@ class System:
 
     def refill(self) -> float:
         """``python -m feature_repo materialize`` into Redis (a process of its own, as the
-        scheduled job would be). Returns its seconds."""
+        scheduled job would be; it lowers its own priority, ``python_backend.priority``).
+        Returns its seconds; what it ran at goes to ``refill_priorities``."""
         started = time.perf_counter()
         env = child_environment(self.feature_env())
-        # At the lowest CPU priority: a batch job beside the service (on this 2-core machine
-        # the refill took a core for half a minute and the service's P99 with it).
-        subprocess.run(
-            ["nice", "-n", "19", sys.executable, "-m", "feature_repo", "materialize"],
+        done = subprocess.run(
+            [sys.executable, "-m", "feature_repo", "materialize"],
             env=env,
             check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        said = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+        self.refill_priorities.append(said.rpartition(" at ")[2] or "unknown")
         return time.perf_counter() - started
 
     # Triton -----------------------------------------------------------------------------

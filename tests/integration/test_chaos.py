@@ -35,6 +35,12 @@ def test_chaos_short_run_loses_nothing(serving, tmp_path) -> None:
     assert faults["fallback_fails_too"]["paths"].get("rules", 0) > 0
     assert faults["primary_stub_killed"]["watchdog_reloads"] >= 1
     assert any(r.startswith("FEATURES_") for r in faults["redis_down"]["degradations"])
+    # The refills (the first fill, redis_down's, the batch job's) ran as batch work.
+    lowest = {"SCHED_IDLE", "nice 19"}
+    assert len(summary["refill_s"]) == 3 and set(summary["refill_priority"]) <= lowest, (
+        summary["refill_s"],
+        summary["refill_priority"],
+    )
     # Every restart really replaced a server process behind Envoy, and no caller was left
     # without a decision across them.
     restarts = summary["replica_restarts"]
