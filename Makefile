@@ -23,7 +23,7 @@ CHART_VENV := .venv-chart
 # Size of the simulated data for `make engines`: tiny | small | default.
 SCALE ?= default
 
-.PHONY: help setup test-unit test-integration engines eval-real features feature-bench feature-parity serve stop observe retrain loop feature-groups rollout perf-mesh perf-analysis trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
+.PHONY: help setup test-unit test-integration engines eval-real features feature-bench records records-bench feature-parity serve stop observe retrain loop feature-groups rollout perf-mesh perf-analysis trace-report demo perf perf-image perf-recommender recommender chaos broker-holes image-model image-api test lint fmt clean
 # Scale built by `make serve` / `make demo` when no model is built yet (small: about a minute).
 DEMO_SCALE ?= small
 # Online store: sqlite (embedded, default) or redis (with REDIS_URL).
@@ -66,6 +66,12 @@ $(FEATURE_DATA)/transactions.parquet: | $(STAMP)
 
 features: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Apply the Feast repo and materialize into FEATURE_STORE
 	$(PY) -m feature_repo materialize
+
+records: $(STAMP)  ## Regenerate python_backend/records_pb2.py from records.proto (the topics' binary records)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. python_backend/records.proto
+
+records-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Binary records against JSON: CPU per record and bytes -> perf/results/records.md
+	$(PY) -m perf records
 
 feature-bench: $(STAMP) $(FEATURE_DATA)/transactions.parquet  ## Online read latency, reader vs Feast SDK, sqlite and redis
 	$(PY) -m perf feature-bench

@@ -6,6 +6,7 @@
     python -m perf chaos      faults injected under load, decisions reconciled (make chaos)
     python -m perf recommender  recommend_top5 sweep and click freshness (make perf-recommender)
     python -m perf feature-bench   online read latency, reader vs Feast SDK (make feature-bench)
+    python -m perf records         binary records against JSON (make records-bench)
     python -m perf feature-parity  a day through Kafka, online vs offline (make feature-parity)
     python -m perf trace-report    tracing's cost and the per-stage breakdown (make trace-report)
     python -m perf mesh       what Envoy adds, direct vs through it side by side (make perf-mesh)
@@ -47,6 +48,7 @@ def main() -> None:
             "reload-cost",
             "analysis",
             "feature-groups",
+            "records",
         ),
     )
     parser.add_argument("--quick", action="store_true", default=settings.PERF_QUICK.get() == "1")
@@ -98,6 +100,13 @@ def main() -> None:
         raise SystemExit(0 if summary["decision_log"]["missing"] == 0 else 1)
     elif args.command in ("feature-bench", "feature-parity"):
         _features(args.command, args.limit)
+    elif args.command == "records":
+        from perf.records import bench, write_report
+
+        data_dir = Path(settings.FEATURE_DATA.get())
+        if not (data_dir / "transactions.parquet").exists():
+            raise SystemExit(f"no simulated data in {data_dir}: run `make engines` first")
+        print(f"records: {write_report(bench(data_dir), args.out)}")
     elif args.command == "tune":
         from perf.tune import tune
 

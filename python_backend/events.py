@@ -4,9 +4,12 @@
 consumer reads them. ``labels``: what card holders, issuers and investigators reported of a
 transaction, days to weeks after it (the retraining loop's labels). ``clicks``: what a user
 clicked (the recommender's real-time input).
-JSON (one object per message) with a ``v`` field, keyed by card id (user id) so that each
-entity's events stay in order on one partition. Their values keep the rules of
+Keyed by card id (user id) so that each entity's events stay in order on one partition.
+Written as binary records by default (``records.proto``: a byte 0x00, a byte of the schema's
+version, the protobuf message), as JSON with ``EVENT_FORMAT=json`` (one object with a ``v``
+field); both are read, whatever a producer wrote. Their values keep the rules of
 ``field_rules`` (the request path's too): a bad event is refused here, as its request would be.
+Measured against JSON (``python -m perf records``): see perf/README.md.
 """
 
 from __future__ import annotations
@@ -16,11 +19,18 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from google.protobuf.message import DecodeError
+
+from python_backend import records_pb2, settings
 from python_backend.field_rules import CLICK, LABEL, TRANSACTION, Field
 
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
 SCHEMA_VERSION = 1
+#: A binary record's first byte (no JSON value starts with it), then its schema version.
+BINARY = b"\x00"
+JSON = "json"
+PROTOBUF = "protobuf"
 #: Integers the store's int64 keys and times can hold.
 _INT64 = range(-(2**63), 2**63)
 
@@ -41,8 +51,26 @@ class TransactionEvent:
     def key(self) -> bytes:
         return str(self.card_id).encode()
 
-    def encode(self) -> bytes:
-        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+    def encode(self, binary: bool | None = None) -> bytes:
+        return _encode(self, records_pb2.TransactionEvent, binary)
+
+
+def _encode(event, schema, binary: bool | None) -> bytes:
+    """``event`` as a binary record (``schema``: its protobuf message) or as JSON; ``binary``
+    None: as ``EVENT_FORMAT`` says."""
+    if binary is None:
+        binary = _binary_by_default()
+    values = asdict(event)
+    if binary:
+        return BINARY + bytes((SCHEMA_VERSION,)) + schema(**values).SerializeToString()
+    return json.dumps({"v": SCHEMA_VERSION, **values}, separators=(",", ":")).encode()
+
+
+def _binary_by_default() -> bool:
+    chosen = settings.EVENT_FORMAT.get()
+    if chosen not in (PROTOBUF, JSON):
+        raise ValueError(f"EVENT_FORMAT: {PROTOBUF} or {JSON}, got {chosen!r}")
+    return chosen == PROTOBUF
 
 
 def _shown(value: object) -> str:
@@ -65,10 +93,19 @@ def _typed(name: str, kind: type, value: object) -> object:
     return value
 
 
-def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None) -> dict:
-    """The message's fields, each of its declared type and keeping its rules (``now_ms``:
-    the clock the timestamp rule reads; None: this machine's)."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+def _parsed_binary(message: bytes, schema) -> dict:
+    """A binary record's fields that are set (``schema``: its protobuf message)."""
+    if len(message) < 2 or message[1] != SCHEMA_VERSION:
+        found = message[1] if len(message) > 1 else None
+        raise EventError(f"v: record schema version {found} is not {SCHEMA_VERSION}")
+    try:
+        parsed = schema.FromString(message[2:])
+    except DecodeError as err:
+        raise EventError(f"not a {schema.DESCRIPTOR.name} record: {err}") from None
+    return {field.name: value for field, value in parsed.ListFields()}
+
+
+def _parsed_json(message: bytes) -> dict:
     try:
         # Python's json takes NaN and Infinity literals: the rules refuse them below.
         raw = json.loads(message)
@@ -79,6 +116,15 @@ def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None) -> di
     version = raw.get("v")
     if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
         raise EventError(f"v: schema version {_shown(version)} is not {SCHEMA_VERSION}")
+    return raw
+
+
+def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None, schema) -> dict:
+    """The message's fields (a binary record of ``schema``, or JSON), each of its declared
+    type and keeping its rules (``now_ms``: the clock the timestamp rule reads; None: this
+    machine's)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    raw = _parsed_binary(message, schema) if message[:1] == BINARY else _parsed_json(message)
     values = {}
     for field in fields:
         if field.name not in raw:
@@ -97,7 +143,7 @@ def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None) -> di
 def decode(message: bytes, now_ms: int | None = None) -> TransactionEvent:
     """Parse and validate one ``transactions`` message (``now_ms``: the clock the timestamp
     rule reads; None: this machine's)."""
-    return TransactionEvent(**_fields(message, TRANSACTION, now_ms))
+    return TransactionEvent(**_fields(message, TRANSACTION, now_ms, records_pb2.TransactionEvent))
 
 
 @dataclass(frozen=True)
@@ -116,14 +162,14 @@ class LabelEvent:
     def key(self) -> bytes:
         return self.transaction_id.encode()
 
-    def encode(self) -> bytes:
-        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+    def encode(self, binary: bool | None = None) -> bytes:
+        return _encode(self, records_pb2.LabelEvent, binary)
 
 
 def decode_label(message: bytes, now_ms: int | None = None) -> LabelEvent:
     """Parse and validate one ``labels`` message (``now_ms`` as in :func:`decode`); a label
     reported before its transaction is refused."""
-    label = LabelEvent(**_fields(message, LABEL, now_ms))
+    label = LabelEvent(**_fields(message, LABEL, now_ms, records_pb2.LabelEvent))
     if label.reported_ms < label.ts_ms:
         raise EventError(
             f"reported_ms: must not be before ts_ms ({label.ts_ms}), got {label.reported_ms}"
@@ -142,10 +188,10 @@ class ClickEvent:
     def key(self) -> bytes:
         return str(self.user_id).encode()
 
-    def encode(self) -> bytes:
-        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+    def encode(self, binary: bool | None = None) -> bytes:
+        return _encode(self, records_pb2.ClickEvent, binary)
 
 
 def decode_click(message: bytes, now_ms: int | None = None) -> ClickEvent:
     """Parse and validate one ``clicks`` message (``now_ms`` as in :func:`decode`)."""
-    return ClickEvent(**_fields(message, CLICK, now_ms))
+    return ClickEvent(**_fields(message, CLICK, now_ms, records_pb2.ClickEvent))

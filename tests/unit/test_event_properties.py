@@ -156,7 +156,8 @@ def _fixed(strategies: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 @given(data=st.data())
 def test_valid_events_round_trip(schema: Schema, data) -> None:
     event = schema.event(**data.draw(_fixed(schema.valid)))
-    assert _decode(schema, event.encode()) == event
+    assert _decode(schema, event.encode(binary=True)) == event
+    assert _decode(schema, event.encode(binary=False)) == event
 
 
 @SCHEMAS
@@ -189,6 +190,20 @@ def test_any_event_is_accepted_as_sent_or_refused_naming_a_broken_field(
         assert event == schema.event(**fields)
 
 
+@SCHEMAS
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=60))
+def test_any_bytes_marked_binary_decode_or_are_refused_by_name(schema: Schema, body) -> None:
+    """Whatever follows the binary mark: an event that keeps every rule, or EventError."""
+    try:
+        event = _decode(schema, events.BINARY + bytes((events.SCHEMA_VERSION,)) + body)
+    except events.EventError as err:
+        assert str(err).startswith(("not a ", *(f"{name}: " for name in schema.ok))), err
+    else:
+        for name, ok in schema.ok.items():
+            assert ok(getattr(event, name)), (name, event)
+
+
 JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
 )
@@ -203,6 +218,7 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(message=st.binary(max_size=40))
 def test_bytes_that_are_not_json_are_refused(schema: Schema, message: bytes) -> None:
+    assume(message[:1] != events.BINARY)  # a binary record's mark: the test below
     try:
         json.loads(message)
     except (ValueError, UnicodeDecodeError):

@@ -97,7 +97,7 @@ def test_label_events_round_trip_and_bad_ones_name_the_field() -> None:
         ("transaction_id", "", "1..128 bytes"),
         ("reported_ms", T0 - 1, "must not be before ts_ms"),
     ]:
-        raw = json.loads(event.encode())
+        raw = json.loads(event.encode(binary=False))
         raw[field] = value
         with pytest.raises(EventError, match=f"{field}: .*{words}"):
             decode_label(json.dumps(raw).encode())
