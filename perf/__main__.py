@@ -59,6 +59,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=PERF_RESULTS)
     parser.add_argument("--limit", type=int, default=10_000, help="feature-parity: events")
+    parser.add_argument(
+        "--variants", default="", help="tune: only these (comma-separated; the floor always)"
+    )
     args = parser.parse_args()
     if args.command == "trace-report":
         from perf.traces import run as run_traces
@@ -110,7 +113,8 @@ def main() -> None:
     elif args.command == "tune":
         from perf.tune import tune
 
-        tune(args.scale, quick=args.quick)
+        only = tuple(v for v in args.variants.split(",") if v)
+        tune(args.scale, quick=args.quick, only=only)
     else:
         run(args.quick, args.scale, args.out)
 

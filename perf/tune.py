@@ -102,6 +102,12 @@ VARIANTS = (
         {"GC_FREEZE": "1"},
     ),
     Variant(
+        "v8_in_process_primary",
+        "v6 + the primary in the BLS's process (ONNX Runtime in a worker thread under the "
+        "call's deadline): no hop to fraud_primary",
+        {"PRIMARY": "in_process"},
+    ),
+    Variant(
         "floor_one_hop",
         "the floor: a BLS with one async_exec hop to an empty model, no work",
         code=PERF_MODELS / "perf_hop" / "1" / "model.py",
@@ -121,7 +127,11 @@ def variant_repository(root: Path, repository: Path) -> Path:
         version.mkdir(parents=True)
         shutil.copy(v.code, version / "model.py")
         shutil.copy(source / "decision_policy.json", version)
-        parameters = {"FALLBACK_ONNX": str(fallback_onnx), **v.parameters}
+        parameters = {
+            "FALLBACK_ONNX": str(fallback_onnx),
+            "PRIMARY_DIR": str(repository / "fraud_primary"),
+            **v.parameters,
+        }
         (root / v.name / "config.pbtxt").write_text(
             scoring_config(
                 instances=v.instances, name=v.name, parameters=parameters, batching=v.batching
@@ -139,7 +149,18 @@ def set_primary_delay(client, delay_us: int) -> None:
     client.load_model("fraud_primary", config=json.dumps(config))
 
 
-def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool = False) -> dict:
+def tune(
+    scale: str,
+    out: Path = PERF_RESULTS / "tuning",
+    log=print,
+    quick: bool = False,
+    only: tuple[str, ...] = (),
+) -> dict:
+    """Every variant (``only``: those named, the floor always) measured side by side."""
+    chosen = [v for v in VARIANTS if not only or v.name in only or v is VARIANTS[-1]]
+    unknown = set(only) - {v.name for v in VARIANTS}
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}: {[v.name for v in VARIANTS]}")
 
     from client.launcher import ensure_models, warm_up
     from client.local.services import redis_server
@@ -156,7 +177,7 @@ def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool
     out.mkdir(parents=True, exist_ok=True)
     frame = workload.sample_transactions(data_dir, 2000)
     data = workload.perf_analyzer_data(frame, work / "input_data.json")
-    results: dict = {v.name: {} for v in VARIANTS}
+    results: dict = {v.name: {} for v in chosen}
     with redis_server() as redis:
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
         settings = StoreSettings.from_env(
@@ -169,12 +190,12 @@ def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool
             env=env,
             log_path=work / "tuning_server.log",
             extra_repositories=(variants, perf_repository(work, MODEL_REPOSITORY)),
-            models=[*FRAUD_MODELS, "perf_empty", *(v.name for v in VARIANTS)],
+            models=[*FRAUD_MODELS, "perf_empty", *(v.name for v in chosen)],
         )
         try:
             warm_up(server, requests=50)
             admin = admin_client(server.grpc_url)
-            rounds = [list(VARIANTS)] if quick else [list(VARIANTS), list(reversed(VARIANTS))]
+            rounds = [chosen] if quick else [chosen, list(reversed(chosen))]
             total = sum(len(LOADS) + len(v.rates) for r in rounds for v in r)
             meter = CpuMeter(server.process.pid)
             with tqdm(total=total, unit="run", desc="tune", file=sys.stderr) as progress:
@@ -214,10 +235,11 @@ def tune(scale: str, out: Path = PERF_RESULTS / "tuning", log=print, quick: bool
             server.stop()
     summary = {
         "scale": scale,
-        "variants": [{"name": v.name, "change": v.change, **results[v.name]} for v in VARIANTS],
+        "variants": [{"name": v.name, "change": v.change, **results[v.name]} for v in chosen],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     base, floor = summary["variants"][0], summary["variants"][-1]
+    summary["ratios_against"] = base["name"]
     for entry in summary["variants"]:
         entry["ratios_to_v0"] = _ratios(entry, base)
         entry["cpu_vs_one_hop_floor"] = {
@@ -258,7 +280,8 @@ def _cpu_ratio(entry: dict, floor: dict, key: str) -> float | None:
 
 def markdown(summary: dict) -> str:
     lines = [
-        "| variant | change | p50 c=1 ms | rps c=8 | rps c=16 | p99 c=16 ms | rps c=16 / v0 "
+        "| variant | change | p50 c=1 ms | rps c=8 | rps c=16 | p99 c=16 ms "
+        f"| rps c=16 / {summary['ratios_against']} "
         "| CPU ms/decision c=8 | at 200/s | at 500/s | p99 500/s ms | CPU / floor 200/s "
         "| CPU / floor 500/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

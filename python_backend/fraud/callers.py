@@ -4,7 +4,9 @@ Triton's caller is in ``python_backend.fraud.triton``; both speak
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,54 @@ class OnnxCaller:
             return self.model.run(self.model.feeds(inputs))
         except Exception as err:  # ONNX Runtime's own errors: the model failed, say so
             raise ModelCallError(f"{self.model.contract.name} (in process): {err}") from err
+
+
+class ThreadedOnnxCaller:
+    """A model in this process, called under a deadline (the primary without Triton's hop).
+
+    Its session runs in a worker thread of its own (ONNX Runtime lets go of the GIL while it
+    computes, so the BLS's event loop goes on); a call that outlasts ``timeout_ms`` is
+    abandoned: the ladder gets ``TimeoutError`` on time, as from Triton, while the thread
+    finishes the stuck run. Calls queued behind it time out too (those not started are
+    dropped), the primary's breaker opens, and the fallback decides."""
+
+    def __init__(self, model, name: str) -> None:
+        #: An :class:`OnnxModel` (``feeds``, ``run``) or anything that speaks like one.
+        self.model = model
+        self.name = name
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-session")
+        #: Set by the BLS for Triton's callers; nothing to carry here.
+        self.trace = None
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, contract: ModelContract) -> ThreadedOnnxCaller:
+        return cls(OnnxModel(path, contract), contract.name)
+
+    async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:
+        feeds = self.model.feeds(inputs)
+        running = asyncio.get_running_loop().run_in_executor(self.pool, self.model.run, feeds)
+        try:
+            return await asyncio.wait_for(running, timeout_ms / 1000)
+        except TimeoutError:
+            raise
+        except Exception as err:  # ONNX Runtime's own errors: the model failed, say so
+            raise ModelCallError(f"{self.name} (in process): {err}") from err
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def version_folder(model_dir: str | Path, version: int) -> Path:
+    """The folder of ``version`` of a model in a Triton repository; -1: the newest one with
+    an ONNX file (what Triton's default version policy loads)."""
+    model_dir = Path(model_dir)
+    if version != -1:
+        return model_dir / str(version)
+    found = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    found = [v for v in found if (model_dir / str(v) / "model.onnx").exists()]
+    if not found:
+        raise FileNotFoundError(f"{model_dir}: no version folder with a model.onnx")
+    return model_dir / str(max(found))
 
 
 class Unavailable:

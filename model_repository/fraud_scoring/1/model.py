@@ -17,6 +17,10 @@ Parameters (``config.pbtxt``): ``BUDGET_MS`` (95); ``FALLBACK``: ``in_process`` 
 an ONNX Runtime session of ``FALLBACK_ONNX`` here, no hop, sharing no fate with the primary)
 or ``triton`` (the ``fraud_fallback`` model, hedged per ``HEDGE_FALLBACK``: ``always``,
 ``auto`` while the primary is troubled for ``HEDGE_WINDOW_S``, ``never``);
+``PRIMARY``: ``triton`` (default: the ``fraud_primary`` model, one hop; the only choice for
+TensorRT engines) or ``in_process`` (an ONNX Runtime session of ``PRIMARY_DIR``'s version
+here, default ``../fraud_primary``, run in a worker thread under the same deadline:
+``python_backend.fraud.callers.ThreadedOnnxCaller``);
 ``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40: the backstop; a batch
 whose remaining budget cannot cover the primary's recent call time skips it, see
 ``python_backend.fraud.deadline`` and ``.ladder``); ``METRICS_FLUSH_S`` (1);
@@ -34,7 +38,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from python_backend.fraud import FraudService, ModelLadder, scoring
-from python_backend.fraud.callers import onnx_or_unavailable
+from python_backend.fraud.callers import ThreadedOnnxCaller, onnx_or_unavailable, version_folder
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 from python_backend.fraud.metrics import ServiceMetrics
 from python_backend.fraud.online import open_reader
@@ -46,6 +50,7 @@ from python_backend.fraud.triton import BatchTrace, TritonCaller, responses, sco
 from python_backend.tracing import endpoint, tracer
 
 DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
+DEFAULT_PRIMARY_DIR = "../fraud_primary"
 
 
 class TritonPythonModel:
@@ -70,7 +75,22 @@ class TritonPythonModel:
         # Which fraud_primary version decides (and which scores in shadow): the rollout's
         # parameters; a bad one fails this load, and the version loaded before keeps serving.
         plan = RolloutPlan.from_params(params)
-        self.primary = RoutedPrimary(lambda v: TritonCaller(pb_utils, PRIMARY, version=v), plan)
+        where = params.get("PRIMARY", "triton")
+        if where == "in_process":
+            primary_dir = model_dir / params.get("PRIMARY_DIR", DEFAULT_PRIMARY_DIR)
+
+            def caller_for(v):
+                onnx = version_folder(primary_dir, v) / "model.onnx"
+                return ThreadedOnnxCaller.from_onnx(onnx, PRIMARY)
+
+        elif where == "triton":
+
+            def caller_for(v):
+                return TritonCaller(pb_utils, PRIMARY, version=v)
+
+        else:
+            raise ValueError(f"PRIMARY: triton or in_process, got {where!r}")
+        self.primary = RoutedPrimary(caller_for, plan)
         self.callers = [self.primary] if in_process else [self.primary, fallback]
         ladder = ModelLadder(
             self.primary,
@@ -131,6 +151,9 @@ class TritonPythonModel:
         return out
 
     def finalize(self):
+        for caller in self.primary.callers.values():
+            if hasattr(caller, "close"):  # the in-process primary's worker thread
+                caller.close()
         self.metrics.stop_timer()
         self.metrics.flush(force=True)
         if self.service.reader is not None:

@@ -1,0 +1,92 @@
+"""The primary in the BLS's process (``python_backend.fraud.callers.ThreadedOnnxCaller``):
+its session runs in a worker thread under the call's deadline, so a stuck run is abandoned
+on time and the ladder goes on; real threads and an event loop, a stand-in session."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from python_backend.fraud.callers import ThreadedOnnxCaller, version_folder
+from python_backend.fraud.ladder import ModelCallError
+
+
+class Session:
+    """Speaks like ``OnnxModel``: ``feeds`` then ``run``; a run can be held or fail."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.release.set()
+        self.fail: str | None = None
+        self.runs = 0
+
+    def feeds(self, inputs):
+        return {"x": inputs}
+
+    def run(self, feeds):
+        self.release.wait()
+        self.runs += 1
+        if self.fail:
+            raise RuntimeError(self.fail)
+        return np.full(len(feeds["x"]), 0.25, dtype=np.float32)
+
+
+def _call(caller, timeout_ms: float):
+    return caller(np.zeros(3), timeout_ms)
+
+
+def test_a_call_returns_the_sessions_scores() -> None:
+    caller = ThreadedOnnxCaller(Session(), "fraud_primary")
+    assert asyncio.run(_call(caller, 100)).tolist() == [0.25] * 3
+    caller.close()
+
+
+def test_a_stuck_run_is_abandoned_on_time_and_the_calls_behind_it_too() -> None:
+    session = Session()
+    caller = ThreadedOnnxCaller(session, "fraud_primary")
+
+    async def scenario() -> tuple[list[float], list[str]]:
+        session.release.clear()  # the session hangs
+        took, outcomes = [], []
+        for _ in range(2):  # the second queues behind the stuck run
+            started = time.perf_counter()
+            try:
+                await _call(caller, 30)
+                outcomes.append("ok")
+            except TimeoutError:
+                outcomes.append("timeout")
+            took.append((time.perf_counter() - started) * 1000)
+        session.release.set()  # the stuck run ends; the thread is free again
+        await asyncio.sleep(0.05)
+        outcomes.append("ok" if (await _call(caller, 100)).size == 3 else "wrong")
+        return took, outcomes
+
+    took, outcomes = asyncio.run(scenario())
+    assert outcomes == ["timeout", "timeout", "ok"]
+    assert max(took) < 30 + 40, took  # given up at its deadline, not when the run ended
+    assert session.runs == 2, "the call that never started was dropped, not run late"
+    caller.close()
+
+
+def test_a_session_error_is_a_model_call_error_naming_the_model() -> None:
+    session = Session()
+    session.fail = "bad input"
+    caller = ThreadedOnnxCaller(session, "fraud_primary")
+    with pytest.raises(ModelCallError, match=r"^fraud_primary \(in process\): bad input$"):
+        asyncio.run(_call(caller, 100))
+    caller.close()
+
+
+def test_the_loaded_version_is_the_newest_with_an_onnx_file(tmp_path) -> None:
+    for v, onnx in ((1, True), (3, True), (7, False)):
+        (tmp_path / str(v)).mkdir()
+        if onnx:
+            (tmp_path / str(v) / "model.onnx").write_bytes(b"")
+    assert version_folder(tmp_path, -1) == tmp_path / "3"
+    assert version_folder(tmp_path, 1) == tmp_path / "1"
+    with pytest.raises(FileNotFoundError, match="no version folder"):
+        version_folder(tmp_path / "7", -1)
