@@ -103,9 +103,20 @@ VARIANTS = (
     ),
     Variant(
         "v8_in_process_primary",
-        "v6 + the primary in the BLS's process (ONNX Runtime in a worker thread under the "
-        "call's deadline): no hop to fraud_primary",
+        "v6 + the primary in the BLS's process, given up at its deadline by ONNX Runtime's "
+        "terminate flag: no hop to fraud_primary",
         {"PRIMARY": "in_process"},
+    ),
+    Variant(
+        "v8t_in_process_thread",
+        "v8 with the session in a worker thread, abandoned at the deadline (not adopted: "
+        "the hand-off costs most of what the hop did)",
+        {"PRIMARY": "in_process_thread"},
+    ),
+    Variant(
+        "v8u_in_process_unguarded",
+        "v8 with no deadline at all (never shippable: what the guard costs)",
+        {"PRIMARY": "in_process_unguarded"},
     ),
     Variant(
         "floor_one_hop",
@@ -183,11 +194,11 @@ def tune(
         settings = StoreSettings.from_env(
             kind="redis", redis_url=redis_url, data_dir=data_dir, repo_dir=work / "features"
         )
-        env = fill(settings, log=lambda _m: None)
+        server_env = fill(settings, log=lambda _m: None)
         variants = variant_repository(work / "tuning_repository", MODEL_REPOSITORY)
         server = start_triton(
             ports=Ports.free(),
-            env=env,
+            env=server_env,
             log_path=work / "tuning_server.log",
             extra_repositories=(variants, perf_repository(work, MODEL_REPOSITORY)),
             models=[*FRAUD_MODELS, "perf_empty", *(v.name for v in chosen)],

@@ -48,9 +48,10 @@ class OnnxModel:
             for spec in self.contract.inputs
         }
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Probabilities ``[B]`` for a prepared feed dict."""
-        return self.session.run([self.contract.outputs[0].name], feeds)[0][:, 0]
+    def run(self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None):
+        """Probabilities ``[B]`` for a prepared feed dict (``options``: ONNX Runtime's run
+        options, e.g. the terminate flag a deadline sets)."""
+        return self.session.run([self.contract.outputs[0].name], feeds, options)[0][:, 0]
 
     def predict(self, inputs, batch_size: int = 8192) -> np.ndarray:
         """Probabilities ``[B]`` for every row of ``inputs``."""

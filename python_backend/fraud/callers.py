@@ -5,6 +5,10 @@ Triton's caller is in ``python_backend.fraud.triton``; both speak
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import threading
+import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +42,100 @@ class OnnxCaller:
             return self.model.run(self.model.feeds(inputs))
         except Exception as err:  # ONNX Runtime's own errors: the model failed, say so
             raise ModelCallError(f"{self.model.contract.name} (in process): {err}") from err
+
+
+class DeadlineGuard:
+    """One thread per process that gives up ONNX Runtime runs at their deadlines: each
+    guarded run carries its own ``RunOptions``; at the deadline the thread sets its
+    ``terminate`` flag, and ONNX Runtime stops the run at its next node and raises.
+
+    The thread sleeps until the earliest deadline of a run still going; a run that ends
+    first is only marked done (no wake-up), so a guarded call costs a heap push and a flag,
+    not a thread hand-off. A run stuck inside a single kernel is not interrupted (the flag is
+    read between nodes); :class:`ThreadedOnnxCaller` abandons even that, at a hand-off's
+    cost (measured: ``python -m perf tune``)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._cv = threading.Condition()
+        self._pending: list[tuple[float, int, list]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        #: Runs whose flag this guard set.
+        self.terminated = 0
+
+    def guard(self, options, timeout_ms: float) -> list:
+        """Watch ``options`` until ``timeout_ms`` from now; returns the entry to :meth:`done`."""
+        deadline = self.clock() + timeout_ms / 1000
+        entry = [options, False]
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="onnx-deadlines")
+                self._thread.daemon = True
+                self._thread.start()
+            earliest = self._pending[0][0] if self._pending else None
+            heapq.heappush(self._pending, (deadline, next(self._seq), entry))
+            if earliest is None or deadline < earliest:
+                self._cv.notify()
+        return entry
+
+    @staticmethod
+    def done(entry: list) -> None:
+        entry[1] = True
+
+    def _watch(self) -> None:
+        with self._cv:
+            while True:
+                if not self._pending:
+                    self._cv.wait()
+                    continue
+                deadline, _, entry = self._pending[0]
+                if entry[1]:
+                    heapq.heappop(self._pending)
+                    continue
+                left = deadline - self.clock()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                heapq.heappop(self._pending)
+                entry[0].terminate = True
+                self.terminated += 1
+
+
+#: The process's guard (its thread starts with the first guarded run).
+GUARD = DeadlineGuard()
+
+
+class GuardedOnnxCaller:
+    """A model in this process, run where it is called (no hand-off) and given up at the
+    call's deadline by :data:`GUARD` (ONNX Runtime's terminate flag): the ladder gets
+    ``TimeoutError`` about when it would from Triton. The primary's in-process choice."""
+
+    def __init__(self, model, name: str, guard: DeadlineGuard = GUARD) -> None:
+        import onnxruntime as ort
+
+        self.model = model
+        self.name = name
+        self.guard = guard
+        self._options = ort.RunOptions
+        #: Set by the BLS for Triton's callers; nothing to carry here.
+        self.trace = None
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, contract: ModelContract) -> GuardedOnnxCaller:
+        return cls(OnnxModel(path, contract), contract.name)
+
+    async def __call__(self, inputs: ModelInputs, timeout_ms: float) -> np.ndarray:
+        options = self._options()
+        entry = self.guard.guard(options, timeout_ms)
+        try:
+            return self.model.run(self.model.feeds(inputs), options)
+        except Exception as err:
+            if options.terminate:
+                raise TimeoutError(f"{self.name} (in process): over {timeout_ms:.0f} ms") from err
+            raise ModelCallError(f"{self.name} (in process): {err}") from err
+        finally:
+            self.guard.done(entry)
 
 
 class ThreadedOnnxCaller:

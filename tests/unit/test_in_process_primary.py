@@ -90,3 +90,57 @@ def test_the_loaded_version_is_the_newest_with_an_onnx_file(tmp_path) -> None:
     assert version_folder(tmp_path, 1) == tmp_path / "1"
     with pytest.raises(FileNotFoundError, match="no version folder"):
         version_folder(tmp_path / "7", -1)
+
+
+def _chain_model(tmp_path, links: int = 120, width: int = 256):
+    """A real ONNX model that takes tens of ms (a chain of MatMuls), speaking like OnnxModel."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(width, dtype=np.float32) * 0.5, "W")
+    nodes, last = [], "x"
+    for i in range(links):
+        out = "y" if i == links - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [last, "W"], [out]))
+        last = out
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, width])  # noqa: E731
+    graph = helper.make_graph(nodes, "chain", [value("x")], [value("y")], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    class Chain:
+        def feeds(self, inputs):
+            return {"x": np.ones((256, width), dtype=np.float32)}
+
+        def run(self, feeds, run_options=None):
+            return session.run(None, feeds, run_options)[0][:, 0]
+
+    return Chain()
+
+
+def test_a_guarded_run_past_its_deadline_is_given_up_by_onnx_runtime(tmp_path) -> None:
+    from python_backend.fraud.callers import DeadlineGuard, GuardedOnnxCaller
+
+    guard = DeadlineGuard()
+    caller = GuardedOnnxCaller(_chain_model(tmp_path), "fraud_primary", guard)
+    started = time.perf_counter()
+    full = asyncio.run(caller(None, 10_000))
+    whole_ms = (time.perf_counter() - started) * 1000
+    assert full.shape == (256,) and guard.terminated == 0
+    if whole_ms < 20:
+        pytest.skip(f"the chain ran in {whole_ms:.1f} ms here: too fast to give up midway")
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match=r"^fraud_primary \(in process\): over 5 ms$"):
+        asyncio.run(caller(None, 5))
+    took_ms = (time.perf_counter() - started) * 1000
+    assert took_ms < whole_ms, (took_ms, whole_ms)  # stopped, not run to the end
+    assert guard.terminated == 1
+    assert asyncio.run(caller(None, 10_000)).shape == (256,), "the next run is not affected"
+    assert guard.terminated == 1

@@ -19,8 +19,9 @@ or ``triton`` (the ``fraud_fallback`` model, hedged per ``HEDGE_FALLBACK``: ``al
 ``auto`` while the primary is troubled for ``HEDGE_WINDOW_S``, ``never``);
 ``PRIMARY``: ``triton`` (default: the ``fraud_primary`` model, one hop; the only choice for
 TensorRT engines) or ``in_process`` (an ONNX Runtime session of ``PRIMARY_DIR``'s version
-here, default ``../fraud_primary``, run in a worker thread under the same deadline:
-``python_backend.fraud.callers.ThreadedOnnxCaller``);
+here, default ``../fraud_primary``, given up at the call's deadline:
+``python_backend.fraud.callers.GuardedOnnxCaller``; ``in_process_thread`` and
+``in_process_unguarded`` are measured variants, see ``IN_PROCESS_PRIMARY``);
 ``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40: the backstop; a batch
 whose remaining budget cannot cover the primary's recent call time skips it, see
 ``python_backend.fraud.deadline`` and ``.ladder``); ``METRICS_FLUSH_S`` (1);
@@ -38,7 +39,13 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from python_backend.fraud import FraudService, ModelLadder, scoring
-from python_backend.fraud.callers import ThreadedOnnxCaller, onnx_or_unavailable, version_folder
+from python_backend.fraud.callers import (
+    GuardedOnnxCaller,
+    OnnxCaller,
+    ThreadedOnnxCaller,
+    onnx_or_unavailable,
+    version_folder,
+)
 from python_backend.fraud.contract import FALLBACK, PRIMARY
 from python_backend.fraud.metrics import ServiceMetrics
 from python_backend.fraud.online import open_reader
@@ -51,6 +58,14 @@ from python_backend.tracing import endpoint, tracer
 
 DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
 DEFAULT_PRIMARY_DIR = "../fraud_primary"
+#: The primary in this process: given up at its deadline by ONNX Runtime's terminate flag
+#: (``in_process``), run in a worker thread and abandoned (``in_process_thread``), or with no
+#: deadline (``in_process_unguarded``: measured by ``python -m perf tune``, never shipped).
+IN_PROCESS_PRIMARY = {
+    "in_process": GuardedOnnxCaller.from_onnx,
+    "in_process_thread": ThreadedOnnxCaller.from_onnx,
+    "in_process_unguarded": OnnxCaller,
+}
 
 
 class TritonPythonModel:
@@ -76,12 +91,12 @@ class TritonPythonModel:
         # parameters; a bad one fails this load, and the version loaded before keeps serving.
         plan = RolloutPlan.from_params(params)
         where = params.get("PRIMARY", "triton")
-        if where == "in_process":
+        if where in IN_PROCESS_PRIMARY:
             primary_dir = model_dir / params.get("PRIMARY_DIR", DEFAULT_PRIMARY_DIR)
+            kind = IN_PROCESS_PRIMARY[where]
 
             def caller_for(v):
-                onnx = version_folder(primary_dir, v) / "model.onnx"
-                return ThreadedOnnxCaller.from_onnx(onnx, PRIMARY)
+                return kind(version_folder(primary_dir, v) / "model.onnx", PRIMARY)
 
         elif where == "triton":
 
@@ -89,7 +104,7 @@ class TritonPythonModel:
                 return TritonCaller(pb_utils, PRIMARY, version=v)
 
         else:
-            raise ValueError(f"PRIMARY: triton or in_process, got {where!r}")
+            raise ValueError(f"PRIMARY: triton or {', '.join(IN_PROCESS_PRIMARY)}, got {where!r}")
         self.primary = RoutedPrimary(caller_for, plan)
         self.callers = [self.primary] if in_process else [self.primary, fallback]
         ladder = ModelLadder(
