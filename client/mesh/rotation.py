@@ -32,6 +32,9 @@ from client.mesh import config as mesh_config
 HEALTHY, DRAINING = "HEALTHY", "DRAINING"
 #: A replica out of rotation reloads at this niceness (as one booting beside a serving one).
 RELOAD_NICE = 10
+#: How long a reload waits for another listed replica to be healthy to Envoy (its health
+#: check lagging, Envoy's admin busy) rather than reload the only serving one in place.
+OTHER_REPLICA_WAIT_S = 15.0
 
 
 def parse_clusters(text: str) -> dict[str, dict[str, str]]:
@@ -140,6 +143,17 @@ class Rotation:
             )
         return set()
 
+    def _others_serving(self, address: str, timeout_s: float = OTHER_REPLICA_WAIT_S) -> set[str]:
+        """The other replicas that serve; when some are listed HEALTHY but Envoy does not
+        (yet) say so, or its admin did not answer, wait up to ``timeout_s`` for one."""
+        listed = {a for a, s in self.statuses().items() if s == HEALTHY} - {address}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            serving = self.serving() - {address}
+            if serving or not listed or time.monotonic() > deadline:
+                return serving
+            time.sleep(0.1)
+
     # -- the moves -------------------------------------------------------------------
 
     def drain(self, address: str, timeout_s: float = 10) -> float:
@@ -173,7 +187,7 @@ class Rotation:
         ``RELOAD_NICE``, so the replica carrying the traffic keeps the CPU (on two cores a
         reload's stub start-up is the cost). The yielded dict gets the seconds of each step
         (``drain_s``, ``reload_s``, ``warm_s``, ``admit_s``) and ``in_place``."""
-        steps: dict = {"in_place": not (self.serving() - {address})}
+        steps: dict = {"in_place": not self._others_serving(address)}
         if steps["in_place"]:
             self.log(f"mesh: no other replica serves; reloading {address} in place")
             started = time.perf_counter()

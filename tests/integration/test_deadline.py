@@ -92,6 +92,13 @@ async def _bursts(url: str) -> list[dict[str, tuple]]:
         for i in range(8):  # the first calls warm the stubs up; the primary seen taking 55 ms
             await call(warm, "warm", _row(i))
             await asyncio.sleep(0.02)  # idle between calls: none of them queued
+        # On a busy machine the cold stubs' first calls can pass the breaker's slow mark
+        # (60 ms) three in a row and open it: wait out its cooldown (2 s) for the primary.
+        for i in range(20):
+            if warm["warm"][0].path == "primary":
+                break
+            await asyncio.sleep(0.5)
+            await call(warm, "warm", _row(30 + i))
         bursts.append(warm)
         for _ in range(TRIES):
             results: dict[str, tuple] = {}
