@@ -94,12 +94,11 @@ def _decision_binary(rec: dict) -> bytes:
         inputs_layout=rec["inputs"]["layout"],
         inputs_rows=base64.b64decode(rec["inputs"]["rows"]),
     )
-    return events.BINARY + bytes((events.SCHEMA_VERSION,)) + message.SerializeToString()
+    return events.binary_record(message)
 
 
 def _decision_from_binary(value: bytes) -> dict:
-    message = records_pb2.DecisionRecord.FromString(value[2:])
-    return {field.name: v for field, v in message.ListFields()}
+    return events.parsed_binary(value, records_pb2.DecisionRecord)
 
 
 def _codecs(records: dict[str, list], now_ms: int) -> dict[str, dict[str, tuple]]:

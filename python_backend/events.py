@@ -62,7 +62,7 @@ def _encode(event, schema, binary: bool | None) -> bytes:
         binary = _binary_by_default()
     values = asdict(event)
     if binary:
-        return BINARY + bytes((SCHEMA_VERSION,)) + schema(**values).SerializeToString()
+        return binary_record(schema(**values))
     return json.dumps({"v": SCHEMA_VERSION, **values}, separators=(",", ":")).encode()
 
 
@@ -93,8 +93,14 @@ def _typed(name: str, kind: type, value: object) -> object:
     return value
 
 
-def _parsed_binary(message: bytes, schema) -> dict:
-    """A binary record's fields that are set (``schema``: its protobuf message)."""
+def binary_record(message) -> bytes:
+    """A protobuf message as a binary record: the mark, the schema version, the message."""
+    return BINARY + bytes((SCHEMA_VERSION,)) + message.SerializeToString()
+
+
+def parsed_binary(message: bytes, schema) -> dict:
+    """A binary record's fields that are set (``schema``: its protobuf message); EventError
+    naming the version or the schema when it is not one."""
     if len(message) < 2 or message[1] != SCHEMA_VERSION:
         found = message[1] if len(message) > 1 else None
         raise EventError(f"v: record schema version {found} is not {SCHEMA_VERSION}")
@@ -124,7 +130,7 @@ def _fields(message: bytes, fields: tuple[Field, ...], now_ms: int | None, schem
     type and keeping its rules (``now_ms``: the clock the timestamp rule reads; None: this
     machine's)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    raw = _parsed_binary(message, schema) if message[:1] == BINARY else _parsed_json(message)
+    raw = parsed_binary(message, schema) if message[:1] == BINARY else _parsed_json(message)
     values = {}
     for field in fields:
         if field.name not in raw:

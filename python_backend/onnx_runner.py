@@ -48,7 +48,9 @@ class OnnxModel:
             for spec in self.contract.inputs
         }
 
-    def run(self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None):
+    def run(
+        self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None
+    ) -> np.ndarray:
         """Probabilities ``[B]`` for a prepared feed dict (``options``: ONNX Runtime's run
         options, e.g. the terminate flag a deadline sets)."""
         return self.session.run([self.contract.outputs[0].name], feeds, options)[0][:, 0]

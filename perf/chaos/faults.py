@@ -143,16 +143,15 @@ def _faults() -> dict[str, Fault]:
     def redis_back(system: System) -> None:
         system.start_redis(system.redis_port)
         # Recovery counts from here; the refill runs beside the load, as a job would.
-        state["refill"] = threading.Thread(
-            target=lambda: system.refills.append(system.refill()), daemon=True
-        )
-        state["refill"].start()
+        state["refill"] = refill_beside_the_load(system)
+
+    def refill_beside_the_load(system: System) -> threading.Thread:
+        job = threading.Thread(target=lambda: system.refills.append(system.refill()), daemon=True)
+        job.start()
+        return job
 
     def batch_job(system: System) -> None:
-        state["job"] = threading.Thread(
-            target=lambda: system.refills.append(system.refill()), daemon=True
-        )
-        state["job"].start()
+        state["job"] = refill_beside_the_load(system)
 
     def redis_slow(system: System) -> None:
         state["sleeper"] = RedisSleeper(system.redis_url)

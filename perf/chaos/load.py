@@ -143,17 +143,12 @@ class Load:
 
 
 def machine_busy_s() -> float:
-    """CPU-seconds the whole machine has spent busy since boot (``/proc/stat``: user, nice,
-    system, irq, softirq, steal), 0.0 where there is no ``/proc``."""
-    import os
+    """CPU-seconds the whole machine has spent busy since boot: user, nice, system, irq,
+    softirq, steal (guest time is already within user and nice)."""
+    import psutil
 
-    try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 class ClientCpu:

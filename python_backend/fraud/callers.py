@@ -176,8 +176,10 @@ class ThreadedOnnxCaller:
 def version_folder(model_dir: str | Path, version: int) -> Path:
     """The folder of ``version`` of a model in a Triton repository; -1: the newest one with
     an ONNX file (what Triton's default version policy loads)."""
+    from python_backend.fraud.rollout import LOADED
+
     model_dir = Path(model_dir)
-    if version != -1:
+    if version != LOADED:
         return model_dir / str(version)
     found = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
     found = [v for v in found if (model_dir / str(v) / "model.onnx").exists()]
