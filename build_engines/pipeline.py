@@ -250,6 +250,7 @@ def build_all(
             "valid_pr_auc": facts["primary_training"]["candidates_valid_pr_auc"],
             "test_pr_auc": facts["primary_training"]["candidates_test_pr_auc"],
             "distill_weight": facts["primary_training"]["distill_weight"],
+            "teacher": facts["primary_training"].get("teacher"),
         },
         "onnx_parity_max_abs_diff": facts["onnx_parity_max_abs_diff"],
         "fallback_parity_max_abs_diff": facts["fallback_parity_max_abs_diff"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,15 @@ class PrimaryConfig:
     #: The positive class weighs (negatives / positives) ** this in the loss.
     pos_weight_power: float = 0.25
     seed: int = 0
+    #: Epochs of a primary distilled from the heavy model. Soft targets regularise: at the
+    #: small scale 20 epochs beat 12 on the validation days when distilled (0.793 against
+    #: 0.786, medians of three seeds) and lost when trained on the labels alone (0.741
+    #: against 0.752).
+    distilled_epochs: int = 20
+
+    def distilled(self) -> PrimaryConfig:
+        """This configuration for a primary distilled from the heavy model."""
+        return replace(self, epochs=self.distilled_epochs)
 
 
 class FraudNet(nn.Module):

@@ -40,7 +40,7 @@ from build_engines.log import log
 from build_engines.metrics import microseconds_per_row
 from build_engines.quantize import calibration_rows, quantize_primary
 from build_engines.slices import NEW_WITHIN_DAYS
-from build_engines.training import PARITY_TOLERANCE
+from build_engines.training import DISTILL_WEIGHT, PARITY_TOLERANCE
 from python_backend.fraud.contract import PRIMARY
 from python_backend.fraud.drift import Reference
 from python_backend.fraud.features import MS_PER_DAY, ModelInputs
@@ -58,8 +58,8 @@ class RetrainSettings:
     valid_days: int = 5
     #: At most this many days of training before the validation days (the newest window).
     train_days: int = 60
-    #: The heavy model's share of the distilled target.
-    distill_weight: float = 0.5
+    #: The heavy model's share of the distilled target (``make engines``'s).
+    distill_weight: float = DISTILL_WEIGHT
     primary: primary.PrimaryConfig = field(default_factory=primary.PrimaryConfig)
 
 
@@ -302,8 +302,9 @@ def retrain(
     candidates = {}
     for name, target in targets.items():
         log(f"training the {name} challenger")
+        cfg = settings.primary.distilled() if name == "distilled" else settings.primary
         net, facts = primary.train(
-            train.inputs, target, valid.inputs, valid.y, settings.primary, weight, valid.weight
+            train.inputs, target, valid.inputs, valid.y, cfg, weight, valid.weight
         )
         fp32, int8, diff = _export(net, gate_rows.inputs, train.inputs, train.y, out_dir, name)
         candidates[name] = {

@@ -86,15 +86,24 @@ def test_heavy_model_is_exported_checked_and_kept_off_triton(tiny_build) -> None
 def test_primary_is_trained_plainly_and_distilled_and_the_better_on_validation_kept(
     tiny_build,
 ) -> None:
-    """The primary twice: on the labels, and distilled from the heavy model's scores of the
-    training rows; the one with the higher validation PR-AUC ships, both measured on the
-    test days beside it; and its drift reference (the training days) beside its weights."""
+    """The primary twice: on the labels, and distilled from the heavy model's out-of-fold
+    scores of the training rows; the one with the higher validation PR-AUC ships, both
+    measured on the test days beside it; and its drift reference (the training days) beside
+    its weights."""
+    from build_engines.training import DISTILL_WEIGHT, TEACHER_DEEP_FOLDS, TEACHER_TREE_FOLDS
     from python_backend.fraud.drift import Reference
 
     report = tiny_build.report
     candidates = report["primary_candidates"]
     assert set(candidates["valid_pr_auc"]) == {"plain", "distilled"}
-    assert candidates["distill_weight"] == 0.5
+    assert candidates["distill_weight"] == DISTILL_WEIGHT
+    teacher = candidates["teacher"]
+    assert teacher["out_of_fold"] is True
+    assert (teacher["tree_folds"], teacher["deep_folds"]) == (
+        TEACHER_TREE_FOLDS,
+        TEACHER_DEEP_FOLDS,
+    )
+    assert set(teacher["train_pr_auc"]) == {"teacher", "trees", "deep"}
     kept = report["primary_kept"]
     assert candidates["valid_pr_auc"][kept] == max(candidates["valid_pr_auc"].values())
     assert set(candidates["test_pr_auc"]) == {"plain", "distilled"}
