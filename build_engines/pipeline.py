@@ -37,6 +37,7 @@ from build_engines.training import (
 from build_engines.triton_config import (
     fallback_config,
     primary_config,
+    primary_placement,
     refresh_configs,
     scoring_config,
 )
@@ -230,7 +231,9 @@ def build_all(
 
     policy_dir = repository / "fraud_scoring" / "1"
     policy_dir.mkdir(parents=True, exist_ok=True)
-    (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config())
+    (repository / "fraud_scoring" / "config.pbtxt").write_text(
+        scoring_config(primary=primary_placement(variant))
+    )
     (policy_dir / "decision_policy.json").write_text(
         json.dumps({"build_key": key, "thresholds": facts["thresholds"]}, indent=2) + "\n"
     )

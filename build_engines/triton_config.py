@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 
 from build_engines import model_config
+from python_backend import settings
 from python_backend.fraud.contract import (
     FALLBACK,
     MAX_BATCH_SIZE,
@@ -88,12 +89,30 @@ def _check(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
+#: Where ``fraud_scoring`` runs the primary (its ``PRIMARY`` parameter): a hop to Triton's
+#: ``fraud_primary``, or a session in its own process (``python -m perf tune`` measures both).
+PRIMARY_PLACEMENTS = ("triton", "in_process")
+
+
+def primary_placement(variant: str) -> str:
+    """``FRAUD_PRIMARY`` for the CPU variant; TensorRT engines run only in Triton."""
+    _check(variant)
+    chosen = (settings.FRAUD_PRIMARY.get() or "triton").strip()
+    if chosen not in PRIMARY_PLACEMENTS:
+        raise ValueError(
+            f"FRAUD_PRIMARY: {' or '.join(PRIMARY_PLACEMENTS)}, got {chosen!r}; unset it for "
+            "the default (triton)"
+        )
+    return chosen if variant == "cpu" else "triton"
+
+
 def scoring_config(
     instances: int = SCORING_INSTANCES,
     budget_ms: float = DEFAULT_BUDGET_MS,
     name: str = SCORING.name,
     parameters: dict[str, str] | None = None,
     batching: bool = True,
+    primary: str = "triton",
 ) -> str:
     """``config.pbtxt`` of ``fraud_scoring``, the BLS model callers use (same on every
     machine). Several instances: a non-decoupled Python model runs one ``execute`` at a
@@ -101,7 +120,7 @@ def scoring_config(
     the dynamic batcher hands an instance what queued while it was busy (no added delay), and
     the BLS decides those requests together: one feature read and one primary call for all.
     ``name`` and ``parameters`` serve models that speak the same contract (the benchmark's
-    peers and variants)."""
+    peers and variants); ``primary``: where it runs the primary (:func:`primary_placement`)."""
     # A bounded queue: past SCORING_MAX_QUEUE waiting requests Triton refuses at once
     # ("Exceeds maximum queue size") instead of queueing without limit under overload. A
     # caller may send its own timeout: a request still queued when its caller gave up is
@@ -117,7 +136,13 @@ def scoring_config(
         model_config.io(SCORING),
         batcher if batching else {},
         model_config.instances(instances),
-        model_config.parameters({"BUDGET_MS": f"{budget_ms:g}", **(parameters or {})}),
+        model_config.parameters(
+            {
+                "BUDGET_MS": f"{budget_ms:g}",
+                **({"PRIMARY": primary} if primary != "triton" else {}),
+                **(parameters or {}),
+            }
+        ),
     )
 
 
@@ -129,4 +154,6 @@ def refresh_configs(repository) -> None:
     variant = metadata.get("variant", "cpu")
     (repository / PRIMARY.name / "config.pbtxt").write_text(primary_config(variant))
     (repository / FALLBACK.name / "config.pbtxt").write_text(fallback_config(variant))
-    (repository / SCORING.name / "config.pbtxt").write_text(scoring_config())
+    (repository / SCORING.name / "config.pbtxt").write_text(
+        scoring_config(primary=primary_placement(variant))
+    )

@@ -96,6 +96,13 @@ EVENT_FORMAT = _setting(
     "protobuf",
     "how events are written to the topics: protobuf (records.proto) or json; both are read",
 )
+# Where the primary runs (build_engines.triton_config.scoring_config).
+FRAUD_PRIMARY = _setting(
+    "FRAUD_PRIMARY",
+    "triton",
+    "where the primary runs without TensorRT: triton (a hop to fraud_primary) or in_process "
+    "(an ONNX Runtime session in fraud_scoring); TensorRT engines always run in Triton",
+)
 # Batch work beside the service (python_backend.priority).
 BATCH_PRIORITY = _setting(
     "BATCH_PRIORITY",

@@ -13,8 +13,30 @@ from dataclasses import dataclass
 
 from client.local.operator import override_parameters
 from client.local.services import stub_pids
+from perf.chaos.artefacts import faulty_primary
 from perf.chaos.config import FAULTY_MODEL
 from perf.chaos.system import System
+
+#: Faults with nothing to act on when the primary runs in ``fraud_scoring``'s process, and why.
+NOT_IN_PROCESS = {
+    "primary_stub_killed": "the primary runs in fraud_scoring's process: it has no stub of its own",
+}
+
+
+def in_process(admin) -> bool:
+    """Whether this replica's ``fraud_scoring`` runs the primary in its own process."""
+    config = admin.get_model_config("fraud_scoring", as_json=True)["config"]
+    placement = config.get("parameters", {}).get("PRIMARY", {}).get("string_value", "triton")
+    return placement != "triton"
+
+
+def primary_in_process(system: System) -> bool:
+    """Whether the system's primary runs in ``fraud_scoring``'s process (replica 0's config)."""
+    _replica, admin = system.admins_by_replica()[0]
+    try:
+        return in_process(admin)
+    finally:
+        admin.close()
 
 
 def _on_every_replica(system: System, *acts: Callable) -> None:
@@ -55,6 +77,28 @@ def _stand_in(model: str, fault: str) -> Callable:
     return act
 
 
+def _primary_fault(system: System, stand_in: Callable, kind: str) -> Callable:
+    """The primary's fault on a replica: ``stand_in(admin)`` on Triton's ``fraud_primary``, or,
+    when the primary runs in ``fraud_scoring``'s process, its ``PRIMARY_DIR`` pointed at a
+    faulty artefact of this ``kind`` (``perf.chaos.artefacts``), as a bad deploy would leave."""
+
+    def act(admin) -> None:
+        if in_process(admin):
+            faulty = faulty_primary(kind, system.work / "artefacts")
+            override_parameters(admin, "fraud_scoring", PRIMARY_DIR=str(faulty))
+        else:
+            stand_in(admin)
+
+    return act
+
+
+def _primary_restored(admin) -> None:
+    if in_process(admin):
+        override_parameters(admin, "fraud_scoring", PRIMARY_DIR=None)
+    else:
+        admin.load_model("fraud_primary")
+
+
 def _reloaded(*models: str) -> Callable:
     def act(admin) -> None:
         for model in models:
@@ -81,7 +125,7 @@ def restore_in_process_fallback(admin) -> None:
 def _fallback_fails_too(system: System) -> None:
     _on_every_replica(
         system,
-        _stand_in("fraud_primary", "error"),
+        _primary_fault(system, _stand_in("fraud_primary", "error"), "error"),
         _stand_in("fraud_fallback", "error"),  # callers of the Triton model see it fail too
         break_in_process_fallback,
     )
@@ -89,7 +133,7 @@ def _fallback_fails_too(system: System) -> None:
 
 def _fallback_restored(system: System) -> None:
     _on_every_replica(
-        system, _reloaded("fraud_primary", "fraud_fallback"), restore_in_process_fallback
+        system, _primary_restored, _reloaded("fraud_fallback"), restore_in_process_fallback
     )
 
 
@@ -221,18 +265,24 @@ def _faults() -> dict[str, Fault]:
     return {
         "primary_errors": Fault(
             "primary_errors",
-            lambda s: _on_every_replica(s, _stand_in("fraud_primary", "error")),
-            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
+            lambda s: _on_every_replica(
+                s, _primary_fault(s, _stand_in("fraud_primary", "error"), "error")
+            ),
+            lambda s: _on_every_replica(s, _primary_restored),
         ),
         "primary_slow": Fault(
             "primary_slow",
-            lambda s: _on_every_replica(s, _stand_in("fraud_primary", "slow:250")),
-            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
+            lambda s: _on_every_replica(
+                s, _primary_fault(s, _stand_in("fraud_primary", "slow:250"), "slow")
+            ),
+            lambda s: _on_every_replica(s, _primary_restored),
         ),
         "primary_unloaded": Fault(
             "primary_unloaded",
-            lambda s: _on_every_replica(s, lambda admin: admin.unload_model("fraud_primary")),
-            lambda s: _on_every_replica(s, _reloaded("fraud_primary")),
+            lambda s: _on_every_replica(
+                s, _primary_fault(s, lambda admin: admin.unload_model("fraud_primary"), "missing")
+            ),
+            lambda s: _on_every_replica(s, _primary_restored),
         ),
         "primary_stub_killed": Fault(
             "primary_stub_killed", kill_stub, lambda s: None, instantaneous=True

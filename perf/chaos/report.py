@@ -160,6 +160,12 @@ def write(summary: dict, load: Load, windows: list[Window], out: Path) -> None:
     frame.to_csv(out / "chaos_requests.csv.gz", index=False)
 
 
+def _placement(summary: dict) -> str:
+    if summary.get("primary") == "in_process":
+        return "in fraud_scoring's process (FRAUD_PRIMARY=in_process)"
+    return "in Triton's fraud_primary, one hop from fraud_scoring"
+
+
 def markdown(summary: dict) -> str:
     t = summary["timing"]
     lines = [
@@ -177,6 +183,12 @@ def markdown(summary: dict) -> str:
         "replica is Envoy's to find by then) to the end of the watch; the crash alone: from "
         f"{SETTLE_S:.0f} s after the kill until the crashed replica's restart begins (its "
         "target). Load: one plain client through Envoy, two Triton replicas behind it.",
+        "",
+        f"The primary ran {_placement(summary)}.",
+        *(
+            f"Left out: {fault}, {why}."
+            for fault, why in summary.get("faults_not_applicable", {}).items()
+        ),
         "",
         "| fault | offered | decided | within 95 ms | settled (crash alone) | p99 ms "
         "| recovery s (paths) | retried | paths | errors | targets |",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.chaos.config import FAULTS, WARMUP_S, Timing
-from perf.chaos.faults import _faults
+from perf.chaos.faults import NOT_IN_PROCESS, _faults, primary_in_process
 from perf.chaos.load import ClientCpu, Load, ResourceWatch
 from perf.chaos.measure import Window
 from perf.chaos.report import console, summarize, write
@@ -96,8 +96,15 @@ def run(
         data_dir = DATA / scale
     rows = workload.rows(workload.sample_transactions(data_dir, 2000))
     system = System(work, repository, data_dir, log)
+    not_applicable: dict[str, str] = {}
     try:
         system.start()
+        placement = "in_process" if primary_in_process(system) else "triton"
+        if placement == "in_process":
+            not_applicable = {f: why for f, why in NOT_IN_PROCESS.items() if f in faults}
+            faults = tuple(f for f in faults if f not in not_applicable)
+            for fault, why in not_applicable.items():
+                log(f"chaos: {fault} left out: {why}")
         load = Load(system.url, rows, timing.rate, system.run_id)
         resources = ResourceWatch(system, load.now)
         client_cpu = ClientCpu()
@@ -158,6 +165,8 @@ def run(
         timing, load, windows, records, consumer, events, resources, reloads, system, scale
     )
     summary["load_client"] = client_cpu.summary()
+    summary["primary"] = placement
+    summary["faults_not_applicable"] = not_applicable
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write(summary, load, windows, out)
     log(console(summary))

@@ -60,3 +60,51 @@ def test_the_in_process_primary_decides_as_the_hop_does(
         assert not admin.is_model_ready("fraud_primary"), "the primary is not Triton's here"
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("kind", ["error", "slow", "missing"])
+def test_the_chaos_faults_reach_the_in_process_primary_and_the_fallback_decides(
+    in_process_server, tiny_build, tmp_path, kind
+) -> None:
+    """What ``make chaos`` injects when the primary runs in process (``FRAUD_PRIMARY=
+    in_process``): ``PRIMARY_DIR`` pointed at a faulty artefact (every run fails, every run
+    is slow, no file), one reload of ``fraud_scoring``; every request is decided below the
+    primary within the budget, and the primary decides again once the fault is lifted."""
+    from types import SimpleNamespace
+
+    from client.local.operator import admin_client
+    from perf.chaos.faults import _primary_fault, _primary_restored, in_process
+    from tests.support import wait_until
+
+    server, client = in_process_server
+    tx = pd.read_parquet(tiny_build.build_dir / "data" / "tiny" / "transactions.parquet")
+    rows = tx[["transaction_id", "card_id", "terminal_id", "amount", "ts_ms"]].tail(8)
+    rows = [
+        r | {"transaction_id": f"{r['transaction_id']}-{kind}"} for r in rows.to_dict("records")
+    ]
+    admin = admin_client(server.grpc_url)
+    try:
+        assert in_process(admin)
+        stand_in_used = []
+        _primary_fault(SimpleNamespace(work=tmp_path), stand_in_used.append, kind)(admin)
+        assert not stand_in_used, "the in-process primary has no Triton model to stand in for"
+        for _ in range(3):
+            decided = client.score(rows)
+            # The fallback, or the rules where the batch's budget was already spent (a
+            # machine this busy): never the primary, and the primary's failure named.
+            assert all(d.path in ("fallback", "rules") for d in decided), [
+                (d.path, d.reasons) for d in decided
+            ]
+            for d in decided:
+                assert any(
+                    r.startswith(("PRIMARY_", "DEADLINE_SHED:primary")) for r in d.reasons
+                ), d
+                assert d.stage_us["total"] < 95_000, d  # the server's own time for it
+    finally:
+        _primary_restored(admin)
+        admin.close()
+    wait_until(
+        lambda: {d.path for d in client.score(rows)} == {"primary"},
+        timeout_s=15,
+        what="the primary deciding again once the fault is lifted",
+    )

@@ -144,3 +144,56 @@ def test_a_guarded_run_past_its_deadline_is_given_up_by_onnx_runtime(tmp_path) -
     assert guard.terminated == 1
     assert asyncio.run(caller(None, 10_000)).shape == (256,), "the next run is not affected"
     assert guard.terminated == 1
+
+
+def test_fraud_primary_places_the_primary_in_process_on_cpu_only(monkeypatch) -> None:
+    """``FRAUD_PRIMARY`` chooses where ``fraud_scoring`` runs the primary on the CPU variant;
+    TensorRT engines always run in Triton; a wrong value names the choices."""
+    from build_engines.triton_config import primary_placement, scoring_config
+
+    monkeypatch.delenv("FRAUD_PRIMARY", raising=False)
+    assert primary_placement("cpu") == "triton"
+    assert 'key: "PRIMARY"' not in scoring_config(primary=primary_placement("cpu"))
+    monkeypatch.setenv("FRAUD_PRIMARY", "in_process")
+    assert primary_placement("cpu") == "in_process"
+    assert primary_placement("tensorrt") == "triton"
+    config = scoring_config(primary=primary_placement("cpu"))
+    assert 'key: "PRIMARY"' in config and 'string_value: "in_process"' in config
+    monkeypatch.setenv("FRAUD_PRIMARY", "gpu")
+    with pytest.raises(ValueError, match="FRAUD_PRIMARY: triton or in_process, got 'gpu'"):
+        primary_placement("cpu")
+
+
+def test_the_chaos_faulty_artefacts_fail_as_named(tmp_path) -> None:
+    """``perf.chaos.artefacts``: the ``error`` primary loads and fails every run, whatever the
+    batch; the ``slow`` one runs far past a deadline and the guard gives it up; ``missing``
+    has no file."""
+    from perf.chaos.artefacts import faulty_primary
+    from python_backend.fraud.callers import DeadlineGuard, GuardedOnnxCaller
+    from python_backend.fraud.contract import CATEGORICAL, PRIMARY, SEQUENCE, TABULAR
+    from python_backend.onnx_runner import OnnxModel
+
+    def inputs(batch: int):
+        return type(
+            "Inputs",
+            (),
+            {
+                "tabular": np.random.rand(batch, *TABULAR.dims).astype(np.float32),
+                "sequence": np.random.rand(batch, *SEQUENCE.dims).astype(np.float32),
+                "categorical": np.zeros((batch, *CATEGORICAL.dims), dtype=np.int64),
+            },
+        )()
+
+    error = OnnxModel(faulty_primary("error", tmp_path) / "1" / "model.onnx", PRIMARY)
+    for batch in (1, 2, 3, 7, 40, 64):
+        with pytest.raises(Exception, match="Reshape"):
+            error.run(error.feeds(inputs(batch)))
+    guard = DeadlineGuard()
+    slow = GuardedOnnxCaller.from_onnx(
+        faulty_primary("slow", tmp_path) / "1" / "model.onnx", PRIMARY
+    )
+    slow.guard = guard
+    with pytest.raises(TimeoutError):
+        asyncio.run(slow(inputs(4), 20))
+    assert guard.terminated == 1
+    assert not (faulty_primary("missing", tmp_path) / "1" / "model.onnx").exists()

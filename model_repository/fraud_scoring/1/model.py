@@ -43,6 +43,7 @@ from python_backend.fraud.callers import (
     GuardedOnnxCaller,
     OnnxCaller,
     ThreadedOnnxCaller,
+    Unavailable,
     onnx_or_unavailable,
     version_folder,
 )
@@ -96,7 +97,13 @@ class TritonPythonModel:
             kind = IN_PROCESS_PRIMARY[where]
 
             def caller_for(v):
-                return kind(version_folder(primary_dir, v) / "model.onnx", PRIMARY)
+                # An artefact that does not load fails its calls, not this load (as the
+                # fallback's): a replica that boots without its primary still decides.
+                try:
+                    return kind(version_folder(primary_dir, v) / "model.onnx", PRIMARY)
+                except Exception as err:
+                    log.log_error(f"fraud_primary (in process) version {v} did not load: {err}")
+                    return Unavailable(PRIMARY.name, str(err))
 
         elif where == "triton":
 
