@@ -112,7 +112,8 @@ def publish(
 
 def read_labels(bootstrap: str, topic: str) -> tuple[pd.DataFrame, list[str]]:
     """Every valid label on ``topic`` (``LABEL_COLUMNS``; none if the topic does not exist
-    yet), and why each invalid message was refused (they are left out, not fatal)."""
+    yet), once: a label delivered twice (a publisher run again, a producer's retry) counts
+    once; and why each invalid message was refused (they are left out, not fatal)."""
     if not _topic_exists(bootstrap, topic):
         return pd.DataFrame({c: [] for c in LABEL_COLUMNS}), []
 
@@ -128,7 +129,7 @@ def read_labels(bootstrap: str, topic: str) -> tuple[pd.DataFrame, list[str]]:
         [asdict(d) for d in decoded if not isinstance(d, str)], columns=list(LABEL_COLUMNS)
     )
     types = {"is_fraud": np.int8, "ts_ms": np.int64, "reported_ms": np.int64}
-    return frame.astype(types), refused
+    return frame.astype(types).drop_duplicates(ignore_index=True), refused
 
 
 def queued_for_review(bootstrap: str, topic: str) -> set[str]:

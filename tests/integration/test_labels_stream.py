@@ -17,7 +17,7 @@ import pytest
 
 from build_engines.label_join import JoinPolicy, join
 from build_engines.labels import CARDHOLDER, CHARGEBACK
-from client.labels import read_labels, served_decisions
+from client.labels import publish, read_labels, served_decisions
 from python_backend.fraud import served
 from python_backend.fraud.features import MS_PER_DAY
 from python_backend.paths import ROOT
@@ -76,6 +76,11 @@ def test_labels_of_served_decisions_round_trip_into_a_training_set(
     labels, refused = read_labels(bootstrap, topic)
     assert refused == []
     assert len(labels) == counts["published"]
+    # Delivered twice (the publisher run again over the same window): counted once.
+    publish(bootstrap, labels.head(10), topic)
+    again, _refused = read_labels(bootstrap, topic)
+    assert len(again) == counts["published"]
+    pd.testing.assert_frame_equal(again, labels)
     assert labels["transaction_id"].str.endswith(suffix).all()
     assert (labels["reported_ms"] <= until_ms).all()
     decisions = served_decisions(bootstrap, "decisions")
