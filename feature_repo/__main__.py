@@ -224,16 +224,26 @@ def _analyze(args) -> int:
 
 
 def _drift_window():
-    """Drift against DRIFT_REFERENCE (default: the newest fraud_primary version's), or None
-    with a line saying why."""
+    """Drift against DRIFT_REFERENCE (a reference file, a version's folder, or a model
+    repository whose newest fraud_primary version's is used; default: the project's
+    repository), or None with a line saying why."""
     from python_backend import settings
-    from python_backend.fraud.drift import DriftWindow, Reference, newest_reference
+    from python_backend.fraud.drift import (
+        REFERENCE_FILE,
+        DriftWindow,
+        Reference,
+        newest_reference,
+    )
     from python_backend.paths import MODEL_REPOSITORY
 
-    path = settings.DRIFT_REFERENCE.get() or newest_reference(MODEL_REPOSITORY)
-    if not path or not Path(path).exists():
+    path = settings.DRIFT_REFERENCE.get() or MODEL_REPOSITORY
+    if Path(path, REFERENCE_FILE).exists():  # a version's folder
+        path = Path(path, REFERENCE_FILE)
+    elif Path(path).is_dir():  # a model repository: its newest fraud_primary version's
+        path = newest_reference(Path(path)) or f"none in {path}"
+    if not Path(path).exists():
         print(
-            f"analysis: no drift reference ({path or 'none in ' + str(MODEL_REPOSITORY)}): drift "
+            f"analysis: no drift reference ({path}): drift "
             "is not measured; `make engines` writes one beside fraud_primary",
             flush=True,
         )

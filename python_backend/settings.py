@@ -127,8 +127,8 @@ HEAVY_MODEL_DIR = _setting(
 DRIFT_REFERENCE = _setting(
     "DRIFT_REFERENCE",
     "",
-    "the training window live traffic is compared with (default: the newest fraud_primary "
-    "version's drift_reference.json)",
+    "the training window live traffic is compared with: a drift_reference.json, or a model "
+    "repository (its newest fraud_primary version's; default: the project's)",
 )
 DRIFT_WINDOW_ROWS = _setting(
     "DRIFT_WINDOW_ROWS", "5000", "the newest decisions the drift metrics are computed over"

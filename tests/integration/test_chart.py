@@ -277,7 +277,7 @@ def test_the_operators_resources_point_at_what_exists(rendered) -> None:
                 assert [p["port"] for p in service["spec"]["ports"]] == [8001], "callers only"
 
 
-def test_the_analysis_keeps_its_case_store_on_a_retained_claim_and_reads_the_heavy_model(
+def test_the_analysis_keeps_its_case_store_on_a_retained_claim_and_reads_the_models(
     rendered,
 ) -> None:
     for name, manifests in rendered.items():
@@ -326,6 +326,9 @@ def test_the_analysis_keeps_its_case_store_on_a_retained_claim_and_reads_the_hea
         assert "emptyDir" in volumes[filled["name"]]
         models = mounts[filled["name"]]
         assert Path(env["HEAVY_MODEL_DIR"]) == Path(models["mountPath"], "fraud_heavy", "1")
+        # Drift against the fraud_primary versions of the same models (a repository: the
+        # newest version's reference), not the app image's own path, where none is.
+        assert Path(env["DRIFT_REFERENCE"]) == Path(models["mountPath"])
         # Metrics on ANALYSIS_METRICS_PORT, the port the probes and the Service name.
         (port,) = container["ports"]
         assert env["ANALYSIS_METRICS_PORT"] == str(port["containerPort"])

@@ -61,3 +61,29 @@ def test_decisions_no_model_scored_stay_out_of_the_score_bins() -> None:
     scores[:500] = np.nan  # decided by the rules
     window.add(_inputs(1_000, rng), scores)
     assert window.psi()[SCORE] < 0.05
+
+
+def test_the_reference_comes_from_a_file_or_a_repositorys_newest_primary(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """``DRIFT_REFERENCE``: a reference file, a version's folder, or a model repository (the
+    chart's mounted models) whose newest ``fraud_primary`` version with a reference is used;
+    none found says so and measures nothing."""
+    from feature_repo.__main__ import _drift_window
+    from python_backend.fraud.drift import REFERENCE_FILE
+
+    rng = np.random.default_rng(1)
+    for version, days in ((1, [30, 51]), (3, [40, 61])):
+        folder = tmp_path / "fraud_primary" / str(version)
+        folder.mkdir(parents=True)
+        Reference.fit(_inputs(500, rng), rng.random(500), {"days": days}).write(folder)
+    (tmp_path / "fraud_primary" / "4").mkdir()  # a version without one is passed over
+    monkeypatch.setenv("DRIFT_REFERENCE", str(tmp_path))
+    assert _drift_window().reference.window == {"days": [40, 61]}
+    monkeypatch.setenv("DRIFT_REFERENCE", str(tmp_path / "fraud_primary" / "1" / REFERENCE_FILE))
+    assert _drift_window().reference.window == {"days": [30, 51]}
+    monkeypatch.setenv("DRIFT_REFERENCE", str(tmp_path / "fraud_primary" / "1"))
+    assert _drift_window().reference.window == {"days": [30, 51]}
+    monkeypatch.setenv("DRIFT_REFERENCE", str(tmp_path / "fraud_primary" / "4"))
+    assert _drift_window() is None
+    assert "no drift reference" in capsys.readouterr().out
