@@ -70,6 +70,11 @@ class GateLimits:
     pr_auc_loss: float = 0.005
     recall_loss: float = 0.01
     slice_pr_auc_loss: float = 0.03
+    #: A slice's loss is judged against its sampling noise too: the allowed loss is at least
+    #: this many standard errors of the champion's PR-AUC there, ``sqrt(ap (1 - ap) / n)``
+    #: over its ``n`` frauds (the binomial interval of Boyd et al., 2013). A cold-start slice
+    #: of the gate days holds tens of frauds: 0.03 there is one fraud ranked differently.
+    slice_noise_z: float = 1.645
     ece_gain: float = 0.005
     cost_ratio: float = 1.2
     int8_drop: float = 0.005
@@ -147,6 +152,7 @@ def evaluate(
             if y[ok].any()
             else None
         )
+        out[f"{name}_frauds"] = int(y[ok].sum())
     if decline_threshold is not None:
         genuine, fraud = y == 0, y == 1
         out["genuine_declined"] = round(
@@ -190,11 +196,18 @@ def gate(champion: dict, challenger: dict, limits: GateLimits = GateLimits()) ->
         if champion.get(key) is None or challenger.get(key) is None:
             checks.append({"check": key, "passed": True, "limit": "no fraud in the slice"})
             continue
-        check(
-            key,
-            challenger[key] >= champion[key] - limits.slice_pr_auc_loss,
-            f">= champion - {limits.slice_pr_auc_loss}",
-        )
+        allowed, limit = limits.slice_pr_auc_loss, f">= champion - {limits.slice_pr_auc_loss}"
+        frauds = champion.get(f"{name}_frauds")
+        if frauds:
+            ap = champion[key]
+            noise = limits.slice_noise_z * float(np.sqrt(ap * (1 - ap) / frauds))
+            if noise > allowed:
+                allowed = noise
+                limit = (
+                    f">= champion - {noise:.3f} ({limits.slice_noise_z} standard errors "
+                    f"over {frauds} frauds)"
+                )
+        check(key, challenger[key] >= champion[key] - allowed, limit)
     check(
         "ece",
         challenger["ece"] <= champion["ece"] + limits.ece_gain,

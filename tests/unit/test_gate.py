@@ -77,3 +77,22 @@ def test_a_slice_without_fraud_is_not_checked_and_says_so(rows) -> None:
     verdict = gate(champion, dict(champion))
     skipped = next(c for c in verdict["checks"] if c["check"] == "new_card_pr_auc")
     assert skipped["passed"] and "no fraud" in skipped["limit"]
+
+
+def test_a_slice_loss_is_judged_against_the_slices_noise(rows) -> None:
+    """On a cold-start slice with tens of frauds a loss of 0.05 is noise (one or two frauds
+    ranked differently) and passes; with hundreds it is a real loss and is refused; the
+    limit says which it used."""
+    y, signal, masks, _ = rows
+    champion = _metrics(y, signal, masks)
+    worse = {**champion, "new_card_pr_auc": champion["new_card_pr_auc"] - 0.05}
+
+    def verdict_with(frauds: int) -> tuple[bool, str]:
+        verdict = gate({**champion, "new_card_frauds": frauds}, worse)
+        check = next(c for c in verdict["checks"] if c["check"] == "new_card_pr_auc")
+        return check["passed"], check["limit"]
+
+    passed, limit = verdict_with(15)
+    assert passed and "standard errors over 15 frauds" in limit
+    passed, limit = verdict_with(2_000)
+    assert not passed and limit == f">= champion - {GateLimits().slice_pr_auc_loss}"
