@@ -79,8 +79,9 @@ class GateLimits:
     cost_ratio: float = 1.2
     int8_drop: float = 0.005
     #: Genuine transactions declined at the served thresholds: at most this times the
-    #: champion's share (plus 0.05 percentage points for noise).
+    #: champion's share, plus ``declined_slack`` (0.05 percentage points) for noise.
     declined_ratio: float = 1.5
+    declined_slack: float = 0.0005
 
 
 @dataclass
@@ -223,8 +224,8 @@ def gate(champion: dict, challenger: dict, limits: GateLimits = GateLimits()) ->
         check(
             "genuine_declined",
             challenger["genuine_declined"]
-            <= champion["genuine_declined"] * limits.declined_ratio + 0.0005,
-            f"<= {limits.declined_ratio}x champion + 0.05 pp",
+            <= champion["genuine_declined"] * limits.declined_ratio + limits.declined_slack,
+            f"<= {limits.declined_ratio}x champion + {limits.declined_slack * 100:g} pp",
         )
     failed = [c["check"] for c in checks if not c["passed"]]
     return {"passed": not failed, "failed": failed, "checks": checks, "limits": asdict(limits)}

@@ -54,6 +54,7 @@ def test_a_refused_challenger_is_not_published_and_a_passing_one_is(tiny_build, 
         cost_ratio=100.0,
         int8_drop=1.0,
         declined_ratio=1e6,
+        declined_slack=1.0,
     )
     passed = retrain.run(
         "tiny", repository, tiny_build.build_dir, settings=SETTINGS, limits=lax, log=lines.append
