@@ -57,6 +57,10 @@ RULES_RESERVE_MS = 5.0
 PRIOR_MS = {"primary": 2.0, "fallback": 1.0}
 
 
+#: Calls of the horizon an expectation needs before its quantile is used (else the median).
+MIN_CALLS = 10
+
+
 class Expectation:
     """What a rung's call is expected to take: the ``quantile`` of its calls of the last
     ``horizon_s`` seconds (at most ``size``), else ``prior_ms``.
@@ -90,7 +94,10 @@ class Expectation:
         if not calls:
             return self.prior_ms
         times = sorted(ms for _, ms in calls)
-        return times[min(len(times) - 1, int(self.quantile * len(times)))]
+        # Over fewer than MIN_CALLS the quantile would be the slowest call: one call held up
+        # by a busy core would shed the rung for the whole horizon. The median until then.
+        quantile = self.quantile if len(times) >= MIN_CALLS else 0.5
+        return times[min(len(times) - 1, int(quantile * len(times)))]
 
 
 class ModelCallError(RuntimeError):

@@ -228,6 +228,31 @@ def test_a_shed_rung_is_called_again_once_its_slow_calls_age_out(clock) -> None:
     assert run_now(ladder.run(_inputs(), budget)).path == "primary"
 
 
+def test_one_call_held_up_among_a_few_does_not_shed_the_rung(clock) -> None:
+    """A rung's expected time is the 90th percentile of its recent calls, but over fewer
+    than ``MIN_CALLS`` that is the slowest one: one call held up by a busy core (a test's
+    closed loop, a quiet hour) would shed the in-process fallback for five seconds. The
+    median until there are enough calls; then the quantile."""
+    from python_backend.fraud.ladder import MIN_CALLS, Expectation
+
+    expected = Expectation(1.0, clock=clock)
+    for ms in (0.2, 0.3, 30.0):
+        expected.observe(ms)
+    assert expected.ms() == pytest.approx(0.3)
+    for _ in range(MIN_CALLS - 3):
+        expected.observe(30.0)
+    assert len(expected.calls) == MIN_CALLS and expected.ms() == pytest.approx(30.0)
+    primary = FakeModel(clock, 0.1, error="fraud_primary unavailable")
+    fallback = FakeModel(clock, 0.7, latency_ms=0.3)
+    ladder = _ladder(clock, primary, fallback, fallback_in_process=True)
+    for ms in (0.3, 0.3, 30.0):
+        ladder.expected["fallback"].observe(ms)
+    budget = Budget(95, clock=clock)
+    clock.advance_ms(70)  # 25 ms left: the fallback fits its usual 0.3 ms, not its 30
+    out = run_now(ladder.run(_inputs(), budget))
+    assert out.path == "fallback", out.reasons
+
+
 def test_remote_fallback_is_hedged_beside_the_primary(clock) -> None:
     primary, fallback = FakeModel(clock, 0.1), FakeModel(clock, 0.7)
     ladder = _ladder(clock, primary, fallback, fallback_in_process=False, hedge="always")
