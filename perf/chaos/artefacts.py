@@ -35,15 +35,26 @@ def _inputs():
 
 
 def _model(nodes, initializers):
-    from onnx import TensorProto, helper
+    """The graph of ``nodes`` (which may use the initializers ``zero`` and ``one``) ending in
+    the primary's output: the sigmoid of the first tabular column plus ``drift``."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    output = PRIMARY.outputs[0]
+    tabular, output = PRIMARY.inputs[0].name, PRIMARY.outputs[0]
+    constants = [
+        numpy_helper.from_array(np.array([value], dtype=np.int64), name)
+        for name, value in (("zero", 0), ("one", 1))
+    ]
+    ending = [
+        helper.make_node("Slice", [tabular, "zero", "one", "one"], ["first"]),
+        helper.make_node("Add", ["first", "drift"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], [output.name]),
+    ]
     graph = helper.make_graph(
-        nodes,
+        [*nodes, *ending],
         f"faulty_{PRIMARY.name}",
         _inputs(),
         [helper.make_tensor_value_info(output.name, TensorProto.FLOAT, ["batch", 1])],
-        initializers,
+        [*initializers, *constants],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -51,23 +62,18 @@ def _model(nodes, initializers):
 
 
 def _error_model():
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     tabular = PRIMARY.inputs[0].name
-    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
     nodes = [
         helper.make_node("Shape", [tabular], ["shape"]),
         helper.make_node("ReduceProd", ["shape"], ["size"], keepdims=1),
         # One element more than the input holds: no batch can ever fill it.
         helper.make_node("Add", ["size", "one"], ["impossible"]),
         helper.make_node("Reshape", [tabular, "impossible"], ["reshaped"]),
-        helper.make_node("ReduceSum", ["reshaped"], ["total"], keepdims=1),
-        helper.make_node("Slice", [tabular, "zero", "one", "one"], ["first"]),
-        helper.make_node("Add", ["first", "total"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], [PRIMARY.outputs[0].name]),
+        helper.make_node("ReduceSum", ["reshaped"], ["drift"], keepdims=1),
     ]
-    zero = numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")
-    return _model(nodes, [one, zero])
+    return _model(nodes, [])
 
 
 def _slow_model():
@@ -75,8 +81,6 @@ def _slow_model():
 
     tabular = PRIMARY.inputs[0].name
     weight = numpy_helper.from_array(np.eye(SLOW_WIDTH, dtype=np.float32) * 0.999, "W")
-    zero = numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")
-    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
     nodes = [
         # The chain's start depends on the input, so ONNX Runtime cannot fold it at load.
         helper.make_node("ReduceMean", [tabular], ["level"], keepdims=0),
@@ -86,13 +90,8 @@ def _slow_model():
     for i in range(1, SLOW_LINKS + 1):
         nodes.append(helper.make_node("MatMul", [last, "W"], [f"h{i}"]))
         last = f"h{i}"
-    nodes += [
-        helper.make_node("ReduceMean", [last], ["drift"], keepdims=0),
-        helper.make_node("Slice", [tabular, "zero", "one", "one"], ["first"]),
-        helper.make_node("Add", ["first", "drift"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], [PRIMARY.outputs[0].name]),
-    ]
-    return _model(nodes, [weight, zero, one])
+    nodes.append(helper.make_node("ReduceMean", [last], ["drift"], keepdims=0))
+    return _model(nodes, [weight])
 
 
 def faulty_primary(kind: str, root: Path) -> Path:
