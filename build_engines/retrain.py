@@ -508,7 +508,7 @@ def simulated_service(
     from build_engines.simulate import SimulatedData, SimulationConfig
     from build_engines.split import BURN_IN_DAYS
     from python_backend.fraud.heavy_model import HeavyModel
-    from python_backend.fraud.history import HeavyInputs, offline_histories
+    from python_backend.fraud.history import HeavyInputs, history_columns, offline_histories
     from python_backend.fraud.offline import FeatureTables, model_inputs
     from python_backend.fraud.scoring import DecisionPolicy
 
@@ -535,9 +535,7 @@ def simulated_service(
     )
     log("the heavy model's and LightGBM's scores of those decisions (the analysis')")
     heavy = HeavyModel(repository / "fraud_heavy" / "1")
-    columns = [
-        tx[c].to_numpy() for c in ("card_id", "terminal_id", "ts_ms", "amount", "transaction_id")
-    ]
+    columns = history_columns(tx)
     heavy_scores, tree_scores = [], []
     for start in range(0, len(rows), 20_000):
         part = np.arange(start, min(start + 20_000, len(rows)))

@@ -22,7 +22,7 @@ from python_backend.fraud.features import (
     ModelInputs,
 )
 from python_backend.fraud.heavy_model import Blend, logit
-from python_backend.fraud.history import HeavyInputs, offline_histories
+from python_backend.fraud.history import HeavyInputs, history_columns, offline_histories
 from python_backend.fraud.rules import RuleSet
 from python_backend.onnx_runner import OnnxModel
 
@@ -231,10 +231,7 @@ def teacher_scores(
     """
     started = time.perf_counter()
     n = len(split.y_train)
-    columns = [
-        transactions[c].to_numpy()
-        for c in ("card_id", "terminal_id", "ts_ms", "amount", "transaction_id")
-    ]
+    columns = history_columns(transactions)
 
     def histories(rows: np.ndarray) -> HeavyInputs:
         return HeavyInputs.of(
@@ -345,10 +342,7 @@ def train_heavy(
     against PyTorch. Returns the ONNX model, the test rows' inputs (and with every view
     unavailable), the validation scores, and facts."""
     started = time.perf_counter()
-    columns = [
-        transactions[c].to_numpy()
-        for c in ("card_id", "terminal_id", "ts_ms", "amount", "transaction_id")
-    ]
+    columns = history_columns(transactions)
     rows, weights = heavy.genuine_subsample(split.y_train, cfg.genuine_share, cfg.seed)
 
     def inputs(part: ModelInputs, positions: np.ndarray) -> HeavyInputs:

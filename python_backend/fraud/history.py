@@ -124,6 +124,16 @@ def _gather_offline(
     return Gathered(ts_ms[source], amount[source], other[source], valid)
 
 
+#: The transaction log's columns :func:`offline_histories` reads, in its parameters' order.
+HISTORY_COLUMNS = ("card_id", "terminal_id", "ts_ms", "amount", "transaction_id")
+
+
+def history_columns(transactions) -> list[np.ndarray]:
+    """:data:`HISTORY_COLUMNS` of a transaction table (a DataFrame), as
+    ``offline_histories(*history_columns(tx), rows=...)`` takes them."""
+    return [np.asarray(transactions[c]) for c in HISTORY_COLUMNS]
+
+
 def offline_histories(
     card: np.ndarray,
     terminal: np.ndarray,
