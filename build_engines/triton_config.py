@@ -89,19 +89,21 @@ def _check(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-#: Where ``fraud_scoring`` runs the primary (its ``PRIMARY`` parameter): a hop to Triton's
-#: ``fraud_primary``, or a session in its own process (``python -m perf tune`` measures both).
-PRIMARY_PLACEMENTS = ("triton", "in_process")
+#: Where ``fraud_scoring`` runs the primary (its ``PRIMARY`` parameter): a session in its own
+#: process (the CPU default: ``python -m perf tune`` measured it cheaper and faster than the
+#: hop, perf/README.md), or a hop to Triton's ``fraud_primary`` (TensorRT engines, a GPU).
+PRIMARY_PLACEMENTS = ("in_process", "triton")
 
 
 def primary_placement(variant: str) -> str:
     """``FRAUD_PRIMARY`` for the CPU variant; TensorRT engines run only in Triton."""
     _check(variant)
-    chosen = (settings.FRAUD_PRIMARY.get() or "triton").strip()
+    default = settings.FRAUD_PRIMARY.default
+    chosen = (settings.FRAUD_PRIMARY.get() or default).strip()
     if chosen not in PRIMARY_PLACEMENTS:
         raise ValueError(
             f"FRAUD_PRIMARY: {' or '.join(PRIMARY_PLACEMENTS)}, got {chosen!r}; unset it for "
-            "the default (triton)"
+            f"the default ({default})"
         )
     return chosen if variant == "cpu" else "triton"
 

@@ -1,6 +1,7 @@
 """``make demo`` (``python -m client demo``), step by step: build what is missing, serve,
-replay the last simulated day over gRPC, the open world, the primary unloaded on purpose,
-its stubs killed while the watchdog reloads it, the summary in ``build/reports/demo.json``.
+replay the last simulated day over gRPC, the open world, the primary taken away on purpose,
+(with the primary behind Triton's hop, ``FRAUD_PRIMARY=triton``) its stubs killed while the
+watchdog reloads it, the summary in ``build/reports/demo.json``.
 
 :func:`run` is what the command calls, and what ``tests/integration/test_demo.py`` calls on
 the suite's tiny build to check what it prints against the server's own counters.
@@ -24,7 +25,8 @@ from client.replay import ReplaySummary
 from python_backend.paths import DATA, MODEL_REPOSITORY, REPORTS, ROOT, TRITON_STATE
 
 #: When ``run`` calls ``on_step(name, server)``, in order: the server started and warmed up,
-#: then after each step that sends transactions.
+#: then after each step that sends transactions (``primary_stub_killed`` only where the
+#: primary is Triton's ``fraud_primary``: in ``fraud_scoring``'s process it has no stub).
 STEPS = (
     "started",
     "normal",
@@ -44,7 +46,8 @@ class DemoResult:
     normal: ReplaySummary
     open_world: dict[str, Outcome]
     primary_unloaded: ReplaySummary
-    primary_stub_killed: ReplaySummary
+    #: None where the primary runs in ``fraud_scoring``'s process (no stub of its own).
+    primary_stub_killed: ReplaySummary | None
     report_path: Path
     #: The case the demo opened at its end (its analysis), and the analyses' counts.
     case: dict | None = None
@@ -52,7 +55,8 @@ class DemoResult:
 
     @property
     def replays(self) -> tuple[ReplaySummary, ...]:
-        return (self.normal, self.primary_unloaded, self.primary_stub_killed)
+        runs = (self.normal, self.primary_unloaded, self.primary_stub_killed)
+        return tuple(r for r in runs if r is not None)
 
     @property
     def every_request_decided(self) -> bool:
@@ -63,7 +67,9 @@ class DemoResult:
         return {
             "normal": self.normal.as_dict(),
             "primary_unloaded": self.primary_unloaded.as_dict(),
-            "primary_stub_killed": self.primary_stub_killed.as_dict(),
+            "primary_stub_killed": (
+                None if self.primary_stub_killed is None else self.primary_stub_killed.as_dict()
+            ),
             "open_world": {k: o.as_dict() for k, o in self.open_world.items()},
             "analysis": self.analysis,
             "case": None if self.case is None else self.case["transaction_id"],
@@ -107,7 +113,12 @@ def run(
     analysis fills (``CASE_STORE_PATH`` by default). ``on_step(name, server)`` is called at
     each of :data:`STEPS`, before the next begins."""
     from client.launcher import ensure_features, ensure_models, warm_up
-    from client.local.operator import admin_client
+    from client.local.operator import (
+        admin_client,
+        primary_in_process,
+        restore_primary,
+        take_primary_away,
+    )
     from client.local.services import kafka_broker
     from client.local.triton import running
     from client.open_world import score_variants, table
@@ -161,31 +172,51 @@ def run(
         out(table(open_world))
         step("open_world", server)
         outage_rows = day.sample(min(len(day), outage), random_state=1)
-        out(f"== 5. unload fraud_primary on purpose, replay {len(outage_rows):,} more")
         admin = admin_client(server.grpc_url)
-        admin.unload_model("fraud_primary")
+        in_process = primary_in_process(admin)
+        where = "in fraud_scoring's process" if in_process else "Triton's fraud_primary"
+        out(
+            f"== 5. take the primary away on purpose ({where}: "
+            f"{'its artefact pointed at nothing' if in_process else 'unloaded'}), replay "
+            f"{len(outage_rows):,} more"
+        )
+        take_primary_away(admin)
         primary_unloaded = replay(server.grpc_url, outage_rows, concurrency)
-        admin.load_model("fraud_primary")
+        restore_primary(admin)
         admin.close()
         out(primary_unloaded.table())
         step("primary_unloaded", server)
-        after_kill = day.sample(min(len(day), 2 * outage), random_state=2)
-        out(
-            "== 6. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
-            f"{len(after_kill):,} more at {kill_rate_per_s:g}/s while the stub watchdog reloads it"
-        )
-        kill_stubs("fraud_primary", server.process.pid)
-        killed = replay(server.grpc_url, after_kill, concurrency, rate_per_s=kill_rate_per_s)
-        out(killed.table())
-        step("primary_stub_killed", server)
+        killed = None
+        if in_process:
+            out(
+                "== 6. no stub to kill: the primary runs in fraud_scoring's process, under the "
+                "same deadline (FRAUD_PRIMARY=triton puts it behind Triton's hop, where this "
+                "step kills its stubs while the watchdog reloads it)"
+            )
+        else:
+            after_kill = day.sample(min(len(day), 2 * outage), random_state=2)
+            out(
+                "== 6. kill -9 fraud_primary's stub processes (as the OOM killer would); replay "
+                f"{len(after_kill):,} more at {kill_rate_per_s:g}/s while the stub watchdog "
+                "reloads it"
+            )
+            kill_stubs("fraud_primary", server.process.pid)
+            killed = replay(server.grpc_url, after_kill, concurrency, rate_per_s=kill_rate_per_s)
+            out(killed.table())
+            step("primary_stub_killed", server)
         result = DemoResult(normal, open_world, primary_unloaded, killed, report_path)
         runs = result.replays
+        after = (
+            ""
+            if killed is None
+            else f"; after the stub kill: {dict(killed.paths)} "
+            f"(watchdog: {server.log_path.with_name('watchdog.log')})"
+        )
         out(
             f"== 7. every request got a decision: "
             f"{'yes' if result.every_request_decided else 'NO'} "
             f"({sum(r.decided for r in runs):,} of {sum(r.sent for r in runs):,}); "
-            f"paths with the primary unloaded: {dict(primary_unloaded.paths)}; after the stub "
-            f"kill: {dict(killed.paths)} (watchdog: {server.log_path.with_name('watchdog.log')})"
+            f"paths with the primary away: {dict(primary_unloaded.paths)}{after}"
         )
         heavy = repository / "fraud_heavy" / "1"
         out(

@@ -99,9 +99,10 @@ EVENT_FORMAT = _setting(
 # Where the primary runs (build_engines.triton_config.scoring_config).
 FRAUD_PRIMARY = _setting(
     "FRAUD_PRIMARY",
-    "triton",
-    "where the primary runs without TensorRT: triton (a hop to fraud_primary) or in_process "
-    "(an ONNX Runtime session in fraud_scoring); TensorRT engines always run in Triton",
+    "in_process",
+    "where the primary runs without TensorRT: in_process (an ONNX Runtime session in "
+    "fraud_scoring, under the same deadline) or triton (a hop to fraud_primary); TensorRT "
+    "engines always run in Triton",
 )
 # Batch work beside the service (python_backend.priority).
 BATCH_PRIORITY = _setting(

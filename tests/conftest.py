@@ -109,10 +109,13 @@ class Serving:
     env: dict
 
 
-def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
-    """A copy of the tiny build's repository with the committed ``model.py`` files."""
+def serving_repository(tiny_build: TinyBuild, root: Path, primary: str | None = None) -> Path:
+    """A copy of the tiny build's repository with the committed ``model.py`` files.
+    ``primary``: where ``fraud_scoring`` runs the primary (``in_process`` or ``triton``, as
+    ``FRAUD_PRIMARY`` would write it); by default as built (``FRAUD_PRIMARY``'s default)."""
     import shutil
 
+    from build_engines.triton_config import scoring_config
     from python_backend.paths import MODEL_REPOSITORY
 
     repository = root / "model_repository"
@@ -121,18 +124,23 @@ def serving_repository(tiny_build: TinyBuild, root: Path) -> Path:
         target = repository / model_py.parent.parent.name / "1" / "model.py"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(model_py, target)
+    if primary is not None:
+        (repository / "fraud_scoring" / "config.pbtxt").write_text(scoring_config(primary=primary))
     return repository
 
 
-def _serving(tiny_build, root: Path, store_env: dict, kafka_service) -> Iterator[Serving]:
+def _serving(
+    tiny_build, root: Path, store_env: dict, kafka_service, primary: str | None = None
+) -> Iterator[Serving]:
     """A real Triton server on the tiny build's models and the committed ``model.py`` files,
     reading the online store ``store_env`` names, publishing scored transactions and its
-    decision log to the real broker (its spool in ``root``), warmed up."""
+    decision log to the real broker (its spool in ``root``), warmed up; the primary where
+    ``primary`` says (:func:`serving_repository`)."""
     from client.launcher import warm_up
     from client.local.triton import Ports, running
     from client.scoring import FraudClient
 
-    repository = serving_repository(tiny_build, root)
+    repository = serving_repository(tiny_build, root, primary)
     env = {
         **store_env,
         "KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_service.port}",
@@ -151,7 +159,10 @@ def _serving(tiny_build, root: Path, store_env: dict, kafka_service) -> Iterator
 @pytest.fixture(scope="session")
 def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
     """The server with a real Redis online store (database 1) materialized as of the last
-    simulated day (what production runs)."""
+    simulated day (what production runs), the primary behind Triton's hop (what a GPU or
+    TensorRT engines run; ``serving_sqlite`` runs it in process, the CPU default): the tests
+    of both stores cover both placements, and those that act on Triton's ``fraud_primary``
+    (stand-ins, its stub, its spans) run here."""
     from feature_repo.store import StoreSettings, fill
 
     root = tmp_path_factory.mktemp("serving")
@@ -161,13 +172,15 @@ def serving(tiny_build, tmp_path_factory, redis_service, kafka_service):
         data_dir=tiny_build.build_dir / "data" / "tiny",
         repo_dir=root / "features",
     )
-    yield from _serving(tiny_build, root, fill(settings, log=lambda _m: None), kafka_service)
+    store = fill(settings, log=lambda _m: None)
+    yield from _serving(tiny_build, root, store, kafka_service, primary="triton")
 
 
 @pytest.fixture(scope="session")
 def serving_sqlite(tiny_build, tmp_path_factory, kafka_service):
     """The server on the default, embedded SQLite online store (what ``make demo`` and
-    ``make serve`` run), materialized as of the last simulated day."""
+    ``make serve`` run), materialized as of the last simulated day, the primary where
+    ``FRAUD_PRIMARY``'s default puts it (in ``fraud_scoring``'s process)."""
     from feature_repo.store import StoreSettings, fill
 
     root = tmp_path_factory.mktemp("serving-sqlite")
@@ -179,5 +192,6 @@ def serving_sqlite(tiny_build, tmp_path_factory, kafka_service):
 
 @pytest.fixture(params=["redis", "sqlite"])
 def any_store_serving(request) -> Serving:
-    """The server on each online store in turn: Redis (production) and SQLite (the default)."""
+    """The server on each online store in turn: Redis (production; the primary behind
+    Triton's hop) and SQLite (the defaults; the primary in process)."""
     return request.getfixturevalue("serving" if request.param == "redis" else "serving_sqlite")

@@ -103,3 +103,36 @@ def override_parameters(admin, model: str, **parameters: str | None) -> None:
         else:
             current[key] = {"string_value": value}
     admin.load_model(model, config=json.dumps(config))
+
+
+#: Where a primary taken away on purpose is pointed when it runs in ``fraud_scoring``'s
+#: process: no such folder, as when its artefact never arrived.
+MISSING_PRIMARY_DIR = "/nonexistent/fraud_primary"
+
+
+def primary_in_process(admin) -> bool:
+    """Whether this server's ``fraud_scoring`` runs the primary in its own process (its
+    ``PRIMARY`` parameter; ``FRAUD_PRIMARY`` chose it) rather than through Triton's
+    ``fraud_primary``."""
+    config = admin.get_model_config("fraud_scoring", as_json=True)["config"]
+    placement = config.get("parameters", {}).get("PRIMARY", {}).get("string_value", "triton")
+    return placement != "triton"
+
+
+def take_primary_away(admin, primary_dir: str = MISSING_PRIMARY_DIR) -> None:
+    """The primary made unavailable wherever it runs: Triton's ``fraud_primary`` unloaded,
+    or the in-process primary's ``PRIMARY_DIR`` pointed at ``primary_dir`` (by default a
+    folder that does not exist; ``perf.chaos.artefacts`` makes faulty ones).
+    :func:`restore_primary` undoes it."""
+    if primary_in_process(admin):
+        override_parameters(admin, "fraud_scoring", PRIMARY_DIR=primary_dir)
+    else:
+        admin.unload_model("fraud_primary")
+
+
+def restore_primary(admin) -> None:
+    """Undo :func:`take_primary_away` (or a stand-in loaded as Triton's ``fraud_primary``)."""
+    if primary_in_process(admin):
+        override_parameters(admin, "fraud_scoring", PRIMARY_DIR=None)
+    else:
+        admin.load_model("fraud_primary")

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client.local.operator import override_parameters
+from client.local import operator
+from client.local.operator import override_parameters, restore_primary, take_primary_away
 from client.local.services import stub_pids
 from perf.chaos.artefacts import faulty_primary
 from perf.chaos.config import FAULTY_MODEL
@@ -23,18 +24,11 @@ NOT_IN_PROCESS = {
 }
 
 
-def in_process(admin) -> bool:
-    """Whether this replica's ``fraud_scoring`` runs the primary in its own process."""
-    config = admin.get_model_config("fraud_scoring", as_json=True)["config"]
-    placement = config.get("parameters", {}).get("PRIMARY", {}).get("string_value", "triton")
-    return placement != "triton"
-
-
 def primary_in_process(system: System) -> bool:
     """Whether the system's primary runs in ``fraud_scoring``'s process (replica 0's config)."""
     _replica, admin = system.admins_by_replica()[0]
     try:
-        return in_process(admin)
+        return operator.primary_in_process(admin)
     finally:
         admin.close()
 
@@ -83,20 +77,12 @@ def _primary_fault(system: System, stand_in: Callable, kind: str) -> Callable:
     faulty artefact of this ``kind`` (``perf.chaos.artefacts``), as a bad deploy would leave."""
 
     def act(admin) -> None:
-        if in_process(admin):
-            faulty = faulty_primary(kind, system.work / "artefacts")
-            override_parameters(admin, "fraud_scoring", PRIMARY_DIR=str(faulty))
+        if operator.primary_in_process(admin):
+            take_primary_away(admin, str(faulty_primary(kind, system.work / "artefacts")))
         else:
             stand_in(admin)
 
     return act
-
-
-def _primary_restored(admin) -> None:
-    if in_process(admin):
-        override_parameters(admin, "fraud_scoring", PRIMARY_DIR=None)
-    else:
-        admin.load_model("fraud_primary")
 
 
 def _reloaded(*models: str) -> Callable:
@@ -133,7 +119,7 @@ def _fallback_fails_too(system: System) -> None:
 
 def _fallback_restored(system: System) -> None:
     _on_every_replica(
-        system, _primary_restored, _reloaded("fraud_fallback"), restore_in_process_fallback
+        system, restore_primary, _reloaded("fraud_fallback"), restore_in_process_fallback
     )
 
 
@@ -268,21 +254,21 @@ def _faults() -> dict[str, Fault]:
             lambda s: _on_every_replica(
                 s, _primary_fault(s, _stand_in("fraud_primary", "error"), "error")
             ),
-            lambda s: _on_every_replica(s, _primary_restored),
+            lambda s: _on_every_replica(s, restore_primary),
         ),
         "primary_slow": Fault(
             "primary_slow",
             lambda s: _on_every_replica(
                 s, _primary_fault(s, _stand_in("fraud_primary", "slow:250"), "slow")
             ),
-            lambda s: _on_every_replica(s, _primary_restored),
+            lambda s: _on_every_replica(s, restore_primary),
         ),
         "primary_unloaded": Fault(
             "primary_unloaded",
             lambda s: _on_every_replica(
                 s, _primary_fault(s, lambda admin: admin.unload_model("fraud_primary"), "missing")
             ),
-            lambda s: _on_every_replica(s, _primary_restored),
+            lambda s: _on_every_replica(s, restore_primary),
         ),
         "primary_stub_killed": Fault(
             "primary_stub_killed", kill_stub, lambda s: None, instantaneous=True

@@ -36,7 +36,7 @@ def queued_server(tiny_build, serving_sqlite, tmp_path_factory):
     from perf.chaos.config import FAULTY_MODEL
 
     root = tmp_path_factory.mktemp("queued")
-    repository = serving_repository(tiny_build, root)
+    repository = serving_repository(tiny_build, root, primary="triton")
     primary = repository / "fraud_primary"
     shutil.copy(FAULTY_MODEL, primary / "1" / "model.py")
 

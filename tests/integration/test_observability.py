@@ -103,7 +103,7 @@ def observed(tiny_build, tmp_path_factory, redis_service, kafka_service):
     ports = Ports.free()
     try:
         with running(
-            repository=serving_repository(tiny_build, root),
+            repository=serving_repository(tiny_build, root, primary="triton"),
             ports=ports,
             env=env,
             log_path=root / "server.log",

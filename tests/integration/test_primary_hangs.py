@@ -34,7 +34,7 @@ def hung_primary_server(tiny_build, serving_sqlite, tmp_path_factory):
     from perf.chaos.config import FAULTY_MODEL
 
     root = tmp_path_factory.mktemp("hung-primary")
-    repository = serving_repository(tiny_build, root)
+    repository = serving_repository(tiny_build, root, primary="triton")
     folder = repository / "fraud_primary"
     shutil.copy(FAULTY_MODEL, folder / "1" / "model.py")
     config = text_format.Parse(

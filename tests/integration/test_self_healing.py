@@ -24,7 +24,7 @@ def test_killed_primary_stub_is_reloaded_under_the_serve_launcher(
     # As after `make serve` returns: Feast's import pointed prometheus_client at a temporary
     # folder that is gone now; the watchdog must neither inherit it nor die of it.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
-    repository = serving_repository(tiny_build, tmp_path)
+    repository = serving_repository(tiny_build, tmp_path, primary="triton")
     env = {"FEATURE_STORE": "redis", "REDIS_URL": f"redis://127.0.0.1:{redis_service.port}/2"}
     metrics_port = free_port()
     server = start_in_background(

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client.local.operator import admin_client
+from client.local.operator import admin_client, restore_primary, take_primary_away
 from client.scoring import build_inputs
 from python_backend.fraud.contract import DECISIONS, SCORING, STAGES
 from python_backend.fraud.features import MS_PER_DAY
@@ -79,15 +79,19 @@ def _unload(serving, *models):
 
 
 def test_primary_unloaded_falls_back_then_recovers(any_store_serving, last_day) -> None:
+    """The primary taken away wherever it runs (Triton's ``fraud_primary`` unloaded; the
+    in-process one pointed at an artefact that is not there): the fallback decides, and
+    the primary again once it is back."""
     serving = any_store_serving
     rows = _rows(last_day.head(4))
-    admin = _unload(serving, "fraud_primary")
+    admin = admin_client(serving.server.grpc_url)
+    take_primary_away(admin)
     try:
         decisions = serving.client.score(rows)
         assert {d.path for d in decisions} == {"fallback"}, [d.reasons for d in decisions]
         assert all("PRIMARY_ERROR" in d.reasons for d in decisions)
     finally:
-        admin.load_model("fraud_primary")
+        restore_primary(admin)
     # The breaker may hold the primary off for its cool-down; it comes back after it.
     _wait_for_path(serving, rows, "primary")
 
@@ -97,7 +101,8 @@ def test_primary_and_fallback_down_rules_decide(any_store_serving, last_day) -> 
 
     serving = any_store_serving
     rows = _rows(last_day.head(4))
-    admin = _unload(serving, "fraud_primary", "fraud_fallback")
+    admin = _unload(serving, "fraud_fallback")
+    take_primary_away(admin)
     break_in_process_fallback(admin)
     try:
         decisions = serving.client.score(rows)
@@ -107,17 +112,17 @@ def test_primary_and_fallback_down_rules_decide(any_store_serving, last_day) -> 
             "FALLBACK_ERROR" in d.reasons or "FALLBACK_CIRCUIT_OPEN" in d.reasons for d in decisions
         )
     finally:
-        admin.load_model("fraud_primary")
+        restore_primary(admin)
         admin.load_model("fraud_fallback")
         restore_in_process_fallback(admin)
     _wait_for_path(serving, rows, "primary")
     # And the restored in-process fallback answers again when the primary fails.
-    admin.unload_model("fraud_primary")
+    take_primary_away(admin)
     try:
         got = serving.client.score(rows)
         assert {d.path for d in got} == {"fallback"}, [d.reasons for d in got]
     finally:
-        admin.load_model("fraud_primary")
+        restore_primary(admin)
     _wait_for_path(serving, rows, "primary")
 
 

@@ -147,20 +147,21 @@ def test_a_guarded_run_past_its_deadline_is_given_up_by_onnx_runtime(tmp_path) -
 
 
 def test_fraud_primary_places_the_primary_in_process_on_cpu_only(monkeypatch) -> None:
-    """``FRAUD_PRIMARY`` chooses where ``fraud_scoring`` runs the primary on the CPU variant;
-    TensorRT engines always run in Triton; a wrong value names the choices."""
+    """``FRAUD_PRIMARY`` chooses where ``fraud_scoring`` runs the primary on the CPU variant
+    (in its own process unless told ``triton``); TensorRT engines always run in Triton; a
+    wrong value names the choices."""
     from build_engines.triton_config import primary_placement, scoring_config
 
     monkeypatch.delenv("FRAUD_PRIMARY", raising=False)
-    assert primary_placement("cpu") == "triton"
-    assert 'key: "PRIMARY"' not in scoring_config(primary=primary_placement("cpu"))
-    monkeypatch.setenv("FRAUD_PRIMARY", "in_process")
     assert primary_placement("cpu") == "in_process"
     assert primary_placement("tensorrt") == "triton"
     config = scoring_config(primary=primary_placement("cpu"))
     assert 'key: "PRIMARY"' in config and 'string_value: "in_process"' in config
+    monkeypatch.setenv("FRAUD_PRIMARY", "triton")
+    assert primary_placement("cpu") == "triton"
+    assert 'key: "PRIMARY"' not in scoring_config(primary=primary_placement("cpu"))
     monkeypatch.setenv("FRAUD_PRIMARY", "gpu")
-    with pytest.raises(ValueError, match="FRAUD_PRIMARY: triton or in_process, got 'gpu'"):
+    with pytest.raises(ValueError, match="FRAUD_PRIMARY: in_process or triton, got 'gpu'"):
         primary_placement("cpu")
 
 
