@@ -2,7 +2,7 @@
 
 Feast owns and writes the layout (pinned: feast 0.67.0, entity key serialization version 3);
 the serving side only reads it, because importing Feast costs seconds and hundreds of MB in
-every Python-backend instance. ``tests/test_online_reader.py`` proves, against the real
+every Python-backend instance. ``tests/integration/test_online_reader.py`` proves, against the real
 ``FeatureStore.get_online_features``, that what is decoded here equals what Feast returns.
 
 * Entity keys: ``serialize_entity_key`` v3 of one INT64 join key.

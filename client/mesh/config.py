@@ -1,5 +1,5 @@
 """Envoy's configuration, rendered from one source: the local mesh (``make serve REPLICAS=N``,
-the chaos run, the tests) and the Helm chart (``deploy/chart/files/envoy.yaml``) both come
+the chaos run, the tests) and the Helm chart (``deploy/chart/fraud-scoring/files/envoy.yaml``) both come
 from :func:`render`.
 
 What it declares:
