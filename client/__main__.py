@@ -288,11 +288,22 @@ def cmd_cases(args) -> int:
 
 
 def cmd_settings(args) -> int:
+    from python_backend import parameters
+
     rows = settings.table()
     width = max(len(name) for name, *_ in rows)
+    print("Environment variables (python_backend/settings.py), the values in effect:")
     for name, value, default, doc in rows:
         shown = value if value == default else f"{value}  (default {default or 'unset'})"
         print(f"{name:<{width}}  {shown or '-':<40}  {doc}")
+    print(
+        "\nModel config parameters (python_backend/parameters.py; config.pbtxt, set by the "
+        "build, the rollout and the chaos tools), their defaults:"
+    )
+    params = parameters.table()
+    width = max(len(f"{model}.{name}") for model, name, *_ in params)
+    for model, name, default, doc in params:
+        print(f"{model + '.' + name:<{width}}  {default or '-':<40}  {doc}")
     return 0
 
 

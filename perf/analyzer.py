@@ -25,6 +25,14 @@ PA_PARTS = (
 )
 
 
+def _primary_in_process(url: str) -> bool:
+    admin = admin_client(url)
+    try:
+        return operator.primary_in_process(admin)
+    finally:
+        admin.close()
+
+
 def perf_analyzer(
     binary: Path,
     env: dict[str, str],
@@ -63,9 +71,10 @@ def perf_analyzer(
         str(csv_path),
         *operator.perf_analyzer_arguments(),
     ]
-    if model.startswith("fraud_scoring"):
+    if model.startswith("fraud_scoring") and not _primary_in_process(url):
         # Not the fallback: a model that has not run yet has no statistics per version,
-        # and perf_analyzer then fails ("failed to find the requested model version").
+        # and perf_analyzer then fails ("failed to find the requested model version"); nor
+        # the primary when it runs in fraud_scoring's process (Triton's never runs then).
         cmd += ["--bls-composing-models", COMPOSING[0]]
     if rate is not None:
         # Asynchronous sends: in its default synchronous mode perf_analyzer keeps at most

@@ -21,10 +21,11 @@ import bentoml
 from python_backend import settings
 from python_backend.fraud import decide_rows, in_process_service
 from python_backend.fraud.online import open_reader
+from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 
 #: The largest batch the dispatcher forms, and how long it may hold a request to form one.
 MAX_BATCH = 64
-MAX_LATENCY_MS = 95
+MAX_LATENCY_MS = DEFAULT_BUDGET_MS
 
 
 @bentoml.service(

@@ -1,6 +1,6 @@
 """Envoy's configuration, rendered from one source: the local mesh (``make serve REPLICAS=N``,
-the chaos run, the tests) and the Helm chart (``deploy/chart/fraud-scoring/files/envoy.yaml``) both come
-from :func:`render`.
+the chaos run, the tests) and the Helm chart
+(``deploy/chart/fraud-scoring/files/envoy.yaml``) both come from :func:`render`.
 
 What it declares:
 - one gRPC (HTTP/2) listener on the callers' port, optionally TLS (``Tls``);

@@ -284,7 +284,7 @@ def plot_timeline(load: Load, windows: list[Window], path: Path) -> None:
         share["failed"].append(sum(1 for o in inside if not o.ok) / n)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True)
     ax1.semilogy(edges, p99, color="black", lw=1, label="p99 latency (1 s buckets)")
-    ax1.axhline(BUDGET_MS, color="red", ls="--", lw=1, label="95 ms budget")
+    ax1.axhline(BUDGET_MS, color="red", ls="--", lw=1, label=f"{BUDGET_MS:g} ms budget")
     ax1.set_ylabel("ms")
     ax1.legend(loc="upper right", fontsize=8)
     ax2.stackplot(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from python_backend import parameters as P
 from python_backend.fraud.features import ModelInputs
 
 ROLES = ("champion", "canary", "shadow")
@@ -38,14 +39,14 @@ ROLES = ("champion", "canary", "shadow")
 #: transactions are genuine), so the bins are finer there: equal tenths put nearly every
 #: score in the first one and would hide a shift among the low scores.
 SCORE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-#: What a rollout parameter is called in ``fraud_scoring``'s config.
+#: What a rollout parameter is called in ``fraud_scoring``'s config (``python_backend.parameters``).
 PARAMETERS = {
-    "champion": "ROLLOUT_CHAMPION",
-    "canary": "ROLLOUT_CANARY",
-    "canary_share": "ROLLOUT_CANARY_SHARE",
-    "shadow": "ROLLOUT_SHADOW",
-    "shadow_share": "ROLLOUT_SHADOW_SHARE",
-    "shadow_timeout_ms": "ROLLOUT_SHADOW_TIMEOUT_MS",
+    "champion": P.ROLLOUT_CHAMPION.name,
+    "canary": P.ROLLOUT_CANARY.name,
+    "canary_share": P.ROLLOUT_CANARY_SHARE.name,
+    "shadow": P.ROLLOUT_SHADOW.name,
+    "shadow_share": P.ROLLOUT_SHADOW_SHARE.name,
+    "shadow_timeout_ms": P.ROLLOUT_SHADOW_TIMEOUT_MS.name,
 }
 #: The version Triton serves when none is named (the one its version policy loaded).
 LOADED = -1
@@ -93,7 +94,7 @@ class RolloutPlan:
     @classmethod
     def from_params(cls, params: dict[str, str]) -> RolloutPlan:
         """From ``fraud_scoring``'s string parameters; :class:`RolloutError` names a bad one."""
-        timeout = params.get(PARAMETERS["shadow_timeout_ms"]) or "15"
+        timeout = params.get(PARAMETERS["shadow_timeout_ms"]) or P.ROLLOUT_SHADOW_TIMEOUT_MS.default
         try:
             timeout_ms = float(timeout)
         except ValueError:

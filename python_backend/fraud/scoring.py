@@ -31,9 +31,10 @@ from python_backend.fraud.features import (
 from python_backend.fraud.online import OnlineFeatureReader, OnlineFeatures, empty_features
 from python_backend.fraud.reasons import UNKNOWN_CARD, UNKNOWN_TERMINAL, stale_code
 from python_backend.fraud.rules import RuleSet
+from python_backend.parameters import FRAUD_BUDGET_MS
 
-#: Default latency budget of one request, end to end inside the server.
-DEFAULT_BUDGET_MS = 95.0
+#: Default latency budget of one request, end to end inside the server (``parameters``).
+DEFAULT_BUDGET_MS = FRAUD_BUDGET_MS
 #: Each transaction field (``field_rules.TRANSACTION``) and the ``SCORING`` input carrying it.
 FIELD_INPUTS = {
     "transaction_id": "TRANSACTION_ID",

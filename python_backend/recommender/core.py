@@ -19,13 +19,14 @@ import numpy as np
 
 from python_backend.contract import ModelContract, TensorSpec
 from python_backend.feature_views import FeatureGroup, StoredFeature
+from python_backend.parameters import RECOMMEND_BUDGET_MS
 
 #: Clicks the model reads, newest last; item 0 pads a shorter history.
 LAST_N = 5
 TOP_K = 5
 EMBEDDING_DIM = 32
 #: Budget of one recommendation, end to end inside the server.
-DEFAULT_BUDGET_MS = 80.0
+DEFAULT_BUDGET_MS = RECOMMEND_BUDGET_MS
 #: Kept back from the scorer's share for ranking, the fallback and the response.
 RANK_RESERVE_MS = 10.0
 

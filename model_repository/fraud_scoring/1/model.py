@@ -13,22 +13,19 @@ Lifecycle:
 - ``finalize``: flush the metrics, close the reader and the outbox (decisions the broker has
   not taken by then go to the spool, replayed by the next instance).
 
-Parameters (``config.pbtxt``): ``BUDGET_MS`` (95); ``FALLBACK``: ``in_process`` (default:
-an ONNX Runtime session of ``FALLBACK_ONNX`` here, no hop, sharing no fate with the primary)
-or ``triton`` (the ``fraud_fallback`` model, hedged per ``HEDGE_FALLBACK``: ``always``,
-``auto`` while the primary is troubled for ``HEDGE_WINDOW_S``, ``never``);
-``PRIMARY``: ``triton`` (default: the ``fraud_primary`` model, one hop; the only choice for
-TensorRT engines) or ``in_process`` (an ONNX Runtime session of ``PRIMARY_DIR``'s version
-here, default ``../fraud_primary``, given up at the call's deadline:
+Parameters (``config.pbtxt``): each is declared once, with its default and meaning, in
+``python_backend.parameters`` and listed by ``python -m client settings``. ``PRIMARY`` says
+where the primary runs: ``in_process`` (what the build writes on the CPU, ``FRAUD_PRIMARY``:
+an ONNX Runtime session of ``PRIMARY_DIR``'s version here, given up at the call's deadline,
 ``python_backend.fraud.callers.GuardedOnnxCaller``; ``in_process_thread`` and
-``in_process_unguarded`` are measured variants, see ``IN_PROCESS_PRIMARY``);
-``PRIMARY_TIMEOUT_MS`` (the most a batch waits for the primary, 40: the backstop; a batch
-whose remaining budget cannot cover the primary's recent call time skips it, see
-``python_backend.fraud.deadline`` and ``.ladder``); ``METRICS_FLUSH_S`` (1);
-``GC_FREEZE`` (1: objects made at start-up leave the garbage collector's sweeps; 0 by
-default, ``python -m perf tune`` measured no change); ``ROLLOUT_*``: which ``fraud_primary``
-version decides, and which scores in shadow (``python_backend.fraud.rollout``, set by
-``python -m client rollout``).
+``in_process_unguarded`` are measured variants, see ``IN_PROCESS_PRIMARY``) or ``triton``
+(the ``fraud_primary`` model, one hop; the only choice for TensorRT engines). ``FALLBACK``:
+``in_process`` (a session of ``FALLBACK_ONNX`` here, sharing no fate with the primary) or
+``triton`` (``fraud_fallback``, hedged per ``HEDGE_FALLBACK``). ``PRIMARY_TIMEOUT_MS`` is the
+backstop: a batch whose remaining budget cannot cover the primary's recent call time skips
+it (``python_backend.fraud.deadline`` and ``.ladder``). ``ROLLOUT_*``: which
+``fraud_primary`` version decides, and which scores in shadow (``python_backend.fraud.rollout``,
+set by ``python -m client rollout``).
 """
 
 import gc
@@ -38,6 +35,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from python_backend import parameters as P
 from python_backend.fraud import FraudService, ModelLadder, scoring
 from python_backend.fraud.callers import (
     GuardedOnnxCaller,
@@ -57,8 +55,6 @@ from python_backend.fraud.rules import load_rules
 from python_backend.fraud.triton import BatchTrace, TritonCaller, responses, scoring_requests
 from python_backend.tracing import endpoint, tracer
 
-DEFAULT_FALLBACK_ONNX = "../fraud_fallback/1/model.onnx"
-DEFAULT_PRIMARY_DIR = "../fraud_primary"
 #: The primary in this process: given up at its deadline by ONNX Runtime's terminate flag
 #: (``in_process``), run in a worker thread and abandoned (``in_process_thread``), or with no
 #: deadline (``in_process_unguarded``: measured by ``python -m perf tune``, never shipped).
@@ -82,18 +78,18 @@ class TritonPythonModel:
             reader = None
         if reader is not None and reader.remote:
             reader.cache = DailyCache.from_settings()  # the hot keys' daily views
-        in_process = params.get("FALLBACK", "in_process") == "in_process"
+        in_process = P.FALLBACK.get(params) == "in_process"
         if in_process:
-            onnx = model_dir / params.get("FALLBACK_ONNX", DEFAULT_FALLBACK_ONNX)
+            onnx = model_dir / P.FALLBACK_ONNX.get(params)
             fallback = onnx_or_unavailable(onnx, FALLBACK, log.log_error)
         else:
             fallback = TritonCaller(pb_utils, FALLBACK)
         # Which fraud_primary version decides (and which scores in shadow): the rollout's
         # parameters; a bad one fails this load, and the version loaded before keeps serving.
         plan = RolloutPlan.from_params(params)
-        where = params.get("PRIMARY", "triton")
+        where = P.PRIMARY.get(params)
         if where in IN_PROCESS_PRIMARY:
-            primary_dir = model_dir / params.get("PRIMARY_DIR", DEFAULT_PRIMARY_DIR)
+            primary_dir = model_dir / P.PRIMARY_DIR.get(params)
             kind = IN_PROCESS_PRIMARY[where]
 
             def caller_for(v):
@@ -118,9 +114,9 @@ class TritonPythonModel:
             self.primary,
             fallback,
             fallback_in_process=in_process,
-            hedge=params.get("HEDGE_FALLBACK", "always"),
-            hedge_window_s=float(params.get("HEDGE_WINDOW_S", 10)),
-            primary_timeout_ms=float(params.get("PRIMARY_TIMEOUT_MS", 40)),
+            hedge=P.HEDGE_FALLBACK.get(params),
+            hedge_window_s=P.HEDGE_WINDOW_S.get_float(params),
+            primary_timeout_ms=P.PRIMARY_TIMEOUT_MS.get_float(params),
             log=log.log_verbose,
         )
         self.service = FraudService(
@@ -128,10 +124,10 @@ class TritonPythonModel:
             load_rules(),
             reader,
             ladder,
-            budget_ms=float(params.get("BUDGET_MS", scoring.DEFAULT_BUDGET_MS)),
+            budget_ms=P.BUDGET_MS.get_float(params),
             log=log.log_warn,
         )
-        flush_s = float(params.get("METRICS_FLUSH_S", 1))
+        flush_s = P.METRICS_FLUSH_S.get_float(params)
         self.metrics = ServiceMetrics(pb_utils.MetricFamily, self.service.breakers, flush_s=flush_s)
         self.metrics.start_timer()  # what the last second counted is reported while idle
         self.tracing = endpoint() is not None
@@ -142,7 +138,7 @@ class TritonPythonModel:
             self.metrics.decision_log = self.outbox.decision_log
         if reader is not None:
             self.metrics.cache = reader.cache
-        if params.get("GC_FREEZE", "0") == "1":
+        if P.GC_FREEZE.get(params) == "1":
             gc.freeze()  # the sessions, rules and reader stay: no full sweep walks them again
 
     async def execute(self, requests):

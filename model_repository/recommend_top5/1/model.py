@@ -19,8 +19,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from python_backend.parameters import RECOMMEND_BUDGET
 from python_backend.recommender import (
-    DEFAULT_BUDGET_MS,
     Catalog,
     RecommenderService,
     open_user_reader,
@@ -41,7 +41,7 @@ class TritonPythonModel:
             Catalog.load(Path(args["model_repository"]) / args["model_version"]),
             reader,
             TritonScorer(pb_utils),
-            budget_ms=float(params.get("BUDGET_MS", DEFAULT_BUDGET_MS)),
+            budget_ms=RECOMMEND_BUDGET.get_float(params),
             log=pb_utils.Logger.log_warn,
         )
 

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from python_backend.fraud.contract import SCORING, STAGES
+from python_backend.fraud.scoring import DEFAULT_BUDGET_MS
 
 
 class TritonPythonModel:
@@ -23,9 +24,9 @@ class TritonPythonModel:
             model_name="perf_empty",
             requested_output_names=["OUTPUT"],
             inputs=[pb_utils.Tensor("INPUT", np.concatenate(amounts))],
-            timeout=95_000,
+            timeout=int(DEFAULT_BUDGET_MS * 1000),
         )
-        response = await asyncio.wait_for(hop.async_exec(), 0.095)
+        response = await asyncio.wait_for(hop.async_exec(), DEFAULT_BUDGET_MS / 1000)
         if response.has_error():
             error = pb_utils.TritonError(response.error().message())
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
