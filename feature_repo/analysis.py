@@ -33,7 +33,7 @@ from feature_repo.stream.consumer import GroupConsumer
 from python_backend import events as tx_events
 from python_backend import settings
 from python_backend.events import EventError, TransactionEvent
-from python_backend.fraud import served
+from python_backend.fraud import decision_log, served
 from python_backend.fraud.cases import ANALYSIS_VERSION, CaseStore, Event
 from python_backend.fraud.drift import SCORE, DriftWindow
 from python_backend.fraud.heavy_model import HeavyModel
@@ -60,11 +60,9 @@ DECISION_FIELDS = {
 def decode_decision(value: bytes) -> dict:
     """A decision-log record that can be analysed; ``EventError`` naming what it lacks."""
     try:
-        record = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise EventError(f"decision: not JSON: {err}") from None
-    if not isinstance(record, dict):
-        raise EventError("decision: not a JSON object")
+        record = decision_log.decode(value)  # binary or JSON
+    except ValueError as err:  # EventError, JSONDecodeError, UnicodeDecodeError
+        raise EventError(f"decision: not a record: {err}") from None
     for name, kind in DECISION_FIELDS.items():
         if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
             raise EventError(
@@ -233,7 +231,8 @@ class AnalysisConsumer(GroupConsumer):
                     "review": review,
                     "disagrees": disagrees(d["decision"], float(score), threshold),
                     "attributions": attributions,
-                    "inputs": d["inputs"],  # to explain it when opened, if not explained now
+                    # To explain it when opened, if not explained now.
+                    "inputs": served.json_ready(d["inputs"]),
                 }
             )
         return records

@@ -4,14 +4,14 @@
 For each record (the three events, from the built data set's transactions; the decision-log
 record, in its served shape: the transaction, the reasons, the 62 model inputs), both formats
 write and read the same records in alternating rounds; a read is what a consumer does
-(``events.decode*``: parse, then the field rules; the decision record: parse only, as the
-analysis consumer's first step). Reports CPU per record (process time, medians of the
-rounds) and bytes per record, to ``perf/results/records.{json,md}``.
+(``events.decode*``: parse, then the field rules; the decision record:
+``decision_log.encode`` and ``decode``, what the BLS writes and the analysis consumer's
+first step). Reports CPU per record (process time, medians of the rounds) and bytes per
+record, to ``perf/results/records.{json,md}``.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import time
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from python_backend import events, records_pb2
+from python_backend import events
+from python_backend.fraud import decision_log
 from python_backend.fraud.features import MS_PER_DAY
 
 ROUNDS = 7
@@ -80,25 +81,11 @@ def _decision_records(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
                 "terminal_id": int(r.terminal_id),
                 "amount": round(float(r.amount), 4),
                 "ts_ms": int(r.ts_ms),
-                "inputs": {"layout": LAYOUT, "rows": base64.b64encode(rows.tobytes()).decode()},
-                "model_version": 1,
+                "inputs": {"layout": LAYOUT, "rows": rows.tobytes()},
+                "model_version": "1",
             }
         )
     return out
-
-
-def _decision_binary(rec: dict) -> bytes:
-    fields = {k: v for k, v in rec.items() if k != "inputs"}
-    message = records_pb2.DecisionRecord(
-        **fields,
-        inputs_layout=rec["inputs"]["layout"],
-        inputs_rows=base64.b64decode(rec["inputs"]["rows"]),
-    )
-    return events.binary_record(message)
-
-
-def _decision_from_binary(value: bytes) -> dict:
-    return events.parsed_binary(value, records_pb2.DecisionRecord)
 
 
 def _codecs(records: dict[str, list], now_ms: int) -> dict[str, dict[str, tuple]]:
@@ -112,8 +99,8 @@ def _codecs(records: dict[str, list], now_ms: int) -> dict[str, dict[str, tuple]
             "protobuf": (lambda e: e.encode(binary=True), lambda v, r=read: r(v, now_ms)),
         }
     out["decision"] = {
-        "json": (lambda d: json.dumps(d, separators=(",", ":")).encode(), json.loads),
-        "protobuf": (_decision_binary, _decision_from_binary),
+        "json": (lambda d: decision_log.encode(d, binary=False), decision_log.decode),
+        "protobuf": (lambda d: decision_log.encode(d, binary=True), decision_log.decode),
     }
     return out
 

@@ -59,14 +59,14 @@ def _encode(event, schema, binary: bool | None) -> bytes:
     """``event`` as a binary record (``schema``: its protobuf message) or as JSON; ``binary``
     None: as ``EVENT_FORMAT`` says."""
     if binary is None:
-        binary = _binary_by_default()
+        binary = binary_by_default()
     values = asdict(event)
     if binary:
         return binary_record(schema(**values))
     return json.dumps({"v": SCHEMA_VERSION, **values}, separators=(",", ":")).encode()
 
 
-def _binary_by_default() -> bool:
+def binary_by_default() -> bool:
     chosen = settings.EVENT_FORMAT.get()
     if chosen not in (PROTOBUF, JSON):
         raise ValueError(f"EVENT_FORMAT: {PROTOBUF} or {JSON}, got {chosen!r}")

@@ -15,6 +15,11 @@ set aside in ``quarantine/`` (counted, logged with its file and line), never a w
 Each record carries a ``decision_id`` made when the decision was made: a record delivered
 twice (acknowledged late, after it was spooled) has the same ``decision_id`` and is told apart
 from a second decision on the same transaction (a client retry, with its own ``request_id``).
+
+On the topic a record is binary by default (``records.proto``'s ``DecisionRecord``: a byte
+0x00, the schema version, the message; the model inputs raw float32 bytes), JSON with
+``EVENT_FORMAT=json`` (the inputs base64); :func:`decode` reads both. On disk (journal and
+spool, one record per line) a binary record is written as base64, a JSON one as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from python_backend import events, records_pb2
+
 TOPIC_DECISIONS = "decisions"
 #: Spool size above which records are dropped (and counted): 64 MiB, some 200,000 decisions.
 SPOOL_MAX_BYTES = 64 * 1024 * 1024
@@ -45,7 +52,7 @@ def record(
     request_id: str = "",
     model: str = "fraud_scoring",
 ) -> dict:
-    """One log record (JSON-ready)."""
+    """One log record (:func:`encode` writes it)."""
     return {
         "transaction_id": transaction_id,
         "decision_id": uuid.uuid4().hex,
@@ -203,7 +210,7 @@ class Journal:
         """Append ``values`` to the open segment; the callable marks one of them resolved."""
         with self._lock:
             seq = self._seq
-            os.write(self._fd, b"".join(v + b"\n" for v in values))
+            os.write(self._fd, b"".join(_line(v) + b"\n" for v in values))
             self._pending[seq] += len(values)
 
         def resolved() -> None:
@@ -248,11 +255,65 @@ def _running(pid: int) -> bool:
     return True
 
 
-def parse_record(line: bytes) -> dict:
-    """One spooled line as its record; ``ValueError`` naming what is wrong when it is not one
-    (a torn write, a disk error)."""
-    record = json.loads(line)  # ValueError (JSONDecodeError, UnicodeDecodeError) if not JSON
-    if not isinstance(record, dict) or not isinstance(record.get("transaction_id"), str):
+def encode(record: dict, binary: bool | None = None) -> bytes:
+    """A record as it goes on the topic: binary (``DecisionRecord``) or JSON; ``binary``
+    None: as ``EVENT_FORMAT`` says. The inputs' rows (``served.logged``: raw bytes) are the
+    message's bytes in binary, base64 text in JSON."""
+    if binary is None:
+        binary = events.binary_by_default()
+    inputs = record.get("inputs")
+    if binary:
+        fields = {k: v for k, v in record.items() if v is not None and k != "inputs"}
+        if inputs is not None:
+            fields["inputs_layout"] = inputs["layout"]
+            fields["inputs_rows"] = _raw(inputs["rows"])
+        return events.binary_record(records_pb2.DecisionRecord(**fields))
+    if inputs is not None and isinstance(inputs["rows"], bytes):
+        record = {**record, "inputs": {**inputs, "rows": base64.b64encode(inputs["rows"]).decode()}}
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _raw(rows: bytes | str) -> bytes:
+    return rows if isinstance(rows, bytes) else base64.b64decode(rows)
+
+
+def decode(value: bytes) -> dict:
+    """A record from the topic, binary or JSON, as a dict (the inputs' rows: bytes from a
+    binary record, base64 text from JSON; ``served.decode`` reads both). ``ValueError``
+    naming what is wrong when it is not a record of either."""
+    if value[:1] != events.BINARY:
+        record = json.loads(value)  # ValueError (JSONDecodeError, UnicodeDecodeError)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    record = events.parsed_binary(value, records_pb2.DecisionRecord)  # EventError
+    record["reasons"] = list(record.get("reasons", ()))
+    record.setdefault("score", None)
+    layout, rows = record.pop("inputs_layout", None), record.pop("inputs_rows", None)
+    if layout is not None:
+        record["inputs"] = {"layout": layout, "rows": rows}
+    return record
+
+
+def _line(value: bytes) -> bytes:
+    """A record as one line on disk: a binary one as base64 (it may hold newlines)."""
+    return base64.b64encode(value) if value[:1] == events.BINARY else value
+
+
+def _value(line: bytes) -> bytes:
+    """The record a line on disk holds (a JSON one as it is; ``ValueError`` if neither)."""
+    if line[:1] == b"{":
+        return line
+    try:
+        return base64.b64decode(line, validate=True)
+    except ValueError as err:  # binascii.Error
+        raise ValueError(f"neither JSON nor a base64 record: {err}") from None
+
+
+def _checked(record: dict) -> dict:
+    """A decoded line's record, or ``ValueError`` when it is not one (a torn write, a disk
+    error)."""
+    if not isinstance(record.get("transaction_id"), str):
         raise ValueError("not a decision record (no transaction_id)")
     return record
 
@@ -349,7 +410,7 @@ class DecisionLog:
         records = list(records)
         if not records:
             return
-        values = [json.dumps(rec, separators=(",", ":")).encode() for rec in records]
+        values = [encode(rec) for rec in records]
         resolved = self.journal.write(values)
         spill = []
         for rec, value in zip(records, values, strict=True):
@@ -386,14 +447,15 @@ class DecisionLog:
             size = self.spool_path.stat().st_size if self.spool_path.exists() else 0
             keep = []
             for value in values:
-                if size + len(value) + 1 > self.spool_max_bytes:
+                line = _line(value)
+                if size + len(line) + 1 > self.spool_max_bytes:
                     self.counts["dropped"] += 1
                     continue
-                keep.append(value)
-                size += len(value) + 1
+                keep.append(line)
+                size += len(line) + 1
             if keep:
                 with self.spool_path.open("ab") as spool:
-                    spool.write(b"".join(v + b"\n" for v in keep))
+                    spool.write(b"".join(line + b"\n" for line in keep))
                     spool.flush()
                     os.fsync(spool.fileno())
                 self.counts["spooled"] += len(keep)
@@ -467,14 +529,16 @@ class DecisionLog:
         for path in taken:
             keyed = []
             with path.open("rb") as f:
-                for number, line in enumerate(f, 1):
-                    value = line.rstrip(b"\n")
-                    if not value.strip():
+                for number, raw in enumerate(f, 1):
+                    line = raw.rstrip(b"\n")
+                    if not line.strip():
                         continue
                     try:
-                        keyed.append((parse_record(value)["transaction_id"].encode(), value))
+                        value = _value(line)
+                        key = _checked(decode(value))["transaction_id"].encode()
+                        keyed.append((key, value))
                     except ValueError as err:
-                        self._quarantine(path, number, value, err)
+                        self._quarantine(path, number, line, err)
             # Journaled again before the file goes: a kill between the two replays them
             # twice (told apart by decision_id), never loses them.
             resolved = self.journal.write([value for _key, value in keyed])
@@ -555,10 +619,11 @@ class DecisionLog:
 
 
 def read_all(
-    bootstrap: str, topic: str = TOPIC_DECISIONS, timeout_s: float = 60, decode=json.loads
+    bootstrap: str, topic: str = TOPIC_DECISIONS, timeout_s: float = 60, decode=decode
 ) -> list:
-    """Every record in ``topic`` (``decode``d), from the beginning to the end as of now (for
-    reconciliation and tests)."""
+    """Every record in ``topic`` (``decode``d: by default a decision record, binary or JSON,
+    or any JSON object), from the beginning to the end as of now (for reconciliation and
+    tests)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(

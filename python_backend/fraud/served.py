@@ -45,8 +45,8 @@ class LayoutError(ValueError):
     """Logged inputs of another layout than this code's."""
 
 
-def encode_rows(inputs: ModelInputs) -> list[str]:
-    """Each row of ``inputs`` as base64 text (one matrix, one encode per row)."""
+def encode_rows(inputs: ModelInputs) -> list[bytes]:
+    """Each row of ``inputs`` as its float32 bytes (one matrix, one copy per row)."""
     n = len(inputs.tabular)
     matrix = np.hstack(
         [
@@ -55,22 +55,32 @@ def encode_rows(inputs: ModelInputs) -> list[str]:
             inputs.categorical.reshape(n, -1),
         ]
     ).astype(np.float32)
-    return [base64.b64encode(row.tobytes()).decode() for row in matrix]
+    return [row.tobytes() for row in matrix]
 
 
 def logged(inputs: ModelInputs) -> list[dict]:
-    """The ``inputs`` field of each row's decision-log record."""
-    return [{"layout": LAYOUT, "rows": text} for text in encode_rows(inputs)]
+    """The ``inputs`` field of each row's decision-log record (its rows raw bytes: the
+    binary record carries them as they are, the JSON one as base64)."""
+    return [{"layout": LAYOUT, "rows": rows} for rows in encode_rows(inputs)]
+
+
+def json_ready(field: dict) -> dict:
+    """A logged ``inputs`` field as JSON holds it (the rows base64 text)."""
+    rows = field["rows"]
+    return {**field, "rows": base64.b64encode(rows).decode() if isinstance(rows, bytes) else rows}
 
 
 def decode(fields: list[dict]) -> ModelInputs:
-    """The model inputs of logged rows (each a record's ``inputs``)."""
+    """The model inputs of logged rows (each a record's ``inputs``: rows as bytes, or as
+    base64 text from a JSON record)."""
     for field in fields:
         if field.get("layout") != LAYOUT:
             raise LayoutError(
                 f"inputs logged with layout {field.get('layout')!r}, this code reads {LAYOUT}"
             )
-    raw = b"".join(base64.b64decode(field["rows"]) for field in fields)
+    raw = b"".join(
+        f["rows"] if isinstance(f["rows"], bytes) else base64.b64decode(f["rows"]) for f in fields
+    )
     matrix = np.frombuffer(raw, dtype=np.float32).reshape(len(fields), sum(_WIDTHS))
     tab, seq, cat = np.split(matrix, np.cumsum(_WIDTHS)[:-1], axis=1)
     return ModelInputs(

@@ -22,15 +22,32 @@ def _inputs(n: int = 5) -> ModelInputs:
     )
 
 
-def test_logged_inputs_round_trip_through_json_exactly() -> None:
+@pytest.mark.parametrize("binary", [True, False], ids=["protobuf", "json"])
+def test_logged_inputs_round_trip_through_the_decision_log_exactly(binary) -> None:
+    """Through the decision log's record, binary (the rows as raw bytes) or JSON (base64),
+    and back: the same inputs, bit for bit."""
+    from python_backend.fraud import decision_log
+
     inputs = _inputs()
-    fields = json.loads(json.dumps(served.logged(inputs)))  # as the decision log carries them
-    back = served.decode(fields)
+    records = [
+        decision_log.record(f"t{i}", "APPROVE", 0.01, "primary", []) | {"inputs": field}
+        for i, field in enumerate(served.logged(inputs))
+    ]
+    values = [decision_log.encode(r, binary=binary) for r in records]
+    back = served.decode([decision_log.decode(v)["inputs"] for v in values])
     np.testing.assert_array_equal(back.tabular, inputs.tabular)
     np.testing.assert_array_equal(back.sequence, inputs.sequence)
     np.testing.assert_array_equal(back.categorical, inputs.categorical)
     assert back.categorical.dtype == np.int64
-    assert all(len(f["rows"]) < 400 for f in fields), "compact: about 330 characters a row"
+    row_bytes = 4 * sum(served._WIDTHS)
+    limit = row_bytes + 200 if binary else row_bytes * 4 / 3 + 300  # base64: 4/3 as long
+    assert all(len(v) < limit for v in values), [len(v) for v in values[:3]]
+
+
+def test_a_json_ready_field_decodes_as_the_field() -> None:
+    fields = served.logged(_inputs(2))
+    again = json.loads(json.dumps([served.json_ready(f) for f in fields]))
+    np.testing.assert_array_equal(served.decode(again).tabular, served.decode(fields).tabular)
 
 
 def test_inputs_of_another_layout_are_refused_by_name() -> None:
