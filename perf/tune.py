@@ -105,18 +105,24 @@ VARIANTS = (
         "v8_in_process_primary",
         "v6 + the primary in the BLS's process, given up at its deadline by ONNX Runtime's "
         "terminate flag: no hop to fraud_primary",
+        {"PRIMARY": "in_process", "SYNC_EXECUTE": "0"},
+    ),
+    Variant(
+        "v9_sync_execute",
+        "v8 + a batch with every call in process decided in Triton's calling thread, not on "
+        "the Python backend's event loop (shipped)",
         {"PRIMARY": "in_process"},
     ),
     Variant(
         "v8t_in_process_thread",
         "v8 with the session in a worker thread, abandoned at the deadline (not adopted: "
         "the hand-off costs most of what the hop did)",
-        {"PRIMARY": "in_process_thread"},
+        {"PRIMARY": "in_process_thread", "SYNC_EXECUTE": "0"},
     ),
     Variant(
         "v8u_in_process_unguarded",
         "v8 with no deadline at all (never shippable: what the guard costs)",
-        {"PRIMARY": "in_process_unguarded"},
+        {"PRIMARY": "in_process_unguarded", "SYNC_EXECUTE": "0"},
     ),
     Variant(
         "floor_one_hop",

@@ -96,6 +96,13 @@ GC_FREEZE = _parameter(
     "0",
     "1: objects made at start-up leave the garbage collector's sweeps",
 )
+SYNC_EXECUTE = _parameter(
+    "fraud_scoring",
+    "SYNC_EXECUTE",
+    "1",
+    "1: a batch with every call in this process (primary and fallback, no shadow) is decided "
+    "in Triton's calling thread, not handed to the Python backend's event loop",
+)
 ROLLOUT_CHAMPION = _parameter(
     "fraud_scoring",
     "ROLLOUT_CHAMPION",

@@ -36,7 +36,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from python_backend import parameters as P
-from python_backend.fraud import FraudService, ModelLadder, scoring
+from python_backend.fraud import FraudService, ModelLadder, run_now, scoring
 from python_backend.fraud.callers import (
     GuardedOnnxCaller,
     OnnxCaller,
@@ -63,6 +63,8 @@ IN_PROCESS_PRIMARY = {
     "in_process_thread": ThreadedOnnxCaller.from_onnx,
     "in_process_unguarded": OnnxCaller,
 }
+#: Those whose calls never suspend (``in_process_thread`` awaits its worker thread).
+SYNCHRONOUS_PRIMARY = ("in_process", "in_process_unguarded")
 
 
 class TritonPythonModel:
@@ -140,8 +142,24 @@ class TritonPythonModel:
             self.metrics.cache = reader.cache
         if P.GC_FREEZE.get(params) == "1":
             gc.freeze()  # the sessions, rules and reader stay: no full sweep walks them again
+        # Every call of a batch in this process (the primary and the fallback, no shadow
+        # awaited beside): nothing to wait for, so no event loop either.
+        self.synchronous = (
+            P.SYNC_EXECUTE.get(params) == "1"
+            and where in SYNCHRONOUS_PRIMARY
+            and in_process
+            and plan.shadow is None
+        )
 
-    async def execute(self, requests):
+    def execute(self, requests):
+        """The batch decided in this thread where nothing in it waits (:attr:`synchronous`):
+        Triton's Python backend runs a coroutine that ``execute`` returns on its event-loop
+        thread, a hand-off per batch; otherwise that coroutine."""
+        if self.synchronous:
+            return run_now(self._decide(requests))
+        return self._decide(requests)
+
+    async def _decide(self, requests):
         entered = time.perf_counter()
         traced = BatchTrace.of(requests) if self.tracing else None
         for caller in self.callers:
