@@ -12,7 +12,6 @@ publishes the same labels again (same seed): the join reads labels as a set.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -136,7 +135,9 @@ def queued_for_review(bootstrap: str, topic: str) -> set[str]:
     """Transactions the heavy model put on the review queue (none if it never ran)."""
     if not _topic_exists(bootstrap, topic):
         return set()
-    return {r["transaction_id"] for r in read_all(bootstrap, topic, decode=json.loads)}
+    from python_backend.fraud.cases import analysis_record
+
+    return {r["transaction_id"] for r in read_all(bootstrap, topic, decode=analysis_record.decode)}
 
 
 __all__ = [

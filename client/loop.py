@@ -80,12 +80,13 @@ def served_part(bootstrap: str, heavy_topic: str, decisions_topic: str, labels_t
     """The replayed days as the service holds them: its decision log, the labels reported of
     it, the heavy model's scores from the analysis topic."""
     from client.labels import read_labels, served_decisions
+    from python_backend.fraud.cases import analysis_record
     from python_backend.fraud.decision_log import read_all
 
     records = served_decisions(bootstrap, decisions_topic)
     records = records[records["inputs"].notna()] if "inputs" in records else records
     labels, refused = read_labels(bootstrap, labels_topic)
-    analyses = pd.DataFrame(read_all(bootstrap, heavy_topic))
+    analyses = pd.DataFrame(read_all(bootstrap, heavy_topic, decode=analysis_record.decode))
     heavy = (
         analyses.drop_duplicates("transaction_id").set_index("transaction_id")["heavy_score"]
         if not analyses.empty

@@ -22,7 +22,6 @@ nice 19): serving keeps the cores.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from python_backend import events as tx_events
 from python_backend import settings
 from python_backend.events import EventError, TransactionEvent
 from python_backend.fraud import decision_log, served
-from python_backend.fraud.cases import ANALYSIS_VERSION, CaseStore, Event
+from python_backend.fraud.cases import ANALYSIS_VERSION, CaseStore, Event, analysis_record
 from python_backend.fraud.drift import SCORE, DriftWindow
 from python_backend.fraud.heavy_model import HeavyModel
 from python_backend.fraud.history import (
@@ -248,7 +247,7 @@ class AnalysisConsumer(GroupConsumer):
                 delivered.append(tx)
 
         for r in records:
-            value = json.dumps(r, separators=(",", ":")).encode()
+            value = analysis_record.encode(r)
             key = r["transaction_id"].encode()
             self.producer.produce(
                 self.analysis_topic,

@@ -193,7 +193,7 @@ def run(scale: str = "small", quick: bool = False, log=print) -> dict:
     from feature_repo.stream import ensure_topic
     from perf import cpu, loadgen, workload
     from python_backend import settings
-    from python_backend.fraud.cases import open_case_store
+    from python_backend.fraud.cases import analysis_record, open_case_store
     from python_backend.fraud.decision_log import read_all
 
     seconds, repeats = (20, 2) if quick else (60, 3)
@@ -320,7 +320,8 @@ def run(scale: str = "small", quick: bool = False, log=print) -> dict:
             consumer_stopped()
             progress.close()
             records = _decision_log(bootstrap, spool)
-            published = [r["transaction_id"] for r in read_all(bootstrap, topics["ANALYSIS_TOPIC"])]
+            on_topic = read_all(bootstrap, topics["ANALYSIS_TOPIC"], decode=analysis_record.decode)
+            published = [r["transaction_id"] for r in on_topic]
             decided = _analysable(records)
             analysed = store.analysed(decided)
             reconciled = {

@@ -2,7 +2,8 @@
 (protobuf, ``python_backend/records.proto``) against JSON, side by side.
 
 For each record (the three events, from the built data set's transactions; the decision-log
-record, in its served shape: the transaction, the reasons, the 62 model inputs), both formats
+record, in its served shape: the transaction, the reasons, the 62 model inputs; the heavy
+model's verdict on it, unexplained and explained), both formats
 write and read the same records in alternating rounds; a read is what a consumer does
 (``events.decode*``: parse, then the field rules; the decision record:
 ``decision_log.encode`` and ``decode``, what the BLS writes and the analysis consumer's
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from python_backend import events
 from python_backend.fraud import decision_log
+from python_backend.fraud.cases import analysis_record
 from python_backend.fraud.features import MS_PER_DAY
 
 ROUNDS = 7
@@ -88,6 +90,44 @@ def _decision_records(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
     return out
 
 
+def _analysis_records(decisions: list[dict]) -> dict[str, list]:
+    """The heavy model's verdicts on ``decisions`` as ``feature_repo.analysis`` writes them:
+    most not explained (attributions None), and, apart, explained ones (the review queue's:
+    one attribution per input, 62)."""
+    from python_backend.fraud import served
+
+    def verdict(d: dict, explained: bool) -> dict:
+        attributions = [
+            {
+                "feature": f"feature_{j}",
+                "group": "card_daily",
+                "position": None if j < 50 else j - 50,
+                "value": round(0.1 * j, 4),
+                "contribution": 0.001 * (j - 31),
+                "words": f"feature {j} is {0.1 * j:.1f}, above the card's usual",
+            }
+            for j in range(62)
+        ]
+        return {
+            "v": 1,
+            **{k: d[k] for k in ("transaction_id", "card_id", "terminal_id", "amount", "ts_ms")},
+            "decided_at_ms": d["decided_at_ms"],
+            "analysed_at_ms": d["decided_at_ms"] + 900,
+            **{k: d[k] for k in ("decision", "path", "reasons", "score", "model_version")},
+            "heavy_score": 0.25,
+            "heavy_version": "1:3f2a9c",
+            "review": explained,
+            "disagrees": False,
+            "attributions": attributions if explained else None,
+            "inputs": served.json_ready(d["inputs"]),
+        }
+
+    return {
+        "analysis": [verdict(d, False) for d in decisions],
+        "analysis, explained": [verdict(d, True) for d in decisions[: len(decisions) // 4]],
+    }
+
+
 def _codecs(records: dict[str, list], now_ms: int) -> dict[str, dict[str, tuple]]:
     """Per record and format: (write one, read one)."""
     readers = {"transaction": events.decode, "label": events.decode_label,
@@ -102,6 +142,11 @@ def _codecs(records: dict[str, list], now_ms: int) -> dict[str, dict[str, tuple]
         "json": (lambda d: decision_log.encode(d, binary=False), decision_log.decode),
         "protobuf": (lambda d: decision_log.encode(d, binary=True), decision_log.decode),
     }
+    for name in ("analysis", "analysis, explained"):
+        out[name] = {
+            "json": (lambda r: analysis_record.encode(r, binary=False), analysis_record.decode),
+            "protobuf": (lambda r: analysis_record.encode(r, binary=True), analysis_record.decode),
+        }
     return out
 
 
@@ -117,7 +162,8 @@ def bench(data_dir: Path, n: int = 20_000, rounds: int = ROUNDS, log=print) -> d
         data_dir / "transactions.parquet",
         columns=["transaction_id", "card_id", "terminal_id", "amount", "ts_ms", "is_fraud"],
     ).head(n)
-    records = {**_events(frame), "decision": _decision_records(frame)}
+    decisions = _decision_records(frame)
+    records = {**_events(frame), "decision": decisions, **_analysis_records(decisions)}
     now_ms = int(frame["ts_ms"].max()) + 31 * MS_PER_DAY  # the labels come 30 days later
     codecs = _codecs(records, now_ms)
     samples: dict = {}

@@ -15,7 +15,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from python_backend.fraud.cases import SqliteCaseStore
+from python_backend.fraud.cases import SqliteCaseStore, analysis_record
 from python_backend.fraud.decision_log import read_all
 from python_backend.fraud.features import MS_PER_DAY
 from python_backend.paths import ROOT
@@ -95,7 +95,7 @@ def test_consumer_killed_and_restarted_loses_nothing_and_analyses_nothing_twice(
         f"(first run analysed {partway})"
     )
     assert store.counts()["analyses"] == len(expected), "a transaction analysed twice"
-    on_topic = read_all(bootstrap, env["ANALYSIS_TOPIC"])
+    on_topic = read_all(bootstrap, env["ANALYSIS_TOPIC"], decode=analysis_record.decode)
     assert {r["transaction_id"] for r in on_topic} == expected, "an analysis never published"
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["analysed"] + partway == len(expected)
@@ -105,7 +105,9 @@ def test_consumer_killed_and_restarted_loses_nothing_and_analyses_nothing_twice(
     assert case["decision"] in ("APPROVE", "REVIEW", "DECLINE") and case["path"] == "primary"
     assert case["model_version"] is not None and isinstance(case["reasons"], list)
     # The review queue: approved and risky, each also on the review topic, and explained.
-    review = {r["transaction_id"] for r in read_all(bootstrap, env["REVIEW_TOPIC"])}
+    review = read_all(bootstrap, env["REVIEW_TOPIC"], decode=analysis_record.decode)
+    assert all(r["review"] and r["attributions"] for r in review), "explained, on the queue"
+    review = {r["transaction_id"] for r in review}
     queued = {r["transaction_id"] for r in store.review_queue(10_000)}
     assert review == queued
     for t in queued:

@@ -74,3 +74,55 @@ def test_a_wrong_binary_record_is_refused_naming_the_field_or_the_schema() -> No
     label = records_pb2.LabelEvent(transaction_id="t", kind="chargeback", is_fraud=0,
                                    ts_ms=NOW_MS - 1, reported_ms=NOW_MS)  # fmt: skip
     assert events.decode_label(_binary(label), NOW_MS).is_fraud == 0
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["protobuf", "json"])
+@pytest.mark.parametrize("explained", [True, False])
+def test_an_analysis_record_round_trips_in_either_format(binary, explained) -> None:
+    """The heavy model's verdict as the analysis consumer publishes it and its readers get it
+    back: the same dict (attributions None until explained, the inputs JSON-ready)."""
+    from python_backend.fraud.cases import analysis_record
+
+    record = {
+        "v": 1,
+        "transaction_id": "tx-1",
+        "card_id": 12,
+        "terminal_id": 40,
+        "amount": 25.5,
+        "ts_ms": 1_773_900_000_000,
+        "decided_at_ms": 1_773_900_000_012,
+        "analysed_at_ms": 1_773_900_000_900,
+        "decision": "APPROVE",
+        "path": "fallback",
+        "reasons": ["PRIMARY_TIMEOUT"],
+        "score": None,
+        "model_version": None,
+        "heavy_score": 0.625,
+        "heavy_version": "1:3f2a9c",
+        "review": explained,
+        "disagrees": False,
+        "attributions": [
+            {
+                "feature": "amount",
+                "group": "transaction",
+                "position": None,
+                "value": 25.5,
+                "contribution": 0.25,
+                "words": "amount 25.5",
+            },
+            {
+                "feature": "seq_amount",
+                "group": "sequence",
+                "position": 3,
+                "value": 0.5,
+                "contribution": -0.125,
+                "words": "fourth last purchase",
+            },
+        ]
+        if explained
+        else None,
+        "inputs": {"layout": "0123456789ab", "rows": "AACAPwAAAEA="},
+    }
+    value = analysis_record.encode(record, binary=binary)
+    assert (value[:1] == events.BINARY) is binary
+    assert analysis_record.decode(value) == record

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from python_backend import settings
+from python_backend.fraud.cases import analysis_record
 from python_backend.fraud.cases.base import ANALYSIS_VERSION, CaseStore, Event
 from python_backend.fraud.cases.sqlite_store import SqliteCaseStore
 
@@ -21,4 +22,12 @@ def open_case_store(kind: str | None = None, location: str | None = None) -> Cas
     return STORES[kind](location or settings.CASE_STORE_PATH.get())
 
 
-__all__ = ["ANALYSIS_VERSION", "STORES", "CaseStore", "Event", "SqliteCaseStore", "open_case_store"]
+__all__ = [
+    "ANALYSIS_VERSION",
+    "STORES",
+    "CaseStore",
+    "Event",
+    "SqliteCaseStore",
+    "analysis_record",
+    "open_case_store",
+]
