@@ -70,7 +70,7 @@ def train_and_evaluate(
 
     # The trees and the heavy model first: the primary may learn from the heavy model.
     log("training the LightGBM baseline")
-    booster = baseline.train(split.train, split.y_train, split.valid, split.y_valid)
+    booster = baseline.train(split.baseline_train, split.y_train, split.valid, split.y_valid)
     booster.save_model(str(out_dir / "gbdt_baseline.txt"))
     built_heavy, teacher = None, None
     if heavy_cfg is not None and transactions is not None and split.positions is not None:

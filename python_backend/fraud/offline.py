@@ -27,6 +27,7 @@ from python_backend.fraud.features import (
     TERMINAL_DAILY,
     ModelInputs,
     assemble_model_inputs,
+    default_stored,
 )
 
 
@@ -246,17 +247,63 @@ def model_inputs(
     events: pd.DataFrame,
     queries: pd.DataFrame,
     unavailable: dict[str, np.ndarray] | None = None,
+    unknown: dict[str, np.ndarray] | None = None,
 ) -> ModelInputs:
     """Model tensors for the query transactions, point-in-time correct; ``unavailable``
-    marks per view the rows decided without it (as serving does with a stale view)."""
+    marks per view the rows decided without it (as serving does with a stale view);
+    ``unknown`` per entity (:data:`ENTITY_VIEWS`) the rows decided as if the store had never
+    seen it (:func:`as_unknown`)."""
     stored = stored_features(tables, events, queries)
+    terminal_id = queries["terminal_id"].to_numpy()
+    if unknown:
+        stored, terminal_id = as_unknown(stored, terminal_id, unknown)
     return assemble_model_inputs(
         stored,
         queries["amount"].to_numpy(),
         queries["ts_ms"].to_numpy(),
-        queries["terminal_id"].to_numpy(),
+        terminal_id,
         unavailable,
     )
+
+
+#: The views keyed by each entity: what the store returns at their defaults for a card or a
+#: terminal it has never seen (the card's recent buffer empty too).
+ENTITY_VIEWS = {"card": ("card_daily", "card_recent"), "terminal": ("terminal_daily",)}
+#: The terminal id a row made "unknown" is decided with: no card's buffer holds it.
+UNSEEN_TERMINAL = -1
+
+
+def as_unknown(
+    stored: dict[str, np.ndarray], terminal_id: np.ndarray, unknown: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``stored`` (and the terminal ids) with the rows ``unknown`` marks per entity as the
+    open world shows them: the entity's views at their defaults, as the online reader
+    returns for an id it has never seen (``UNKNOWN_CARD`` / ``UNKNOWN_TERMINAL``), its view
+    still available: a new merchant or a new card, not a stale store."""
+    defaults = default_stored(len(terminal_id))
+    out = dict(stored)
+    for entity, rows in unknown.items():
+        rows = np.asarray(rows, dtype=bool)
+        if not rows.any():
+            continue
+        for group in FEATURE_GROUPS:
+            if group.name not in ENTITY_VIEWS[entity]:
+                continue
+            for feature in group.features:
+                if feature.name in out:
+                    column = np.array(out[feature.name], copy=True)
+                    column[rows] = defaults[feature.name][rows]
+                    out[feature.name] = column
+        if entity == "terminal":
+            terminal_id = np.where(rows, UNSEEN_TERMINAL, terminal_id)
+    return out, terminal_id
+
+
+def entity_dropout(n: int, rate: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per entity (card, terminal), a random ``rate`` of ``n`` rows decided as if the store
+    had never seen it: training rows that teach the models the open world's first meeting
+    (a merchant onboarded today, a card issued today), whatever the rest of the row says."""
+    return {entity: rng.random(n) < rate for entity in ENTITY_VIEWS}
 
 
 def view_dropout(n: int, rate: float, rng: np.random.Generator) -> dict[str, np.ndarray]:

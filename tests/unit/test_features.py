@@ -199,3 +199,32 @@ def test_an_unavailable_view_is_decided_as_not_known_and_says_so(data) -> None:
     np.testing.assert_array_equal(cols["terminal_fraud_rate_7d"], base["terminal_fraud_rate_7d"])
     # The fresh rows really had something to lose: the check can fail.
     assert base["card_known"][rows].any()
+
+
+def test_a_row_made_unknown_is_what_an_id_never_seen_gets(data) -> None:
+    """Entity dropout (training's cold-start rows): a row whose terminal (card) is marked
+    unknown gets exactly the model inputs of the same transaction at a terminal (from a
+    card) the store has never seen, what the open world sends; its views stay available,
+    and the other rows are untouched."""
+    from python_backend.fraud.offline import entity_dropout
+
+    tx = data.transactions
+    queries = tx.iloc[-300:]
+    tables = FeatureTables.build(tx, data.terminals)
+    fresh = model_inputs(tables, tx, queries)
+    rows = np.zeros(len(queries), dtype=bool)
+    rows[::4] = True
+    unseen = 10**9 + np.arange(len(queries))
+    for entity, column in (("terminal", "terminal_id"), ("card", "card_id")):
+        made = model_inputs(tables, tx, queries, unknown={entity: rows})
+        never_seen = model_inputs(tables, tx, queries.assign(**{column: unseen}))
+        np.testing.assert_array_equal(made.tabular[rows], never_seen.tabular[rows], entity)
+        np.testing.assert_array_equal(made.sequence[rows], never_seen.sequence[rows], entity)
+        np.testing.assert_array_equal(made.categorical[rows], never_seen.categorical[rows])
+        np.testing.assert_array_equal(made.tabular[~rows], fresh.tabular[~rows], entity)
+        assert (made.columns[f"{entity}_known"][rows] == 0).all()
+        assert (made.columns[f"{entity}_daily_available"] == 1).all(), "not a stale store"
+        assert fresh.columns[f"{entity}_known"][rows].any(), "the rows had something to lose"
+    drawn = entity_dropout(100_000, 0.05, np.random.default_rng(0))
+    assert set(drawn) == {"card", "terminal"}
+    assert all(abs(m.mean() - 0.05) < 0.005 for m in drawn.values())
