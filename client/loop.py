@@ -6,10 +6,10 @@ retrains, gates, rolls out and promotes, printing each step with its figures.
    consumer (each card's recent transactions, from the transactions the service scored: the
    velocity features of the day), the heavy model's analysis consumer (heavy scores, the
    review queue, drift metrics) and Prometheus scraping them;
-3. replay the newest simulated day over gRPC (the online store filled as of its start, as
-   ``make features`` fills it; an earlier day would read snapshots from its future, so one
-   day): the service decides it and logs what it saw. The store is filled again at the end:
-   the stream consumer wrote the day into it;
+3. replay the newest simulated day over gRPC (an online store of the run's own, filled as of
+   the day's start, as ``make features`` fills it; an earlier day would read snapshots from
+   its future, so one day): the service decides it and logs what it saw, the stream
+   consumer writes the day into that store;
 4. the labels arrive (``python -m client labels``): what card holders, issuers and
    investigators report of those decisions, up to ``settle_days`` after the last one;
 5. retrain (``client.retrain``): the days before the replay as the champion would have decided
@@ -26,6 +26,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def run(
     from build_engines.primary import PrimaryConfig
     from build_engines.retrain import RetrainData, RetrainSettings, simulated_service, write
     from client import labels as stream_labels
-    from client.launcher import ensure_features, ensure_models, feature_settings, warm_up
+    from client.launcher import ensure_models, feature_settings, warm_up
     from client.local.services import free_port, kafka_broker
     from client.local.triton import Ports, running
     from client.observe.stack import start_prometheus
@@ -132,19 +133,22 @@ def run(
 
     out("== 1. build what is missing (embedded defaults: SQLite online store)")
     scale = ensure_models(scale, out)
-    env = ensure_features(scale, out)
-    store_settings = feature_settings(scale)
-    # As of the replayed day's start, whatever an earlier run's stream consumer wrote.
-    materialize(feature_store(store_settings), store_settings, log=lambda _m: None)
-    tx = pd.read_parquet(DATA / scale / "transactions.parquet")
-    last_day = int(tx["day"].max())
-    days = tx[tx["day"] > last_day - replay_days]
-    done("build", scale=scale)
-
     # A folder per run: the case store is idempotent by transaction id, and a second loop
     # replays the same day (its analyses would all count as duplicates).
     work = BUILD / "loop" / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
+    # An online store of the run's own, filled as of the replayed day's start: the stream
+    # consumer writes the day into it, and the store `make serve` and `make demo` read is
+    # left as it was (holding the day's end, it made their replay of the same day read
+    # snapshots from its future: every card's recent buffer masked as stale).
+    store_settings = replace(feature_settings(scale), repo_dir=work / "features")
+    out(f"features: the loop's own online store ({store_settings.reader_location})")
+    materialize(feature_store(store_settings), store_settings, log=lambda _m: None)
+    env = store_settings.serving_env()
+    tx = pd.read_parquet(DATA / scale / "transactions.parquet")
+    last_day = int(tx["day"].max())
+    days = tx[tx["day"] > last_day - replay_days]
+    done("build", scale=scale)
     ports = Ports.free()
     topics = {
         "decisions": f"loop-decisions-{int(time.time())}",
@@ -325,7 +329,6 @@ def run(
             analysis.stop()
             stream.stop()
             prometheus_process.stop()
-            materialize(feature_store(store_settings), store_settings, log=lambda _m: None)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     path = REPORTS / "loop.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
