@@ -181,8 +181,8 @@ def cmd_click(args) -> int:
 
 
 def cmd_watchdog(args) -> int:
-    from client.launcher import MESH_STATE
     from client.local.watchdog import Watchdog
+    from python_backend.paths import MESH_STATE
 
     watchdog = Watchdog(_url(args), tuple(args.models.split(",")), mesh_state=MESH_STATE)
     print(f"watchdog: probing {args.models} on {watchdog.url} every {watchdog.interval_s} s")
@@ -233,8 +233,8 @@ def cmd_observe(args) -> int:
 
 def cmd_rollout(args) -> int:
     from client import rollout
-    from client.launcher import MESH_STATE, _mesh_alive
-    from python_backend.paths import MODEL_REPOSITORY
+    from client.launcher import _mesh_alive
+    from python_backend.paths import MESH_STATE, MODEL_REPOSITORY
 
     repository = args.repository or MODEL_REPOSITORY
     if args.publish:

@@ -20,7 +20,7 @@ from client.local.triton import (
     Server,
     start,
 )
-from python_backend.paths import DATA, FEATURE_REPO_BUILD, TRITON_STATE
+from python_backend.paths import DATA, FEATURE_REPO_BUILD, MESH_STATE, TRITON_STATE
 from python_backend.settings import (
     ENVOY_ADMIN_PORT,
     KAFKA_BOOTSTRAP,
@@ -134,9 +134,6 @@ def serve(
     if replicas > 0:
         return serve_mesh(replicas, ports or Ports.from_env(), env, log=log)
     return start_in_background(ports or Ports.from_env(), env, log=log)
-
-
-MESH_STATE = TRITON_STATE / "mesh.json"
 
 
 def serve_mesh(replicas: int, ports: Ports, env: dict[str, str], log=print, state_dir=TRITON_STATE):

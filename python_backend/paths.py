@@ -21,6 +21,9 @@ MODEL_REPOSITORY = ROOT / "model_repository"
 SERVING_VENV = ROOT / ".venv-serving"
 #: The background server's state: pid files, logs, the Python backend directory.
 TRITON_STATE = BUILD / "triton"
+#: ``make serve REPLICAS=N``'s mesh: Envoy's pid and the replicas (the launcher writes it; the
+#: watchdog, the rollout and ``make observe`` read it).
+MESH_STATE = TRITON_STATE / "mesh.json"
 #: Model quality, feature latency and parity reports.
 REPORTS = BUILD / "reports"
 #: Benchmark and chaos results.

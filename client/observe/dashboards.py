@@ -353,14 +353,14 @@ def panels_without_series(prometheus_port: int, uid: str) -> list[str]:
     Prometheus on ``prometheus_port`` (the check a Grafana would show as "No data"). A panel
     reading only metrics of :data:`NOT_LIVE` is not reported; its queries run all the same
     (a query Prometheus refuses raises)."""
-    from client.observe.stack import query
+    from client.observe import promql
 
     empty = []
     for title, exprs in expressions(dashboard(uid)):
         if not_live(exprs) is not None:
             for expr in exprs:
-                query(prometheus_port, expr)
-        elif not any(query(prometheus_port, expr) for expr in exprs):
+                promql.query(prometheus_port, expr)
+        elif not any(promql.query(prometheus_port, expr) for expr in exprs):
             empty.append(title)
     return empty
 

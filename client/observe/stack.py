@@ -14,8 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import yaml
 
 from client.local.services import running, wait_http
 from python_backend import settings, tracing
-from python_backend.paths import OBSERVE, ROOT
+from python_backend.paths import MESH_STATE, OBSERVE, ROOT
 
 RULES = ROOT / "deploy" / "prometheus" / "fraud.rules.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -154,24 +152,6 @@ def start_prometheus(
     return Process("prometheus", port, process, log)
 
 
-def query(port: int, expr: str) -> list[dict]:
-    """An instant PromQL query's result (``data.result``); raises on a query error."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        body = json.loads(answer.read())
-    if body.get("status") != "success":
-        raise RuntimeError(f"{expr}: {body.get('error', body)}")
-    return body["data"]["result"]
-
-
-def targets_up(port: int) -> dict[str, str]:
-    """Each scrape job's health as Prometheus sees it (``up``, ``down``, ``unknown``)."""
-    url = f"http://127.0.0.1:{port}/api/v1/targets"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        active = json.loads(answer.read())["data"]["activeTargets"]
-    return {t["labels"]["job"]: t["health"] for t in active}
-
-
 # --- make observe -------------------------------------------------------------------------
 
 PIDS = OBSERVE / "pids.json"
@@ -190,8 +170,6 @@ def start_beside_serve(log=print) -> None:
     collector_port = tracing.endpoint_port(tracing.endpoint())
     prometheus_port = settings.PROMETHEUS_PORT.get_int()
     collector = start_collector(collector_port, traces.SPANS_DIR, detach=True)
-    from client.launcher import MESH_STATE
-
     prometheus = start_prometheus(
         prometheus_port, OBSERVE / "prometheus", default_targets(MESH_STATE), detach=True
     )

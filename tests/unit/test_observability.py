@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from client.observe import collector, dashboards, stack, traces
+from client.observe import collector, dashboards, promql, stack, traces
 from python_backend import tracing
 from python_backend.fraud import run_now
 from python_backend.fraud.metrics import LATENCY_BUCKETS, ServiceMetrics
@@ -314,7 +314,7 @@ def test_only_panels_reading_nothing_but_metrics_off_the_live_stack_skip_the_liv
         queried.append(expr)
         return []
 
-    monkeypatch.setattr(stack, "query", no_series)
+    monkeypatch.setattr(promql, "query", no_series)
     for uid in dashboards.ALL:
         titles = [title for title, _exprs in dashboards.expressions(dashboards.dashboard(uid))]
         empty = dashboards.panels_without_series(1, uid)
