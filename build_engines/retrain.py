@@ -95,6 +95,26 @@ class RetrainData:
     heavy: pd.Series | None = None
     gbdt: pd.Series | None = None
     truth: pd.Series | None = None
+    #: Rows' inputs as if the store had never seen their card or terminal (the entity
+    #: dropout ``make engines`` trains with): transaction ids and their inputs, put in place
+    #: of those rows' served inputs in the challengers' training rows only.
+    cold_start: tuple[np.ndarray, ModelInputs] | None = None
+
+
+def with_cold_start(train: LabelledSet, cold_start) -> tuple[ModelInputs, int]:
+    """The training rows' inputs, those ``cold_start`` names as never seen; and how many."""
+    if cold_start is None:
+        return train.inputs, 0
+    ids, inputs = cold_start
+    where = pd.Index(ids).get_indexer(train.transaction_id)
+    rows = np.flatnonzero(where >= 0)
+    if not len(rows):
+        return train.inputs, 0
+    out = train.inputs.take(np.arange(len(train)))  # a copy
+    out.tabular[rows] = inputs.tabular[where[rows]]
+    out.sequence[rows] = inputs.sequence[where[rows]]
+    out.categorical[rows] = inputs.categorical[where[rows]]
+    return out, len(rows)
 
 
 def _weighted_recall_at_fpr(y, scores, weight, fpr_limit: float = 0.01) -> float:
@@ -303,6 +323,9 @@ def retrain(
         f" fraud, {int(train.imputed.sum()) // 2:,} declines imputed), {len(valid):,} "
         f"validation, {len(gate_rows):,} gate rows ({int(gate_rows.y.sum()):,} fraud)"
     )
+    train_inputs, cold = with_cold_start(train, data.cold_start)
+    if cold:
+        log(f"{cold:,} training rows as if their card or terminal were never seen")
     weight = train.weight.astype(np.float32)
     targets = {"plain": train.y.astype(np.float32)}
     if data.heavy is not None:
@@ -318,9 +341,9 @@ def retrain(
         log(f"training the {name} challenger")
         cfg = settings.primary.distilled() if name == "distilled" else settings.primary
         net, facts = primary.train(
-            train.inputs, target, valid.inputs, valid.y, cfg, weight, valid.weight
+            train_inputs, target, valid.inputs, valid.y, cfg, weight, valid.weight
         )
-        fp32, int8, diff = _export(net, gate_rows.inputs, train.inputs, train.y, out_dir, name)
+        fp32, int8, diff = _export(net, gate_rows.inputs, train_inputs, train.y, out_dir, name)
         candidates[name] = {
             "fp32": fp32,
             "int8": int8,
@@ -506,10 +529,10 @@ def simulated_service(
     from build_engines.labels import simulate_labels
     from build_engines.served_log import decision_records
     from build_engines.simulate import SimulatedData, SimulationConfig
-    from build_engines.split import BURN_IN_DAYS
+    from build_engines.split import BURN_IN_DAYS, ENTITY_DROPOUT
     from python_backend.fraud.heavy_model import HeavyModel
     from python_backend.fraud.history import HeavyInputs, history_columns, offline_histories
-    from python_backend.fraud.offline import FeatureTables, model_inputs
+    from python_backend.fraud.offline import FeatureTables, entity_dropout, model_inputs
     from python_backend.fraud.scoring import DecisionPolicy
 
     config = SimulationConfig.scale(scale, seed=seed)
@@ -525,6 +548,14 @@ def simulated_service(
     positions = np.flatnonzero((tx["day"] >= BURN_IN_DAYS).to_numpy())
     rows = tx.iloc[positions].reset_index(drop=True)
     inputs = model_inputs(tables, tx, rows)
+    unknown = entity_dropout(len(rows), ENTITY_DROPOUT, np.random.default_rng([seed, 1]))
+    cold_rows = np.flatnonzero(unknown["card"] | unknown["terminal"])
+    cold = model_inputs(
+        tables,
+        tx,
+        rows.iloc[cold_rows],
+        unknown={entity: mask[cold_rows] for entity, mask in unknown.items()},
+    )
     policy = DecisionPolicy.load(repository / "fraud_scoring" / "1" / "decision_policy.json")
     records = decision_records(rows, inputs, champion / "model.fp32.onnx", policy, champion.name)
     labels = simulate_labels(
@@ -550,5 +581,6 @@ def simulated_service(
         heavy=pd.Series(np.concatenate(heavy_scores), index=ids),
         gbdt=pd.Series(np.concatenate(tree_scores), index=ids),
         truth=pd.Series(rows["is_fraud"].to_numpy().astype(np.int64), index=ids),
+        cold_start=(ids[cold_rows], cold),
     )
     return data, int(rows["ts_ms"].max() + settle_days * MS_PER_DAY)

@@ -276,6 +276,7 @@ def run(
                 heavy=pd.concat([offline.heavy[offline.heavy.index.isin(earlier)], heavy_scores]),
                 gbdt=offline.gbdt,
                 truth=offline.truth,
+                cold_start=offline.cold_start,
             )
             settings = RetrainSettings(
                 primary=PrimaryConfig(**({"epochs": epochs} if epochs else {}))

@@ -21,12 +21,15 @@ def _tracked(pattern: str) -> list[str]:
 
 
 def _ignored(paths: list[str]) -> set[str]:
+    """The ``paths`` git ignores, as files or as folders (a folder's pattern, ``results/``,
+    matches only a path named as one when the folder is not there yet)."""
     if not paths:
         return set()
+    asked = [*paths, *(f"{p}/" for p in paths)]
     out = subprocess.run(
-        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
+        ["git", "check-ignore", "--no-index", *asked], cwd=ROOT, capture_output=True, text=True
     )
-    return set(out.stdout.split())
+    return {p.rstrip("/") for p in out.stdout.split()}
 
 
 def named_paths(text: str) -> set[str]:

@@ -238,3 +238,21 @@ def test_unlabelled_declines_are_imputed_from_the_confirmed_ones_fraud_share() -
     assert np.all(joined.weight[~joined.imputed] == 1.0)
     observed = joined.observed()
     assert len(observed) == 140 and not observed.imputed.any()
+
+
+def test_cold_start_inputs_replace_only_the_rows_they_name_and_only_for_training() -> None:
+    """The retrain's entity dropout: the rows ``cold_start`` names get its inputs (as if
+    their card or terminal were never seen) in the training tensors; the served inputs the
+    join holds are left as served (the drift reference and the gate read those)."""
+    from build_engines.retrain import with_cold_start
+
+    records = _records([0, 0, 1, 2], ["APPROVE"] * 4, value=1.0)
+    labels = pd.DataFrame([_label(f"t{i}", 0, 5, is_fraud=0) for i in range(4)])
+    train = join(records, labels, T0 + 40 * MS_PER_DAY, JoinPolicy(maturity_days=30))
+    cold = (np.array(["t2", "t9", "t0"]), _inputs(3, 7.0))
+    inputs, replaced = with_cold_start(train, cold)
+    assert replaced == 2
+    by_id = dict(zip(train.transaction_id, inputs.tabular[:, 0], strict=True))
+    assert by_id == {"t0": 7.0, "t1": 1.0, "t2": 7.0, "t3": 1.0}
+    assert (train.inputs.tabular == 1.0).all(), "the served inputs are untouched"
+    assert with_cold_start(train, None) == (train.inputs, 0)
