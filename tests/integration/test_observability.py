@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from client.local.operator import admin_client
-from client.observe import dashboards, stack, traces
+from client.observe import dashboards, promql, stack, traces
 from python_backend.paths import ROOT
 from tests.support import wait_for_live_panels, wait_until
 
@@ -330,9 +330,9 @@ def test_prometheus_scrapes_every_target_and_evaluates_every_rule(observed) -> N
     import json
 
     wait_until(
-        lambda: set(stack.targets_up(observed.prometheus_port).values()) == {"up"},
+        lambda: set(promql.targets_up(observed.prometheus_port).values()) == {"up"},
         30,
-        what=lambda: f"every target up: {stack.targets_up(observed.prometheus_port)}",
+        what=lambda: f"every target up: {promql.targets_up(observed.prometheus_port)}",
         interval_s=0.5,
     )
     url = f"http://127.0.0.1:{observed.prometheus_port}/api/v1/rules"
@@ -357,5 +357,5 @@ def test_every_dashboard_panel_returns_live_series(observed) -> None:
 
 
 def _decision_paths(prometheus_port: int) -> set[str]:
-    rates = stack.query(prometheus_port, "fraud:decisions:rate1m")
+    rates = promql.query(prometheus_port, "fraud:decisions:rate1m")
     return {r["metric"]["path"] for r in rates}
