@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from python_backend import events, records_pb2
+from python_backend.fraud import served
 
 TOPIC_DECISIONS = "decisions"
 #: Spool size above which records are dropped (and counted): 64 MiB, some 200,000 decisions.
@@ -266,15 +267,11 @@ def encode(record: dict, binary: bool | None = None) -> bytes:
         fields = {k: v for k, v in record.items() if v is not None and k != "inputs"}
         if inputs is not None:
             fields["inputs_layout"] = inputs["layout"]
-            fields["inputs_rows"] = _raw(inputs["rows"])
+            fields["inputs_rows"] = served.raw_rows(inputs["rows"])
         return events.binary_record(records_pb2.DecisionRecord(**fields))
-    if inputs is not None and isinstance(inputs["rows"], bytes):
-        record = {**record, "inputs": {**inputs, "rows": base64.b64encode(inputs["rows"]).decode()}}
+    if inputs is not None:
+        record = {**record, "inputs": served.json_ready(inputs)}
     return json.dumps(record, separators=(",", ":")).encode()
-
-
-def _raw(rows: bytes | str) -> bytes:
-    return rows if isinstance(rows, bytes) else base64.b64decode(rows)
 
 
 def decode(value: bytes) -> dict:

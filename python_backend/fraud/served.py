@@ -70,6 +70,11 @@ def json_ready(field: dict) -> dict:
     return {**field, "rows": base64.b64encode(rows).decode() if isinstance(rows, bytes) else rows}
 
 
+def raw_rows(rows: bytes | str) -> bytes:
+    """A logged field's rows as bytes, whether raw (a binary record) or base64 (JSON)."""
+    return rows if isinstance(rows, bytes) else base64.b64decode(rows)
+
+
 def decode(fields: list[dict]) -> ModelInputs:
     """The model inputs of logged rows (each a record's ``inputs``: rows as bytes, or as
     base64 text from a JSON record)."""
@@ -78,9 +83,7 @@ def decode(fields: list[dict]) -> ModelInputs:
             raise LayoutError(
                 f"inputs logged with layout {field.get('layout')!r}, this code reads {LAYOUT}"
             )
-    raw = b"".join(
-        f["rows"] if isinstance(f["rows"], bytes) else base64.b64decode(f["rows"]) for f in fields
-    )
+    raw = b"".join(raw_rows(f["rows"]) for f in fields)
     matrix = np.frombuffer(raw, dtype=np.float32).reshape(len(fields), sum(_WIDTHS))
     tab, seq, cat = np.split(matrix, np.cumsum(_WIDTHS)[:-1], axis=1)
     return ModelInputs(

@@ -9,10 +9,10 @@ not explained yet; the inputs' rows base64 text (JSON-ready), raw bytes in the b
 
 from __future__ import annotations
 
-import base64
 import json
 
 from python_backend import events, records_pb2
+from python_backend.fraud import served
 
 #: A binary record's fields that the dict names otherwise.
 _INPUTS = ("inputs_layout", "inputs_rows")
@@ -39,9 +39,8 @@ def encode(record: dict, binary: bool | None = None) -> bytes:
         ]
     inputs = record.get("inputs")
     if inputs is not None:
-        rows = inputs["rows"]
         fields["inputs_layout"] = inputs["layout"]
-        fields["inputs_rows"] = rows if isinstance(rows, bytes) else base64.b64decode(rows)
+        fields["inputs_rows"] = served.raw_rows(inputs["rows"])
     return events.binary_record(records_pb2.AnalysisRecord(**fields))
 
 
@@ -77,5 +76,5 @@ def decode(value: bytes) -> dict:
         record.setdefault(name, None)
     layout, rows = record.pop(_INPUTS[0], None), record.pop(_INPUTS[1], None)
     if layout is not None:
-        record["inputs"] = {"layout": layout, "rows": base64.b64encode(rows).decode()}
+        record["inputs"] = served.json_ready({"layout": layout, "rows": rows})
     return record
