@@ -81,19 +81,24 @@ class Expectation:
         self.quantile = quantile
         self.horizon_s = horizon_s
         self.clock = clock
-        self.calls: deque[tuple[float, float]] = deque(maxlen=size)
+        #: When each call of the horizon was seen, and what it took (ms), oldest first: two
+        #: deques, so that the quantile sorts plain floats (no per-call tuple walked).
+        self.calls: deque[float] = deque(maxlen=size)
+        self.took: deque[float] = deque(maxlen=size)
 
     def observe(self, ms: float) -> None:
-        self.calls.append((self.clock(), ms))
+        self.calls.append(self.clock())
+        self.took.append(ms)
 
     def ms(self) -> float:
         oldest = self.clock() - self.horizon_s
-        calls = self.calls
-        while calls and calls[0][0] < oldest:
+        calls, took = self.calls, self.took
+        while calls and calls[0] < oldest:
             calls.popleft()
+            took.popleft()
         if not calls:
             return self.prior_ms
-        times = sorted(ms for _, ms in calls)
+        times = sorted(took)
         # Over fewer than MIN_CALLS the quantile would be the slowest call: one call held up
         # by a busy core would shed the rung for the whole horizon. The median until then.
         quantile = self.quantile if len(times) >= MIN_CALLS else 0.5

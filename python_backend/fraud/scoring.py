@@ -143,9 +143,10 @@ def validate(
     for field in TRANSACTION:
         name = FIELD_INPUTS[field.name]
         for rule in field.rules:  # in order: a row's first broken rule is its message
-            broken[field.name, rule] = rule.breaks(values[field.name], now_ms)
-            for i in np.flatnonzero(broken[field.name, rule]):
-                errors[i] = errors[i] or f"{name}[{i}]: {rule.wording}"
+            mask = broken[field.name, rule] = rule.breaks(values[field.name], now_ms)
+            if mask.any():  # seldom: the rows that broke it, one by one
+                for i in np.flatnonzero(mask):
+                    errors[i] = errors[i] or f"{name}[{i}]: {rule.wording}"
     ids = [
         "" if short else r.decode("utf-8", errors="replace")
         for r, short in zip(raw_ids, broken["transaction_id", ID_LENGTH], strict=True)
