@@ -41,13 +41,12 @@ from build_engines.triton_config import (
     refresh_configs,
     scoring_config,
 )
-from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY
+from python_backend.fraud.contract import FALLBACK, HEAVY, PRIMARY, WEIGHTS_FILE
 from python_backend.fraud.drift import REFERENCE_FILE, Reference
 from python_backend.fraud.features import (
     TABULAR_NAMES,
 )
 from python_backend.fraud.heavy_model import DEEP_FILE, TREES_FILE
-from python_backend.fraud.heavy_net import WEIGHTS_FILE
 from python_backend.fraud.history import history_layout
 from python_backend.fraud.offline import FeatureTables
 from python_backend.fraud.rules import load_rules
@@ -93,6 +92,7 @@ def build_all(
     ]
     outputs.append(repository / "fraud_scoring" / "1" / "decision_policy.json")
     outputs.append(repository / PRIMARY.name / "1" / REFERENCE_FILE)
+    outputs.append(repository / PRIMARY.name / "1" / WEIGHTS_FILE)
     if not force and report_path.exists() and all(p.exists() for p in outputs):
         previous = json.loads(report_path.read_text())
         if previous.get("build_key") == key:
@@ -179,6 +179,7 @@ def build_all(
         "model.onnx": model_dir / f"{cpu_primary}.onnx",
         "model.fp32.onnx": model_dir / "primary_fp32.onnx",
         "model.int8.onnx": model_dir / "primary_int8.onnx",
+        WEIGHTS_FILE: model_dir / "primary.pt",
     }
     if engines:
         primary_files["model.plan"] = Path(engines["fp16"])

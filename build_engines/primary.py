@@ -43,9 +43,25 @@ class PrimaryConfig:
     #: against 0.752).
     distilled_epochs: int = 20
 
+    #: Epochs of a challenger fine-tuned from the champion's weights, and its learning rate as
+    #: a share of ``learning_rate``: it starts where the champion ended, so it only refines.
+    #: Measured on the loop's retrain at the small scale (gate PR-AUC, the champion 0.742):
+    #: a quarter of the rate for 6 epochs 0.732, a tenth for 4 epochs 0.748, a twentieth for
+    #: 3 epochs 0.751 (one run each).
+    fine_tune_epochs: int = 4
+    fine_tune_rate: float = 0.1
+
     def distilled(self) -> PrimaryConfig:
         """This configuration for a primary distilled from the heavy model."""
         return replace(self, epochs=self.distilled_epochs)
+
+    def fine_tuned(self) -> PrimaryConfig:
+        """This configuration for a challenger that starts from the champion's weights."""
+        return replace(
+            self,
+            epochs=self.fine_tune_epochs,
+            learning_rate=self.learning_rate * self.fine_tune_rate,
+        )
 
 
 class FraudNet(nn.Module):
@@ -233,6 +249,62 @@ def train(
     )
     calibration = calibrate(model, _tensors(valid_inputs), y_valid, valid_weight)
     return model, {"calibration": calibration, **facts}
+
+
+def fine_tune(
+    model: FraudNet,
+    train_inputs: ModelInputs,
+    y_train: np.ndarray,
+    valid_inputs: ModelInputs,
+    y_valid: np.ndarray,
+    cfg: PrimaryConfig = PrimaryConfig(),
+    sample_weight: np.ndarray | None = None,
+    valid_weight: np.ndarray | None = None,
+) -> tuple[FraudNet, dict]:
+    """:func:`train`, from ``model``'s weights (the champion's, :func:`load`) rather than
+    from scratch, at ``cfg.fine_tuned()``'s epochs and rate: what the champion learnt from
+    every earlier day is kept, and the newest labelled window refines it. Its input
+    scaling stays the champion's. The best validation epoch is kept, then calibrated anew."""
+    torch.manual_seed(cfg.seed)
+    tuned = cfg.fine_tuned()
+    facts = fit(
+        model,
+        _tensors(train_inputs),
+        y_train,
+        _tensors(valid_inputs),
+        y_valid,
+        FitSettings(
+            epochs=tuned.epochs,
+            batch_size=tuned.batch_size,
+            learning_rate=tuned.learning_rate,
+            weight_decay=tuned.weight_decay,
+            pos_weight_power=tuned.pos_weight_power,
+            seed=tuned.seed,
+            name="fine-tune",
+        ),
+        sample_weight=sample_weight,
+    )
+    calibration = calibrate(model, _tensors(valid_inputs), y_valid, valid_weight)
+    return model, {"calibration": calibration, **facts}
+
+
+def save(model: FraudNet, path: Path, cfg: PrimaryConfig) -> Path:
+    """The network's weights and sizes (``load`` rebuilds it)."""
+    n_tabular = int(model.trunk.tab_mean.shape[0])
+    sizes = {"n_tabular": n_tabular, "hidden": cfg.hidden, "gru_hidden": cfg.gru_hidden}
+    torch.save({"sizes": sizes, "state": model.state_dict()}, path)
+    return path
+
+
+def load(path: Path, cfg: PrimaryConfig = PrimaryConfig()) -> FraudNet:
+    """A network :func:`save` wrote (its sizes from the file, the rest from ``cfg``)."""
+    saved = torch.load(path, weights_only=True)
+    sizes = saved["sizes"]
+    n = sizes["n_tabular"]
+    cfg = replace(cfg, hidden=sizes["hidden"], gru_hidden=sizes["gru_hidden"])
+    model = FraudNet(n, np.zeros(n, dtype=np.float32), np.ones(n, dtype=np.float32), cfg)
+    model.load_state_dict(saved["state"])
+    return model.eval()
 
 
 def calibrate(

@@ -14,7 +14,8 @@ retrains, gates, rolls out and promotes, printing each step with its figures.
    investigators report of those decisions, up to ``settle_days`` after the last one;
 5. retrain (``client.retrain``): the days before the replay as the champion would have decided
    them (``build_engines.retrain.simulated_service``), the replayed days from the real
-   decision log, labels and analysis topics; a plain and a distilled challenger; the gate;
+   decision log, labels and analysis topics; a plain, a distilled and a fine-tuned
+   challenger (the champion's weights refined); the gate;
 6. a challenger that passed is published as the next ``fraud_primary`` version and rolled out
    (shadow, canary, promote or roll back) under a steady load, judged on Prometheus;
 7. a summary: every step's figures and seconds (``build/reports/loop.json``).

@@ -24,6 +24,7 @@ from build_engines.retrain import (
     write,
 )
 from client.rollout import MODEL, pinned, publish, versions_on_disk
+from python_backend.fraud.contract import WEIGHTS_FILE
 from python_backend.fraud.drift import REFERENCE_FILE
 from python_backend.fraud.scoring import DecisionPolicy
 
@@ -45,6 +46,7 @@ def publish_challenger(repository: Path, report: dict, champion: Path, log=print
     shutil.copy(challenger["fp32"], target / "model.fp32.onnx")
     shutil.copy(challenger["int8"], target / "model.int8.onnx")
     shutil.copy(challenger["drift_reference"], target / REFERENCE_FILE)
+    shutil.copy(challenger["weights"], target / WEIGHTS_FILE)  # the next retrain's start
     metadata.update(
         {
             "serves": f"primary_{precision}",

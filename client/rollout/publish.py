@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from python_backend.fraud.contract import WEIGHTS_FILE
 from python_backend.paths import BUILD
 
 MODEL = "fraud_primary"
@@ -80,6 +81,8 @@ def publish(repository: Path, version: int, source: str = "copy", log=print) -> 
             shutil.copy(origin / name, target / name)
     if source == "copy":
         shutil.copy(origin / "model.onnx", target / "model.onnx")
+        if (origin / WEIGHTS_FILE).exists():  # the same model: a later retrain starts from it
+            shutil.copy(origin / WEIGHTS_FILE, target / WEIGHTS_FILE)
     elif source == "inverted":
         model = onnx.load(origin / "model.onnx")
         _invert(model)

@@ -23,6 +23,10 @@ from python_backend.fraud.history import (
 )
 
 #: Largest batch the model servers accept (dynamic batcher and TensorRT profile).
+#: A deep model's PyTorch weights in its version folder, beside its ONNX files: what a retrain
+#: fine-tunes the primary from, what the analysis consumer explains the heavy model with.
+WEIGHTS_FILE = "model.pt"
+
 MAX_BATCH_SIZE = 256
 #: Batch sizes the dynamic batcher prefers and the TensorRT profile is tuned for.
 PREFERRED_BATCH_SIZES = (16, 64)

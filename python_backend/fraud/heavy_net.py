@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from python_backend.fraud.contract import WEIGHTS_FILE
 from python_backend.fraud.features import CATEGORICAL_COLUMNS, SEQUENCE_CHANNELS
 from python_backend.fraud.history import CARD_HISTORY_CHANNELS, TERMINAL_HISTORY_CHANNELS
-
-#: The weights and sizes of the heavy model's network, in its version folder.
-WEIGHTS_FILE = "model.pt"
 
 
 @dataclass(frozen=True)

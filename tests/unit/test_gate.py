@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from build_engines.retrain import GateLimits, evaluate, gate
+from build_engines.retrain import GateLimits, choose, evaluate, gate
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,18 @@ def test_a_slice_loss_is_judged_against_the_slices_noise(rows) -> None:
     assert passed and "standard errors over 15 frauds" in limit
     passed, limit = verdict_with(2_000)
     assert not passed and limit == f">= champion - {GateLimits().slice_pr_auc_loss}"
+
+
+def test_the_fine_tuned_challenger_stays_unless_another_leads_beyond_the_noise():
+    def candidates(**valid):
+        return {name: {"valid_pr_auc": ap} for name, ap in valid.items()}
+
+    # 0.05 ahead over 60 frauds: within 1.645 standard errors (about 0.106).
+    chosen, why = choose(candidates(plain=0.44, distilled=0.46, fine_tuned=0.41), 60, 1.645)
+    assert chosen == "fine_tuned" and "within the noise of 60 frauds" in why
+    # The same lead over 2,000 frauds is beyond it (about 0.018): the evidence wins.
+    chosen, why = choose(candidates(plain=0.44, distilled=0.46, fine_tuned=0.41), 2000, 1.645)
+    assert chosen == "distilled" and "beyond" in why
+    # Best anyway, or no fine-tuned candidate (a champion without weights): the best.
+    assert choose(candidates(distilled=0.4, fine_tuned=0.5), 60, 1.645)[0] == "fine_tuned"
+    assert choose(candidates(plain=0.44, distilled=0.46), 60, 1.645)[0] == "distilled"
