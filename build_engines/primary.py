@@ -231,24 +231,9 @@ def train(
     mean = train_inputs.tabular.mean(axis=0)
     std = train_inputs.tabular.std(axis=0) + 1e-3
     model = FraudNet(train_inputs.tabular.shape[1], mean, std, cfg)
-    facts = fit(
-        model,
-        _tensors(train_inputs),
-        y_train,
-        _tensors(valid_inputs),
-        y_valid,
-        FitSettings(
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-            pos_weight_power=cfg.pos_weight_power,
-            seed=cfg.seed,
-        ),
-        sample_weight=sample_weight,
+    return _fit_calibrated(
+        model, (train_inputs, y_train, sample_weight), (valid_inputs, y_valid, valid_weight), cfg
     )
-    calibration = calibrate(model, _tensors(valid_inputs), y_valid, valid_weight)
-    return model, {"calibration": calibration, **facts}
 
 
 def fine_tune(
@@ -266,25 +251,33 @@ def fine_tune(
     every earlier day is kept, and the newest labelled window refines it. Its input
     scaling stays the champion's. The best validation epoch is kept, then calibrated anew."""
     torch.manual_seed(cfg.seed)
-    tuned = cfg.fine_tuned()
-    facts = fit(
+    return _fit_calibrated(
         model,
-        _tensors(train_inputs),
-        y_train,
-        _tensors(valid_inputs),
-        y_valid,
-        FitSettings(
-            epochs=tuned.epochs,
-            batch_size=tuned.batch_size,
-            learning_rate=tuned.learning_rate,
-            weight_decay=tuned.weight_decay,
-            pos_weight_power=tuned.pos_weight_power,
-            seed=tuned.seed,
-            name="fine-tune",
-        ),
-        sample_weight=sample_weight,
+        (train_inputs, y_train, sample_weight),
+        (valid_inputs, y_valid, valid_weight),
+        cfg.fine_tuned(),
+        name="fine-tune",
     )
-    calibration = calibrate(model, _tensors(valid_inputs), y_valid, valid_weight)
+
+
+def _fit_calibrated(model, train: tuple, valid: tuple, cfg: PrimaryConfig, name="primary"):
+    """:func:`fit` at ``cfg``'s settings on ``train`` (inputs, labels, weights), the best
+    epoch on ``valid`` (inputs, labels, weights), then :func:`calibrate` on ``valid``."""
+    (train_inputs, y_train, sample_weight), (valid_inputs, y_valid, valid_weight) = train, valid
+    settings = FitSettings(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        pos_weight_power=cfg.pos_weight_power,
+        seed=cfg.seed,
+        name=name,
+    )
+    valid_tensors = _tensors(valid_inputs)
+    facts = fit(
+        model, _tensors(train_inputs), y_train, valid_tensors, y_valid, settings, sample_weight
+    )
+    calibration = calibrate(model, valid_tensors, y_valid, valid_weight)
     return model, {"calibration": calibration, **facts}
 
 
