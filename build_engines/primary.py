@@ -281,10 +281,14 @@ def _fit_calibrated(model, train: tuple, valid: tuple, cfg: PrimaryConfig, name=
     return model, {"calibration": calibration, **facts}
 
 
-def save(model: FraudNet, path: Path, cfg: PrimaryConfig) -> Path:
-    """The network's weights and sizes (``load`` rebuilds it)."""
-    n_tabular = int(model.trunk.tab_mean.shape[0])
-    sizes = {"n_tabular": n_tabular, "hidden": cfg.hidden, "gru_hidden": cfg.gru_hidden}
+def save(model: FraudNet, path: Path) -> Path:
+    """The network's weights and sizes, read from the network itself (``load`` rebuilds it):
+    a fine-tuned network keeps its champion's sizes, whatever the retrain's settings say."""
+    sizes = {
+        "n_tabular": int(model.trunk.tab_mean.shape[0]),
+        "hidden": model.head[0].out_features,
+        "gru_hidden": model.trunk.gru_hidden,
+    }
     torch.save({"sizes": sizes, "state": model.state_dict()}, path)
     return path
 

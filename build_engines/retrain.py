@@ -393,7 +393,7 @@ def retrain(
         candidates[name] = {
             "fp32": fp32,
             "int8": int8,
-            "weights": primary.save(net, out_dir / f"{name}.pt", cfg),
+            "weights": primary.save(net, out_dir / f"{name}.pt"),
             "valid_pr_auc": round(facts["valid_pr_auc"], 4),
             "best_epoch": facts["best_epoch"],
             "onnx_parity_max_abs_diff": diff,

@@ -83,7 +83,7 @@ def train_and_evaluate(
         teacher, teacher_facts = teacher_scores(split, transactions, heavy_cfg)
 
     net, facts["primary_training"] = train_primary(split, primary_cfg, teacher)
-    primary.save(net, out_dir / "primary.pt", primary_cfg)  # what a retrain fine-tunes from
+    primary.save(net, out_dir / "primary.pt")  # what a retrain fine-tunes from
     if teacher is not None:
         facts["primary_training"]["teacher"] = teacher_facts
     fp32_path, int8_path = out_dir / "primary_fp32.onnx", out_dir / "primary_int8.onnx"
